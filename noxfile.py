@@ -1,0 +1,80 @@
+"""Nox sessions for llamawheel. Each is a few lines that call the package.
+
+    nox -s build-cuda-13 -- --arch 86       # the line's default minor (13.0)
+    nox -s build-cuda-13.2 -- --mirror tsinghua
+    nox -s build-cpu
+    nox -s tests
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nox
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["tests", "lint"]
+
+ROOT = Path(__file__).parent
+
+
+def _cuda_lines() -> dict[str, list[str]]:
+    """{"13": ["13.0", "13.1", ...]} from recipes/cuda-*.toml."""
+    lines = {}
+    for path in sorted(ROOT.glob("recipes/cuda-*.toml")):
+        data = tomllib.loads(path.read_text())
+        lines[path.stem.removeprefix("cuda-")] = list(data.get("minors", {}))
+    return lines
+
+
+def _build(session: nox.Session, target: str) -> None:
+    session.install(".")
+    session.run("llamawheel", "build", target, *session.posargs)
+
+
+for _line, _minors in _cuda_lines().items():
+    for _target in (_line, *_minors):
+        def _session(session: nox.Session, target: str = _target) -> None:
+            _build(session, target)
+
+        _session.__doc__ = f"Build a CUDA {_target} wheel (options after --: --arch, --mirror, --jobs, --out)."
+        nox.session(name=f"build-cuda-{_target}", default=False, tags=["build"])(_session)
+
+
+@nox.session(name="build-cpu", default=False, tags=["build"])
+def build_cpu(session: nox.Session) -> None:
+    """Build the CPU-only wheel (the reference for verification)."""
+    _build(session, "cpu")
+
+
+@nox.session(name="verify-static", default=False)
+def verify_static(session: nox.Session) -> None:
+    """Check what built wheels really hold (pass wheel paths after --; default: all in wheels/)."""
+    session.install(".")
+    wheels = session.posargs or [str(p) for p in sorted(ROOT.glob("wheels/*.whl"))]
+    if not wheels:
+        session.error("no wheels given and none in wheels/: build one first (nox -s build-cuda-13 -- --arch 86)")
+    for wheel in wheels:
+        session.run("llamawheel", "verify-static", wheel)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Unit and integration tests (real pip, real nvcc); add -- --run-slow for the full llama-cpp-python build."""
+    session.install(".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff and mypy --strict."""
+    session.install(".[lint]")
+    session.run("ruff", "check", "src", "tests", "noxfile.py")
+    session.run("mypy")

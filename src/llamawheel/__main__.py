@@ -1,0 +1,3 @@
+from llamawheel.cli import entry
+
+entry()

@@ -1,0 +1,107 @@
+"""Facts read from ELF files, not names: SONAME, NEEDED, RUNPATH, the glibc symbol
+versions a library needs, and the architectures its CUDA fat binary holds."""
+
+from __future__ import annotations
+
+import io
+import re
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.dynamic import DynamicSection
+from elftools.elf.elffile import ELFFile
+from elftools.elf.gnuversions import GNUVerNeedSection
+
+FATBIN_MAGIC = 0xBA55ED50
+_FATBIN_HEADER = struct.Struct("<IHHQ")  # magic, version, header size, size of the entries
+_ENTRY_HEADER = struct.Struct("<HHIQII HHI")  # kind, ?, header size, payload size, compressed size, ?, minor, major, arch
+KIND_PTX = 1
+KIND_CUBIN = 2
+_VERSION = re.compile(r"^(GLIBC|GLIBCXX|CXXABI)_(\d+(?:\.\d+)*)$")
+
+
+@dataclass(frozen=True)
+class FatbinEntry:
+    kind: str  # "sass" (a cubin: machine code) or "ptx"
+    arch: int  # 90 for sm_90 / compute_90
+
+
+@dataclass
+class ElfInfo:
+    soname: str | None = None
+    needed: list[str] = field(default_factory=list)
+    runpath: list[str] = field(default_factory=list)
+    symbol_versions: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    """Highest version needed per family: {"GLIBC": (2, 34), "GLIBCXX": (3, 4, 30)}."""
+    fatbin: list[FatbinEntry] = field(default_factory=list)
+    machine: str = ""
+
+    @property
+    def sass_archs(self) -> set[int]:
+        return {e.arch for e in self.fatbin if e.kind == "sass"}
+
+    @property
+    def ptx_archs(self) -> set[int]:
+        return {e.arch for e in self.fatbin if e.kind == "ptx"}
+
+
+def is_elf(data: bytes) -> bool:
+    return data[:4] == b"\x7fELF"
+
+
+def parse_fatbin(data: bytes) -> list[FatbinEntry]:
+    """Every entry of every fat binary in a ``.nv_fatbin`` section."""
+    entries: list[FatbinEntry] = []
+    pos = 0
+    while pos + _FATBIN_HEADER.size <= len(data):
+        magic, _version, header_size, size = _FATBIN_HEADER.unpack_from(data, pos)
+        if magic != FATBIN_MAGIC:
+            pos += 8  # fat binaries are 8-byte aligned; skip padding
+            continue
+        entry = pos + header_size
+        end = min(entry + size, len(data))
+        while entry + _ENTRY_HEADER.size <= end:
+            kind, _, ehead, payload, _csize, _, _minor, _major, arch = _ENTRY_HEADER.unpack_from(data, entry)
+            if ehead == 0:
+                break
+            if kind in (KIND_PTX, KIND_CUBIN):
+                entries.append(FatbinEntry("ptx" if kind == KIND_PTX else "sass", arch))
+            entry += ehead + payload
+        pos = max(end, pos + 8)
+        pos = (pos + 7) & ~7
+    return entries
+
+
+def read_elf(data: bytes) -> ElfInfo:
+    info = ElfInfo()
+    try:
+        elf = ELFFile(io.BytesIO(data))
+    except ELFError:
+        return info
+    info.machine = elf["e_machine"]
+    for section in elf.iter_sections():
+        if isinstance(section, DynamicSection):
+            for tag in section.iter_tags():
+                if tag.entry.d_tag == "DT_NEEDED":
+                    info.needed.append(tag.needed)
+                elif tag.entry.d_tag == "DT_SONAME":
+                    info.soname = tag.soname
+                elif tag.entry.d_tag in ("DT_RUNPATH", "DT_RPATH"):
+                    path = tag.runpath if tag.entry.d_tag == "DT_RUNPATH" else tag.rpath
+                    info.runpath.extend(p for p in path.split(":") if p)
+        elif isinstance(section, GNUVerNeedSection):
+            for _verneed, auxiliaries in section.iter_versions():
+                for aux in auxiliaries:
+                    match = _VERSION.match(aux.name)
+                    if match:
+                        family, number = match.group(1), tuple(int(x) for x in match.group(2).split("."))
+                        info.symbol_versions[family] = max(info.symbol_versions.get(family, ()), number)
+        elif section.name == ".nv_fatbin":
+            info.fatbin = parse_fatbin(section.data())
+    return info
+
+
+def read_elf_file(path: Path) -> ElfInfo:
+    return read_elf(path.read_bytes())

@@ -1,0 +1,75 @@
+"""Every fatal error llamawheel knows, each with its own exit code and a tip.
+
+`cli.main` catches `LlamawheelError` once and prints ``ERROR <message>`` and
+``TIP <tip>``; a traceback is printed only with ``--traceback``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class LlamawheelError(Exception):
+    """Base class: a failure the user can act on."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, tip: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.tip = tip
+
+
+class UsageError(LlamawheelError):
+    """Bad command-line input (an unknown version, architecture, option value)."""
+
+    exit_code = 2
+
+
+class RecipeError(LlamawheelError):
+    """A recipe file is missing, malformed, or names something unknown."""
+
+    exit_code = 3
+
+
+class MirrorError(LlamawheelError):
+    """A mirror profile is malformed or a mirror cannot be reached."""
+
+    exit_code = 4
+
+
+class DownloadError(LlamawheelError):
+    """A download failed (network, mirror) or its hash did not match the pin."""
+
+    exit_code = 5
+
+
+class ToolchainError(LlamawheelError):
+    """A CUDA toolchain could not be provisioned or is incomplete."""
+
+    exit_code = 6
+
+
+class BuildError(LlamawheelError):
+    """The compile failed; the message points at the full log."""
+
+    exit_code = 7
+
+
+class RepairError(LlamawheelError):
+    """The built wheel could not be turned into a clean, relocatable wheel."""
+
+    exit_code = 8
+
+
+class VerifyError(LlamawheelError):
+    """A wheel failed verification: it is not what its name claims."""
+
+    exit_code = 9
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """Return ' (did you mean "x"?)' for the closest choice, or ''."""
+    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
+    return f' (did you mean "{match[0]}"?)' if match else ""

@@ -1,0 +1,217 @@
+"""Recipes: what to build for one CUDA line (or the CPU), as validated data.
+
+A recipe is a TOML file in ``recipes/`` (``cuda-13.toml``, ``cpu.toml``, ...). It is
+loaded once into frozen dataclasses; an unknown key, a missing hash or an unknown
+version is a `RecipeError` naming the file, the key and the closest valid spelling.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from llamawheel import archs, paths, tomlcheck
+from llamawheel.errors import RecipeError, UsageError, did_you_mean
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+PROVIDERS = ("pypi", "deb", "system")
+
+
+@dataclass(frozen=True)
+class PinnedPackage:
+    """One package at an exact version, with the sha256 of each file pip may take."""
+
+    name: str
+    version: str
+    sha256: tuple[str, ...]
+
+    def requirement_line(self) -> str:
+        hashes = " ".join(f"--hash=sha256:{h}" for h in self.sha256)
+        return f"{self.name}=={self.version} {hashes}"
+
+
+@dataclass(frozen=True)
+class CudaMinor:
+    """One CUDA minor version (``13.0``) and how to provision its toolchain."""
+
+    version: str
+    provider: str
+    packages: tuple[PinnedPackage, ...]
+    root: str
+    """Where the CUDA root lies inside the installed tree (``nvidia/cu13`` for pip)."""
+    runtime_requires: tuple[str, ...]
+    """Requires-Dist lines of a wheel in the default ("pypi") runtime mode."""
+
+    @property
+    def tag(self) -> str:
+        """``13.0`` -> ``cu130``."""
+        major, minor = self.version.split(".")
+        return f"cu{major}{minor}"
+
+    @property
+    def major(self) -> int:
+        return int(self.version.split(".")[0])
+
+
+@dataclass(frozen=True)
+class Sdist:
+    name: str
+    version: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything needed to build one line's wheels."""
+
+    name: str
+    path: Path
+    kind: str  # "cuda" or "cpu"
+    description: str
+    llama_cpp_python: Sdist
+    cmake_args: tuple[str, ...]
+    default_archs: tuple[str, ...]
+    supported_archs: tuple[str, ...]
+    runtime_rpath: tuple[str, ...]
+    default_minor: str | None
+    minors: dict[str, CudaMinor]
+
+    def default_targets(self) -> tuple[archs.ArchTarget, ...]:
+        return archs.merge([archs.parse_token(a) for a in self.default_archs])
+
+    def minor(self, version: str | None) -> CudaMinor:
+        """The minor for ``version`` (``None``: the line's default)."""
+        if self.kind != "cuda":
+            raise UsageError(f"recipe {self.name} builds for the CPU: it has no CUDA versions")
+        key = version or self.default_minor
+        assert key is not None
+        if key not in self.minors:
+            known = ", ".join(self.minors)
+            raise UsageError(
+                f"unknown CUDA version {key} for recipe {self.name}{did_you_mean(key, self.minors)}",
+                f"known versions: {known}",
+            )
+        return self.minors[key]
+
+
+def _pinned(table: tomlcheck.Table) -> PinnedPackage:
+    table.allow("name", "version", "sha256")
+    hashes = table.data.get("sha256")
+    if isinstance(hashes, str):
+        hashes = [hashes]
+    if not hashes:
+        raise table.fail("sha256", "is missing: every pinned package needs its sha256")
+    for h in hashes:
+        if not isinstance(h, str) or not _SHA256.match(h):
+            raise table.fail("sha256", f"{h!r} is not a lowercase hex sha256")
+    return PinnedPackage(table.str("name"), table.str("version"), tuple(hashes))
+
+
+def _minor(version: str, table: tomlcheck.Table, line: tomlcheck.Table) -> CudaMinor:
+    table.allow("provider", "packages", "root", "runtime-requires")
+    if not re.fullmatch(r"\d+\.\d+", version):
+        raise table.fail("", f"'{version}' is not a CUDA minor version like 13.0")
+    provider = table.str("provider")
+    if provider not in PROVIDERS:
+        raise table.fail("provider", f"unknown provider '{provider}'{did_you_mean(provider, PROVIDERS)}")
+    packages = tuple(_pinned(t) for t in table.tables("packages"))
+    if provider != "system" and not packages:
+        raise table.fail("packages", f"provider '{provider}' needs pinned packages")
+    runtime = table.str_list("runtime-requires", line.str_list("runtime-requires", []))
+    return CudaMinor(
+        version=version,
+        provider=provider,
+        packages=packages,
+        root=table.str("root", ""),
+        runtime_requires=runtime,
+    )
+
+
+def load_recipe(path: Path) -> Recipe:
+    """Load and validate one recipe file."""
+    doc = tomlcheck.load(path, RecipeError)
+    doc.allow("kind", "description", "default-minor", "llama-cpp-python", "build", "cuda", "minors")
+    kind = doc.str("kind")
+    if kind not in ("cuda", "cpu"):
+        raise doc.fail("kind", f"must be 'cuda' or 'cpu', not '{kind}'{did_you_mean(kind, ('cuda', 'cpu'))}")
+    lcp = doc.table("llama-cpp-python")
+    lcp.allow("version", "sha256")
+    sha = lcp.str("sha256")
+    if not _SHA256.match(sha):
+        raise lcp.fail("sha256", f"{sha!r} is not a lowercase hex sha256")
+    build = doc.table("build")
+    build.allow("cmake-args")
+    cuda = doc.table("cuda", required=(kind == "cuda"))
+    cuda.allow("default-archs", "supported-archs", "runtime-rpath", "runtime-requires")
+    minors_table = doc.table("minors", required=(kind == "cuda"))
+    minors = {v: _minor(v, minors_table.table(v), cuda) for v in minors_table.data}
+    default_minor = doc.opt_str("default-minor")
+    if kind == "cuda":
+        if default_minor is None:
+            raise doc.fail("default-minor", "is missing")
+        if default_minor not in minors:
+            raise doc.fail(
+                "default-minor",
+                f"'{default_minor}' is not one of the listed minors{did_you_mean(default_minor, minors)}",
+            )
+    supported = cuda.str_list("supported-archs", [])
+    defaults = cuda.str_list("default-archs", [])
+    for arch in defaults:
+        try:
+            target = archs.parse_token(arch)
+        except UsageError as exc:
+            raise cuda.fail("default-archs", exc.message) from None
+        if target.sm not in supported:
+            raise cuda.fail("default-archs", f"'{arch}' is not in supported-archs")
+    return Recipe(
+        name=path.stem,
+        path=path,
+        kind=kind,
+        description=doc.str("description", ""),
+        llama_cpp_python=Sdist("llama-cpp-python", lcp.str("version"), sha),
+        cmake_args=build.str_list("cmake-args", []),
+        default_archs=defaults,
+        supported_archs=supported,
+        runtime_rpath=cuda.str_list("runtime-rpath", []),
+        default_minor=default_minor,
+        minors=minors,
+    )
+
+
+@cache
+def all_recipes(directory: Path | None = None) -> dict[str, Recipe]:
+    folder = directory or paths.recipes_dir()
+    return {p.stem: load_recipe(p) for p in sorted(folder.glob("*.toml"))}
+
+
+def find_cuda(version: str, directory: Path | None = None) -> tuple[Recipe, CudaMinor]:
+    """Resolve ``12`` (a line: its default minor) or ``12.4`` (a minor) to a recipe."""
+    recipes = all_recipes(directory)
+    line = version.split(".")[0]
+    recipe = recipes.get(f"cuda-{line}")
+    known = sorted(
+        (m for r in recipes.values() for m in (*r.minors, r.name.removeprefix("cuda-")) if r.kind == "cuda"),
+        key=lambda v: [int(x) for x in v.split(".")],
+    )
+    if recipe is None:
+        raise UsageError(
+            f"unknown CUDA version {version}{did_you_mean(version, known)}",
+            f"known CUDA versions: {', '.join(known)}",
+        )
+    if "." not in version:
+        return recipe, recipe.minor(None)
+    if version not in recipe.minors:
+        raise UsageError(
+            f"unknown CUDA version {version}{did_you_mean(version, known)}",
+            f"known CUDA versions: {', '.join(known)}",
+        )
+    return recipe, recipe.minors[version]
+
+
+def cpu_recipe(directory: Path | None = None) -> Recipe:
+    recipes = all_recipes(directory)
+    if "cpu" not in recipes:
+        raise RecipeError(f"no recipes/cpu.toml in {directory or paths.recipes_dir()}")
+    return recipes["cpu"]

@@ -1,0 +1,85 @@
+"""CUDA toolchains: a plain CUDA root (``bin/nvcc``, ``include/``, ``lib64/``, ``nvvm/``,
+``targets/x86_64-linux/{include,lib}``) that CMake's FindCUDAToolkit accepts.
+
+A *provider* makes one for a recipe's CUDA minor. Each implements `Provider`:
+``pypi`` (NVIDIA's wheels, this module's `pypi`); ``deb`` and ``system`` fit the same
+interface. Roots live under the cache (``paths.toolchains_dir()``), are made in a
+temporary folder and renamed into place only when complete, and are reused while the
+recipe's pins are unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+from llamawheel.errors import ToolchainError
+from llamawheel.mirrors import MirrorProfile
+from llamawheel.recipes import CudaMinor
+
+MARKER = "llamawheel-toolchain.json"
+
+
+@dataclass(frozen=True)
+class CudaRoot:
+    path: Path
+    version: str
+    provider: str
+    origin: str
+    """Where it came from, in words: "NVIDIA PyPI wheels (default mirror)"."""
+    nvcc_version: str
+    download_bytes: int
+    size_bytes: int
+
+    @property
+    def nvcc(self) -> Path:
+        return self.path / "bin" / "nvcc"
+
+    def cmake_args(self) -> list[str]:
+        return [f"-DCMAKE_CUDA_COMPILER={self.nvcc}", f"-DCUDAToolkit_ROOT={self.path}"]
+
+    def env(self) -> dict[str, str]:
+        return {"CUDA_HOME": str(self.path), "CUDA_PATH": str(self.path), "CUDACXX": str(self.nvcc)}
+
+    def to_json(self) -> dict[str, object]:
+        data = asdict(self)
+        data["path"] = str(self.path)
+        return data
+
+    @classmethod
+    def from_marker(cls, root: Path) -> CudaRoot:
+        data = json.loads((root / MARKER).read_text())
+        return cls(
+            path=root,
+            version=data["version"],
+            provider=data["provider"],
+            origin=data["origin"],
+            nvcc_version=data["nvcc_version"],
+            download_bytes=int(data["download_bytes"]),
+            size_bytes=int(data["size_bytes"]),
+        )
+
+
+class Provider(Protocol):
+    name: str
+
+    def provision(self, minor: CudaMinor, mirror: MirrorProfile) -> CudaRoot:
+        """Return a complete CUDA root for ``minor``, making it if needed."""
+        ...
+
+
+def provider_for(minor: CudaMinor, choice: str = "auto") -> Provider:
+    """The provider to use: the recipe's, unless ``choice`` names one."""
+    from llamawheel.toolchain.pypi import PypiProvider
+
+    name = minor.provider if choice == "auto" else choice
+    if name == "pypi":
+        if minor.provider != "pypi":
+            raise ToolchainError(f"CUDA {minor.version} has no compiler on PyPI (only CUDA 13 wheels ship nvcc)")
+        return PypiProvider()
+    raise ToolchainError(
+        f"the '{name}' toolchain provider is not part of this llamawheel version",
+        "CUDA 13 minors use --toolchain pypi; apt ('deb') and installed ('system') toolkits come with CUDA 11/12 support",
+    )

@@ -1,0 +1,104 @@
+"""The ``pypi`` provider: a CUDA root from NVIDIA's wheels on PyPI (CUDA 13 only).
+
+The pinned wheels are downloaded through pip (so the mirror profile and this
+machine's pip configuration apply, and pip checks every sha256), unpacked without
+pip's help, and laid out as a plain CUDA root (see `assemble.lay_out`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+import zipfile
+from pathlib import Path
+
+from llamawheel import atomic, log, paths, pipfetch
+from llamawheel.errors import ToolchainError
+from llamawheel.mirrors import MirrorProfile
+from llamawheel.recipes import CudaMinor
+from llamawheel.toolchain import MARKER, CudaRoot
+from llamawheel.toolchain.assemble import check_complete, lay_out, tree_size
+
+
+def pins_key(minor: CudaMinor) -> str:
+    text = "\n".join(p.requirement_line() for p in minor.packages) + f"\nroot={minor.root}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def extract_prefix(wheel: Path, prefix: str, dest: Path) -> int:
+    """Unpack the members of ``wheel`` under ``prefix/`` into ``dest``, keeping exec bits."""
+    count = 0
+    with zipfile.ZipFile(wheel) as zf:
+        for info in zf.infolist():
+            if info.is_dir() or not info.filename.startswith(prefix + "/"):
+                continue
+            rel = info.filename[len(prefix) + 1 :]
+            if rel.startswith(".metadata/") or ".." in Path(rel).parts:
+                continue
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as src, target.open("wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+            mode = (info.external_attr >> 16) & 0o777
+            target.chmod(mode if mode else 0o644)
+            count += 1
+    return count
+
+
+class PypiProvider:
+    name = "pypi"
+
+    def root_dir(self, minor: CudaMinor) -> Path:
+        return paths.toolchains_dir() / f"cuda-{minor.version}-pypi"
+
+    def cached(self, minor: CudaMinor) -> CudaRoot | None:
+        root = self.root_dir(minor)
+        marker = root / MARKER
+        if not marker.is_file():
+            return None
+        data = json.loads(marker.read_text())
+        if data.get("pins") != pins_key(minor):
+            return None
+        return CudaRoot.from_marker(root)
+
+    def provision(self, minor: CudaMinor, mirror: MirrorProfile) -> CudaRoot:
+        if not minor.root:
+            raise ToolchainError(f"recipe entry for CUDA {minor.version} has no 'root' for the pypi provider")
+        root_dir = self.root_dir(minor)
+        with atomic.locked(root_dir):
+            found = self.cached(minor)
+            if found:
+                log.info(f"CUDA {minor.version} toolchain: reusing {found.path} ({found.origin})")
+                return found
+            log.info(f"provisioning CUDA {minor.version} from NVIDIA's PyPI wheels ({mirror.name} mirror)")
+            start = time.monotonic()
+            with atomic.new_dir(root_dir) as tmp:
+                downloads = tmp / ".downloads"
+                wheels = pipfetch.download(
+                    [p.requirement_line() for p in minor.packages], downloads, mirror, binary=True
+                )
+                download_bytes = sum(w.stat().st_size for w in wheels)
+                for wheel in wheels:
+                    if extract_prefix(wheel, minor.root, tmp) == 0:
+                        raise ToolchainError(f"{wheel.name} holds nothing under {minor.root}/")
+                shutil.rmtree(downloads)
+                lay_out(tmp)
+                nvcc_version = check_complete(tmp, minor.version)
+                origin = f"NVIDIA PyPI wheels ({mirror.name} mirror)"
+                root = CudaRoot(
+                    path=root_dir, version=minor.version, provider=self.name, origin=origin,
+                    nvcc_version=nvcc_version, download_bytes=download_bytes, size_bytes=tree_size(tmp),
+                )
+                marker = root.to_json() | {
+                    "pins": pins_key(minor),
+                    "packages": [f"{p.name}=={p.version}" for p in minor.packages],
+                    "seconds": round(time.monotonic() - start, 1),
+                }
+                (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+            log.info(
+                f"CUDA {minor.version} ready at {root_dir}: downloaded {log.human_size(download_bytes)}, "
+                f"{log.human_size(root.size_bytes)} unpacked, in {log.human_time(time.monotonic() - start)}"
+            )
+            return root
