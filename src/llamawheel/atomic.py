@@ -27,9 +27,14 @@ def locked(target: Path) -> Iterator[None]:
 def new_dir(final: Path) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``final``; on success it replaces ``final``.
 
+    Call it while holding `locked` on ``final``.
+
     On any error the temporary folder is removed and ``final`` is left as it was.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
+    # Callers hold `locked(final)`: leftovers of a run that was killed are nobody's now.
+    for stale in final.parent.glob(f".incoming-{final.name}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".incoming-{final.name}-", dir=final.parent))
     try:
         yield tmp

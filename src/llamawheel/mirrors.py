@@ -132,11 +132,23 @@ class Probe:
     seconds: float
 
 
+# What to fetch below each upstream's base URL: a small file that proves it serves what we need.
+PROBE_PATHS = {
+    "pypi": "pip/",
+    "debian": "dists/bookworm/Release",
+    "debian-security": "dists/bookworm-security/Release",
+    "ubuntu": "dists/noble/Release",
+    "registry": "v2/",
+}
+
+
 def probe(upstream: str, url: str, timeout: float = 5.0) -> Probe:
-    """Fetch ``url`` once (first bytes only) and time it."""
-    if upstream == "registry":
-        url = url if "://" in url else f"https://{url}"
-        url = url.rstrip("/") + "/v2/"
+    """Fetch a small file below ``url`` once (first bytes only) and time it."""
+    if upstream == "registry" and "://" not in url:
+        url = f"https://{url}"
+    kind = upstream.split(" ")[0]
+    if kind in PROBE_PATHS:
+        url = url.rstrip("/") + "/" + PROBE_PATHS[kind]
     start = time.monotonic()
     try:
         req = urllib.request.Request(url, headers={"User-Agent": "llamawheel-mirror-check"})

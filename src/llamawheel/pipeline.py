@@ -135,6 +135,18 @@ def _tool_versions(root: CudaRoot | None) -> dict[str, str]:
     return {k: v for k, v in versions.items() if v}
 
 
+def cmake_args_for(plan: Plan, root: CudaRoot | None) -> list[str]:
+    """The recipe's flags, the toolchain's, the architectures, then any CMAKE_ARGS the user set."""
+    args = list(plan.recipe.cmake_args)
+    if root is not None:
+        args += root.cmake_args() + [f"-DCMAKE_CUDA_ARCHITECTURES={archs.cmake_value(plan.targets)}"]
+    user_args = os.environ.get("CMAKE_ARGS", "").strip()
+    if user_args:
+        log.info(f"adding CMAKE_ARGS from your environment (recorded in the manifest): {user_args}")
+        args += shlex.split(user_args)
+    return args
+
+
 def run(plan: Plan) -> Path:
     """Run every stage; returns the repaired, verified wheel."""
     opts = plan.options
@@ -160,16 +172,11 @@ def run(plan: Plan) -> Path:
         source_dir = sdist.unpack(archive, work / "src")
     durations["source"] = time.monotonic() - t
 
-    cmake_args = list(plan.recipe.cmake_args)
+    cmake_args = cmake_args_for(plan, root)
     env: dict[str, str] = {}
     if root is not None:
-        cmake_args += root.cmake_args() + [f"-DCMAKE_CUDA_ARCHITECTURES={archs.cmake_value(plan.targets)}"]
         env.update(root.env())
         env["PATH"] = f"{root.path / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"
-    user_args = os.environ.get("CMAKE_ARGS", "").strip()
-    if user_args:
-        log.info(f"adding CMAKE_ARGS from your environment (recorded in the manifest): {user_args}")
-        cmake_args += shlex.split(user_args)
     env.update(plan.mirror.pip_env())
     kind = "cpu" if root is None else "cuda"
     jobs = opts.jobs or default_jobs(kind)

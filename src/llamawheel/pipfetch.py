@@ -42,7 +42,10 @@ def download(
             sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes",
             "--progress-bar", "off", "-d", str(dest), "-r", str(req),
         ]
-        cmd += ["--only-binary=:all:"] if binary else ["--no-binary=:all:"]
+        # Only the pinned projects are forced to wheels or to sources: a sdist's build
+        # backend (installed by pip to read its metadata) may still come as a wheel.
+        names = ",".join(line.split("==")[0].strip() for line in requirement_lines)
+        cmd += [f"--only-binary={names}"] if binary else [f"--no-binary={names}"]
         before = set(dest.iterdir())
         try:
             run_streamed(cmd, env=mirror.pip_env(), on_line=_show)

@@ -1,0 +1,115 @@
+"""Facts read from ELF files and CUDA fat binaries, and the platform tag they imply."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from llamawheel import elf, repair
+from llamawheel.elf import ElfInfo, FatbinEntry
+
+from .helpers import find_system_libz
+
+FATBIN_HEADER = struct.Struct("<IHHQ")
+ENTRY_HEADER = struct.Struct("<HHIQII HHI")
+ENTRY_HEADER_SIZE = 64  # real entries have a longer header than the fields llamawheel reads
+
+
+def fat_entry(kind: int, arch: int, payload: bytes) -> bytes:
+    head = ENTRY_HEADER.pack(kind, 0x0101, ENTRY_HEADER_SIZE, len(payload), 0, 0, 0, 1, arch)
+    return head.ljust(ENTRY_HEADER_SIZE, b"\0") + payload
+
+
+def fatbin(*entries: bytes) -> bytes:
+    body = b"".join(entries)
+    return FATBIN_HEADER.pack(elf.FATBIN_MAGIC, 1, FATBIN_HEADER.size, len(body)) + body
+
+
+def pad8(data: bytes) -> bytes:
+    return data + b"\0" * (-len(data) % 8)
+
+
+def test_two_fat_binaries_with_padding() -> None:
+    first = fatbin(fat_entry(elf.KIND_CUBIN, 86, b"\x01" * 40), fat_entry(elf.KIND_CUBIN, 90, b"\x02" * 13))
+    second = fatbin(fat_entry(elf.KIND_PTX, 90, b".version 9.0\n.target sm_90\n\0"))
+    assert len(first) % 8 != 0  # the parser must realign after an odd-sized fat binary
+    section = pad8(first) + b"\0" * 16 + second
+    entries = elf.parse_fatbin(section)
+    assert entries == [FatbinEntry("sass", 86), FatbinEntry("sass", 90), FatbinEntry("ptx", 90)]
+    info = ElfInfo(fatbin=entries)
+    assert info.sass_archs == {86, 90}
+    assert info.ptx_archs == {90}
+
+
+def test_entries_of_other_kinds_are_skipped() -> None:
+    data = fatbin(fat_entry(4, 75, b"elf"), fat_entry(elf.KIND_CUBIN, 120, b"cubin"))
+    assert elf.parse_fatbin(data) == [FatbinEntry("sass", 120)]
+
+
+def test_truncated_fat_binary_keeps_what_is_complete() -> None:
+    data = fatbin(fat_entry(elf.KIND_CUBIN, 86, b"x" * 32), fat_entry(elf.KIND_CUBIN, 89, b"y" * 32))
+    cut = FATBIN_HEADER.size + ENTRY_HEADER_SIZE + 32 + ENTRY_HEADER.size // 2
+    assert elf.parse_fatbin(data[:cut]) == [FatbinEntry("sass", 86)]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"\0" * 64, b"not a fat binary at all, just text " * 8, bytes(range(256)) * 4],
+    ids=["empty", "zeros", "text", "bytes"],
+)
+def test_garbage_holds_no_entries(data: bytes) -> None:
+    assert elf.parse_fatbin(data) == []
+
+
+def test_is_elf() -> None:
+    assert elf.is_elf(b"\x7fELF\x02\x01\x01")
+    assert not elf.is_elf(b"#!/bin/sh\n")
+
+
+def test_read_elf_of_non_elf_bytes_is_empty() -> None:
+    info = elf.read_elf(b"\x7fELF but truncated")
+    assert info.soname is None
+    assert info.needed == []
+    assert info.fatbin == []
+
+
+def test_read_real_shared_library(libz_bytes: bytes) -> None:
+    info = elf.read_elf(libz_bytes)
+    assert info.soname is not None and info.soname.startswith("libz.so")
+    assert "libc.so.6" in info.needed
+    assert info.machine == "EM_X86_64"
+    assert info.symbol_versions["GLIBC"] >= (2, 2)
+    assert info.fatbin == []
+    assert info.sass_archs == set()
+
+
+def test_read_elf_file_on_the_system_libz() -> None:
+    path = find_system_libz()
+    if path is None:
+        pytest.skip("no system libz.so.1 found under /usr/lib, /lib or /lib64: need a real ELF shared library")
+    info = elf.read_elf_file(path)
+    assert info.soname == "libz.so.1"
+    assert "GLIBC" in info.symbol_versions
+    assert info.runpath == []
+
+
+@pytest.mark.parametrize(
+    ("needs", "tag"),
+    [
+        ({}, "manylinux_2_17_x86_64"),
+        ({"GLIBC": (2, 2, 5)}, "manylinux_2_17_x86_64"),
+        ({"GLIBC": (2, 14)}, "manylinux_2_17_x86_64"),
+        ({"GLIBC": (2, 34)}, "manylinux_2_34_x86_64"),
+        ({"GLIBC": (2, 28), "GLIBCXX": (3, 4, 30)}, "manylinux_2_28_x86_64"),
+    ],
+)
+def test_platform_tag_follows_newest_glibc(needs: dict[str, tuple[int, ...]], tag: str) -> None:
+    assert repair.platform_tag([ElfInfo(symbol_versions=needs)]) == tag
+
+
+def test_platform_tag_takes_the_newest_library() -> None:
+    infos = [ElfInfo(symbol_versions={"GLIBC": (2, 17)}), ElfInfo(symbol_versions={"GLIBC": (2, 34)}), ElfInfo()]
+    assert repair.platform_tag(infos) == "manylinux_2_34_x86_64"
+    assert repair.platform_tag([]) == "manylinux_2_17_x86_64"
+    assert repair.platform_tag([ElfInfo()], machine="aarch64") == "manylinux_2_17_aarch64"

@@ -1,0 +1,216 @@
+"""Recipes: every shipped file loads, and a malformed one fails naming the file, the key
+and the closest valid spelling."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from llamawheel import recipes
+from llamawheel.errors import RecipeError, UsageError
+
+from .helpers import RECIPES_DIR
+
+SHIPPED = sorted(RECIPES_DIR.glob("*.toml"))
+CUDA13 = RECIPES_DIR / "cuda-13.toml"
+NVCC_SHA = "56fe502eb77625a12f25172caa3cdddb4e4c8ba2c8c17dba44b164761b380f03"
+
+
+def test_the_shipped_recipes_include_cuda_13_and_cpu() -> None:
+    assert {p.stem for p in SHIPPED} >= {"cuda-13", "cpu"}
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_every_shipped_recipe_loads(path: Path) -> None:
+    recipe = recipes.load_recipe(path)
+    assert recipe.name == path.stem
+    assert recipe.path == path
+    assert recipe.kind in ("cuda", "cpu")
+    assert re.fullmatch(r"\d+\.\d+\.\d+", recipe.llama_cpp_python.version)
+    if recipe.kind == "cpu":
+        assert recipe.minors == {}
+        assert not any("GGML_CUDA" in a for a in recipe.cmake_args)
+        return
+    line = path.stem.removeprefix("cuda-")
+    assert recipe.default_minor in recipe.minors
+    assert "-DGGML_CUDA=ON" in recipe.cmake_args
+    for version, minor in recipe.minors.items():
+        # find_cuda resolves "13.x" through the file cuda-13.toml: a minor of another line would be unreachable
+        assert version.split(".")[0] == line, f"{path.name} lists minor {version}, which is not CUDA {line}"
+        assert minor.major == int(line)
+        if minor.provider != "system":
+            assert minor.packages
+        assert all(pkg.sha256 for pkg in minor.packages)
+    assert {t.sm for t in recipe.default_targets()} <= set(recipe.supported_archs)
+
+
+def test_shipped_recipes_all_resolve_through_find_cuda() -> None:
+    for path in SHIPPED:
+        recipe = recipes.load_recipe(path)
+        for version in recipe.minors:
+            found, minor = recipes.find_cuda(version, RECIPES_DIR)
+            assert (found.name, minor.version) == (recipe.name, version)
+
+
+def _write_variant(tmp_path: Path, old: str, new: str, *, name: str = "cuda-13.toml", count: int = 1) -> Path:
+    """A copy of the shipped cuda-13 recipe with ``old`` replaced by ``new`` (checked to be there)."""
+    text = CUDA13.read_text()
+    assert text.count(old) >= count, f"the shipped recipe no longer contains {old!r}: update this test"
+    out = tmp_path / name
+    out.write_text(text.replace(old, new, count))
+    return out
+
+
+def _load_error(path: Path) -> RecipeError:
+    with pytest.raises(RecipeError) as info:
+        recipes.load_recipe(path)
+    assert info.value.exit_code == 3
+    assert str(path) in info.value.message
+    return info.value
+
+
+def test_unknown_top_level_key_names_file_key_and_suggestion(tmp_path: Path) -> None:
+    path = _write_variant(tmp_path, "default-minor = ", "default-minr = ")
+    err = _load_error(path)
+    assert "key 'default-minr'" in err.message
+    assert 'did you mean "default-minor"?' in err.message
+    assert err.tip is not None and "default-minor" in err.tip
+
+
+def test_misspelled_package_sha256_names_the_dotted_key(tmp_path: Path) -> None:
+    path = _write_variant(tmp_path, f'sha256 = "{NVCC_SHA}"', f'sha265 = "{NVCC_SHA}"')
+    err = _load_error(path)
+    assert "key 'minors.13.0.packages[0].sha265'" in err.message
+    assert 'did you mean "sha256"?' in err.message
+
+
+def test_misspelled_key_in_cuda_table_names_the_dotted_key(tmp_path: Path) -> None:
+    path = _write_variant(tmp_path, "supported-archs = ", "suported-archs = ")
+    err = _load_error(path)
+    assert "key 'cuda.suported-archs'" in err.message
+    assert 'did you mean "supported-archs"?' in err.message
+
+
+def test_package_without_sha256_fails_naming_the_key(tmp_path: Path) -> None:
+    path = _write_variant(tmp_path, f', sha256 = "{NVCC_SHA}"', "")
+    err = _load_error(path)
+    assert "key 'minors.13.0.packages[0].sha256'" in err.message
+    assert "is missing" in err.message
+
+
+@pytest.mark.parametrize("bad", ["not-a-hash", NVCC_SHA[:-1], NVCC_SHA.upper()], ids=["word", "short", "uppercase"])
+def test_package_with_non_hex_sha256_fails_naming_the_key(tmp_path: Path, bad: str) -> None:
+    path = _write_variant(tmp_path, NVCC_SHA, bad)
+    err = _load_error(path)
+    assert "key 'minors.13.0.packages[0].sha256'" in err.message
+    assert f"'{bad}' is not a lowercase hex sha256" in err.message
+
+
+def test_sdist_sha256_must_be_hex(tmp_path: Path) -> None:
+    sdist_sha = recipes.load_recipe(CUDA13).llama_cpp_python.sha256
+    path = _write_variant(tmp_path, f'sha256 = "{sdist_sha}"', 'sha256 = "TODO"')
+    err = _load_error(path)
+    assert "key 'llama-cpp-python.sha256'" in err.message
+    assert "'TODO' is not a lowercase hex sha256" in err.message
+
+
+def test_default_minor_must_be_listed(tmp_path: Path) -> None:
+    path = _write_variant(tmp_path, 'default-minor = "13.0"', 'default-minor = "13.9"')
+    err = _load_error(path)
+    assert "key 'default-minor'" in err.message
+    assert "'13.9' is not one of the listed minors" in err.message
+
+
+def test_unknown_provider_suggests_the_close_one(tmp_path: Path) -> None:
+    path = _write_variant(tmp_path, 'provider = "pypi"', 'provider = "pipy"')
+    err = _load_error(path)
+    assert "key 'minors.13.0.provider'" in err.message
+    assert 'did you mean "pypi"?' in err.message
+
+
+def test_default_arch_outside_supported_archs_fails(tmp_path: Path) -> None:
+    path = _write_variant(tmp_path, 'default-archs = ["75",', 'default-archs = ["35", "75",')
+    err = _load_error(path)
+    assert "key 'cuda.default-archs'" in err.message
+    assert "'35' is not in supported-archs" in err.message
+
+
+def test_wrong_type_names_the_expected_type(tmp_path: Path) -> None:
+    path = _write_variant(tmp_path, 'kind = "cuda"', "kind = 13")
+    err = _load_error(path)
+    assert "key 'kind'" in err.message
+    assert "must be a string, not int" in err.message
+
+
+def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "cuda-13.toml"
+    path.write_text('kind = "cuda\n')
+    err = _load_error(path)
+    assert "not valid TOML" in err.message
+
+
+def test_missing_file_names_the_file(tmp_path: Path) -> None:
+    err = _load_error(tmp_path / "cuda-99.toml")
+    assert "no such file" in err.message
+
+
+def test_find_cuda_unknown_minor_lists_known_versions() -> None:
+    with pytest.raises(UsageError) as info:
+        recipes.find_cuda("13.9", RECIPES_DIR)
+    assert info.value.exit_code == 2
+    assert "unknown CUDA version 13.9" in info.value.message
+    assert info.value.tip is not None
+    assert info.value.tip.startswith("known CUDA versions: ")
+    known = info.value.tip.removeprefix("known CUDA versions: ").split(", ")
+    assert "13" in known and "13.0" in known
+    assert "13.9" not in known
+    assert set(recipes.load_recipe(CUDA13).minors) <= set(known)
+
+
+def test_find_cuda_unknown_line_lists_known_versions() -> None:
+    with pytest.raises(UsageError) as info:
+        recipes.find_cuda("12.9", RECIPES_DIR)
+    assert "unknown CUDA version 12.9" in info.value.message
+    assert info.value.tip is not None and "13.0" in info.value.tip
+
+
+def test_find_cuda_line_gives_its_default_minor() -> None:
+    recipe, minor = recipes.find_cuda("13", RECIPES_DIR)
+    assert recipe.name == "cuda-13"
+    assert minor.version == "13.0"
+    assert minor.tag == "cu130"
+    assert minor.major == 13
+
+
+def test_find_cuda_in_another_folder(tmp_path: Path) -> None:
+    _write_variant(tmp_path, 'default-minor = "13.0"', 'default-minor = "13.2"')
+    _, minor = recipes.find_cuda("13", tmp_path)
+    assert minor.version == "13.2"
+    assert minor.tag == "cu132"
+
+
+def test_minor_tag() -> None:
+    recipe = recipes.load_recipe(CUDA13)
+    assert recipe.minors["13.0"].tag == "cu130"
+    assert recipe.minors["13.5"].tag == "cu135"
+
+
+def test_cpu_recipe_has_no_cuda_versions() -> None:
+    cpu = recipes.cpu_recipe(RECIPES_DIR)
+    assert cpu.kind == "cpu"
+    with pytest.raises(UsageError, match="builds for the CPU"):
+        cpu.minor(None)
+
+
+def test_cpu_recipe_missing_is_reported(tmp_path: Path) -> None:
+    shutil.copy(CUDA13, tmp_path / CUDA13.name)
+    with pytest.raises(RecipeError, match="no recipes/cpu.toml"):
+        recipes.cpu_recipe(tmp_path)
+
+
+def test_requirement_line_pins_version_and_hash() -> None:
+    nvcc = recipes.load_recipe(CUDA13).minors["13.0"].packages[0]
+    assert nvcc.requirement_line() == f"nvidia-cuda-nvcc==13.0.88 --hash=sha256:{NVCC_SHA}"
