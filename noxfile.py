@@ -25,12 +25,12 @@ nox.options.sessions = ["tests", "lint"]
 ROOT = Path(__file__).parent
 
 
-def _cuda_lines() -> dict[str, list[str]]:
-    """{"13": ["13.0", "13.1", ...]} from recipes/cuda-*.toml."""
+def _cuda_lines() -> dict[str, tuple[str, list[str]]]:
+    """{"13": ("13.0", ["13.0", "13.1", ...])}: each line's default minor and all its minors."""
     lines = {}
     for path in sorted(ROOT.glob("recipes/cuda-*.toml")):
         data = tomllib.loads(path.read_text())
-        lines[path.stem.removeprefix("cuda-")] = list(data.get("minors", {}))
+        lines[path.stem.removeprefix("cuda-")] = (data.get("default-minor", ""), list(data.get("minors", {})))
     return lines
 
 
@@ -39,12 +39,13 @@ def _build(session: nox.Session, target: str) -> None:
     session.run("llamawheel", "build", target, *session.posargs)
 
 
-for _line, _minors in _cuda_lines().items():
+for _line, (_default, _minors) in _cuda_lines().items():
     for _target in (_line, *_minors):
         def _session(session: nox.Session, target: str = _target) -> None:
             _build(session, target)
 
-        _session.__doc__ = f"Build a CUDA {_target} wheel (options after --: --arch, --mirror, --jobs, --out)."
+        _what = f"CUDA {_default} (the {_line}.x default)" if _target == _line else f"CUDA {_target}"
+        _session.__doc__ = f"Build a {_what} wheel; after --: --arch 86, --mirror NAME, --jobs N, --out DIR."
         nox.session(name=f"build-cuda-{_target}", default=False, tags=["build"])(_session)
 
 

@@ -13,7 +13,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if config.getoption("--run-slow"):
         return
-    skip = pytest.mark.skip(reason="slow: a full llama-cpp-python build; run with --run-slow (nox -s tests -- --run-slow)")
+    skip = pytest.mark.skip(
+        reason="slow: a full llama-cpp-python build; run with --run-slow (nox -s tests -- --run-slow)"
+    )
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)

@@ -106,7 +106,7 @@ def select(
     if spec is None:
         spec = "native" if gpus else "default"
     tokens: list[str] = []
-    for raw in (t.strip() for t in spec.split(",")):
+    for raw in (t.strip().lower() for t in spec.split(",")):
         if not raw:
             continue
         if raw == "default":

@@ -80,24 +80,14 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from llamawheel import archs, verify_static
+    from llamawheel import verify_static
     from llamawheel.wheelfile import WheelName
 
     if not args.wheel.is_file():
         raise UsageError(f"{args.wheel}: no such wheel file")
-    expect = None
-    if args.cuda or args.arch or args.runtime:
-        claimed = verify_static.Expectations.from_version(WheelName.parse(args.wheel.name).version)
-        major = int(args.cuda.split(".")[0]) if args.cuda else claimed.cuda_major
-        recipe, minor = recipes.find_cuda(args.cuda) if args.cuda else (None, None)
-        targets = (archs.select(args.arch, (), (), args.cuda or str(major), native=[]) if args.arch
-                   else claimed.targets)
-        runtime = args.runtime or claimed.runtime
-        expect = verify_static.Expectations(
-            major, targets, runtime,
-            recipe.runtime_rpath if recipe else claimed.runtime_rpath,
-            (minor.runtime_requires if minor else claimed.requires) if runtime == "pypi" else (),
-        )
+    expect = verify_static.Expectations.from_claim(
+        WheelName.parse(args.wheel.name).version, cuda=args.cuda, arch=args.arch, runtime=args.runtime
+    )
     report = verify_static.verify_wheel(args.wheel, expect)
     print(report.to_json() if args.json else report.render())
     report.raise_if_failed()

@@ -16,7 +16,8 @@ from elftools.elf.gnuversions import GNUVerNeedSection
 
 FATBIN_MAGIC = 0xBA55ED50
 _FATBIN_HEADER = struct.Struct("<IHHQ")  # magic, version, header size, size of the entries
-_ENTRY_HEADER = struct.Struct("<HHIQII HHI")  # kind, ?, header size, payload size, compressed size, ?, minor, major, arch
+# kind, ?, header size, payload size, compressed size, ?, minor, major, arch
+_ENTRY_HEADER = struct.Struct("<HHIQII HHI")
 KIND_PTX = 1
 KIND_CUBIN = 2
 _VERSION = re.compile(r"^(GLIBC|GLIBCXX|CXXABI)_(\d+(?:\.\d+)*)$")
@@ -84,12 +85,13 @@ def read_elf(data: bytes) -> ElfInfo:
     for section in elf.iter_sections():
         if isinstance(section, DynamicSection):
             for tag in section.iter_tags():
-                if tag.entry.d_tag == "DT_NEEDED":
-                    info.needed.append(tag.needed)
-                elif tag.entry.d_tag == "DT_SONAME":
-                    info.soname = tag.soname
-                elif tag.entry.d_tag in ("DT_RUNPATH", "DT_RPATH"):
-                    path = tag.runpath if tag.entry.d_tag == "DT_RUNPATH" else tag.rpath
+                kind = tag.entry.d_tag
+                if kind == "DT_NEEDED":
+                    info.needed.append(tag.needed)  # type: ignore[attr-defined]
+                elif kind == "DT_SONAME":
+                    info.soname = tag.soname  # type: ignore[attr-defined]
+                elif kind in ("DT_RUNPATH", "DT_RPATH"):
+                    path: str = getattr(tag, "runpath" if kind == "DT_RUNPATH" else "rpath")
                     info.runpath.extend(p for p in path.split(":") if p)
         elif isinstance(section, GNUVerNeedSection):
             for _verneed, auxiliaries in section.iter_versions():

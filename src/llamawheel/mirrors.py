@@ -15,7 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from llamawheel import paths, tomlcheck
@@ -41,7 +41,7 @@ class MirrorProfile:
     """A container registry mirror for base image pulls (host[/prefix])."""
 
     def urls(self) -> dict[str, str]:
-        return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self) if f.name.replace("_", "-") in UPSTREAMS}
+        return {key: getattr(self, key.replace("-", "_")) for key in UPSTREAMS}
 
     def pypi_index(self) -> str:
         """The index pip will really use: this profile's, else pip's own configuration."""
@@ -60,11 +60,11 @@ class MirrorProfile:
 def _profile(path: Path, name: str) -> MirrorProfile:
     doc = tomlcheck.load(path, MirrorError)
     doc.allow("description", *UPSTREAMS)
-    values = {key.replace("-", "_"): doc.str(key, "") for key in UPSTREAMS}
+    values = {key.replace("-", "_"): doc.text(key, "") for key in UPSTREAMS}
     for key, url in values.items():
         if url and key != "registry" and not url.startswith(("http://", "https://", "file://")):
             raise doc.fail(key.replace("_", "-"), f"'{url}' is not an http(s) or file URL")
-    return MirrorProfile(name=name, path=path, description=doc.str("description", ""), **values)
+    return MirrorProfile(name=name, path=path, description=doc.text("description", ""), **values)
 
 
 def available() -> dict[str, Path]:

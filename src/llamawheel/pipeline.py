@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import shlex
 import shutil
 import subprocess
@@ -86,7 +87,10 @@ def _source(recipe: Recipe, opts: BuildOptions) -> Sdist:
             "and every download is checked against a sha256",
             f"pass --sdist-sha256 with the sha256 of llama_cpp_python-{version}.tar.gz as your index lists it",
         )
-    return Sdist(pinned.name, version, opts.sdist_sha256.lower())
+    sha = opts.sdist_sha256.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", sha):
+        raise UsageError(f"--sdist-sha256 {opts.sdist_sha256!r} is not a sha256 (64 hex digits)")
+    return Sdist(pinned.name, version, sha)
 
 
 def plan_cuda(recipe: Recipe, minor: CudaMinor, opts: BuildOptions) -> Plan:
@@ -139,7 +143,7 @@ def cmake_args_for(plan: Plan, root: CudaRoot | None) -> list[str]:
     """The recipe's flags, the toolchain's, the architectures, then any CMAKE_ARGS the user set."""
     args = list(plan.recipe.cmake_args)
     if root is not None:
-        args += root.cmake_args() + [f"-DCMAKE_CUDA_ARCHITECTURES={archs.cmake_value(plan.targets)}"]
+        args += [*root.cmake_args(), f"-DCMAKE_CUDA_ARCHITECTURES={archs.cmake_value(plan.targets)}"]
     user_args = os.environ.get("CMAKE_ARGS", "").strip()
     if user_args:
         log.info(f"adding CMAKE_ARGS from your environment (recorded in the manifest): {user_args}")

@@ -62,7 +62,7 @@ def _show(line: str) -> None:
 def _explain(exc: CommandFailed, mirror: MirrorProfile) -> DownloadError:
     text = "\n".join(exc.tail)
     index = mirror.pypi_index() or "pip's default index"
-    if "DO NOT MATCH THE HASHES" in text or "hash" in text.lower() and "mismatch" in text.lower():
+    if "DO NOT MATCH THE HASHES" in text or ("hash" in text.lower() and "mismatch" in text.lower()):
         return DownloadError(
             f"a file from {index} does not match its pinned sha256: refusing to use it\n{exc.describe()}",
             "the mirror served a different file than the recipe pins; try another --mirror, "

@@ -106,14 +106,14 @@ def _pinned(table: tomlcheck.Table) -> PinnedPackage:
     for h in hashes:
         if not isinstance(h, str) or not _SHA256.match(h):
             raise table.fail("sha256", f"{h!r} is not a lowercase hex sha256")
-    return PinnedPackage(table.str("name"), table.str("version"), tuple(hashes))
+    return PinnedPackage(table.text("name"), table.text("version"), tuple(hashes))
 
 
 def _minor(version: str, table: tomlcheck.Table, line: tomlcheck.Table) -> CudaMinor:
     table.allow("provider", "packages", "root", "runtime-requires")
     if not re.fullmatch(r"\d+\.\d+", version):
         raise table.fail("", f"'{version}' is not a CUDA minor version like 13.0")
-    provider = table.str("provider")
+    provider = table.text("provider")
     if provider not in PROVIDERS:
         raise table.fail("provider", f"unknown provider '{provider}'{did_you_mean(provider, PROVIDERS)}")
     packages = tuple(_pinned(t) for t in table.tables("packages"))
@@ -124,7 +124,7 @@ def _minor(version: str, table: tomlcheck.Table, line: tomlcheck.Table) -> CudaM
         version=version,
         provider=provider,
         packages=packages,
-        root=table.str("root", ""),
+        root=table.text("root", ""),
         runtime_requires=runtime,
     )
 
@@ -133,12 +133,12 @@ def load_recipe(path: Path) -> Recipe:
     """Load and validate one recipe file."""
     doc = tomlcheck.load(path, RecipeError)
     doc.allow("kind", "description", "default-minor", "llama-cpp-python", "build", "cuda", "minors")
-    kind = doc.str("kind")
+    kind = doc.text("kind")
     if kind not in ("cuda", "cpu"):
         raise doc.fail("kind", f"must be 'cuda' or 'cpu', not '{kind}'{did_you_mean(kind, ('cuda', 'cpu'))}")
     lcp = doc.table("llama-cpp-python")
     lcp.allow("version", "sha256")
-    sha = lcp.str("sha256")
+    sha = lcp.text("sha256")
     if not _SHA256.match(sha):
         raise lcp.fail("sha256", f"{sha!r} is not a lowercase hex sha256")
     build = doc.table("build")
@@ -169,8 +169,8 @@ def load_recipe(path: Path) -> Recipe:
         name=path.stem,
         path=path,
         kind=kind,
-        description=doc.str("description", ""),
-        llama_cpp_python=Sdist("llama-cpp-python", lcp.str("version"), sha),
+        description=doc.text("description", ""),
+        llama_cpp_python=Sdist("llama-cpp-python", lcp.text("version"), sha),
         cmake_args=build.str_list("cmake-args", []),
         default_archs=defaults,
         supported_archs=supported,
@@ -193,7 +193,7 @@ def find_cuda(version: str, directory: Path | None = None) -> tuple[Recipe, Cuda
     recipe = recipes.get(f"cuda-{line}")
     known = sorted(
         (m for r in recipes.values() for m in (*r.minors, r.name.removeprefix("cuda-")) if r.kind == "cuda"),
-        key=lambda v: [int(x) for x in v.split(".")],
+        key=lambda v: [int(x) for x in re.findall(r"\d+", v)],
     )
     if recipe is None:
         raise UsageError(

@@ -32,7 +32,7 @@ class Table:
         self.error = error
 
     def fail(self, key: str, problem: str, tip: str | None = None) -> LlamawheelError:
-        name = f"{self.where}.{key}" if self.where else key
+        name = ".".join(part for part in (self.where, key) if part)
         return self.error(f"{self.path}: key '{name}': {problem}", tip)
 
     def allow(self, *keys: str) -> None:
@@ -51,14 +51,14 @@ class Table:
             raise self.fail(key, f"must be {kind_name}, not {type(value).__name__}")
         return value
 
-    def str(self, key: str, default: Any = None) -> Any:
+    def text(self, key: str, default: Any = None) -> Any:
         return self._get(key, str, "a string", _REQUIRED if default is None else default)
 
     def opt_str(self, key: str) -> str | None:
         value: str | None = self._get(key, str, "a string", None)
         return value
 
-    def int(self, key: str, default: Any = None) -> Any:
+    def number(self, key: str, default: Any = None) -> Any:
         return self._get(key, int, "an integer", _REQUIRED if default is None else default)
 
     def str_list(self, key: str, default: Any = None) -> tuple[str, ...]:

@@ -7,19 +7,20 @@ says it is CPU-only: the most common way users end up on the CPU without knowing
 
 from __future__ import annotations
 
+import hashlib
 import json
 import posixpath
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from llamawheel import archs
 from llamawheel.elf import ElfInfo, is_elf, read_elf
 from llamawheel.errors import UsageError, VerifyError
-from llamawheel.recipes import CudaMinor, Recipe, all_recipes
+from llamawheel.recipes import CudaMinor, Recipe, all_recipes, find_cuda
 from llamawheel.wheelfile import WheelName, dist_info_dir, metadata, read_entries
 
-_LOCAL = re.compile(r"^cu(?P<major>\d+?)(?P<minor>\d)$")
+_LOCAL = re.compile(r"^cu(?P<major>\d\d)(?P<minor>\d+)$")  # cu130 = 13.0, cu1310 = 13.10
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,34 @@ class Expectations:
             minor.major, targets, runtime, recipe.runtime_rpath,
             minor.runtime_requires if runtime == "pypi" else (),
         )
+
+    @classmethod
+    def from_claim(
+        cls, version: str, *, cuda: str | None = None, arch: str | None = None, runtime: str | None = None
+    ) -> Expectations:
+        """What to check: the version label's claim, with any of CUDA version, architectures
+        and runtime mode given explicitly instead (a wheel without a label needs ``cuda``)."""
+        if cuda:
+            recipe, minor = find_cuda(cuda)
+            mode = runtime or "pypi"
+            base = cls(minor.major, recipe.default_targets(), mode, recipe.runtime_rpath,
+                       minor.runtime_requires if mode == "pypi" else ())
+        else:
+            base = cls.from_version(version)
+            if runtime and runtime != base.runtime:
+                line = all_recipes().get(f"cuda-{base.cuda_major}")
+                requires: tuple[str, ...] = ()
+                if runtime == "pypi" and line and line.default_minor:
+                    requires = line.minors[line.default_minor].runtime_requires
+                base = replace(base, runtime=runtime, requires=requires)
+        if arch:
+            if base.cuda_major is None:
+                raise UsageError("--arch makes no sense for a CPU wheel")
+            known = all_recipes().get(f"cuda-{base.cuda_major}")
+            default = known.default_archs if known else ()
+            supported = known.supported_archs if known else ()
+            base = replace(base, targets=archs.select(arch, default, supported, str(base.cuda_major), native=[]))
+        return base
 
     @classmethod
     def from_version(cls, version: str, recipes: dict[str, Recipe] | None = None) -> Expectations:
@@ -153,7 +182,7 @@ def verify_wheel(path: Path, expect: Expectations | None = None) -> Report:
     for e in entries:
         if is_elf(e.data):
             elves[e.name] = read_elf(e.data)
-            digests.setdefault(e.data[:4096] + len(e.data).to_bytes(8, "little"), []).append(e.name)
+            digests.setdefault(hashlib.sha256(e.data).digest(), []).append(e.name)
             report.libraries[e.name] = {
                 "size": len(e.data),
                 "needed": elves[e.name].needed,
@@ -175,7 +204,9 @@ def verify_wheel(path: Path, expect: Expectations | None = None) -> Report:
                "every library this wheel ships is found under the name asked for" if not unresolved
                else "; ".join(unresolved))
 
-    absolute = sorted({f"{posixpath.basename(n)}: {p}" for n, i in elves.items() for p in i.runpath if p.startswith("/")})
+    absolute = sorted(
+        {f"{posixpath.basename(n)}: {p}" for n, i in elves.items() for p in i.runpath if p.startswith("/")}
+    )
     report.add("relocatable", not absolute,
                "no absolute RUNPATH (no build-machine paths)" if not absolute else "; ".join(absolute))
 
@@ -220,11 +251,13 @@ def verify_wheel(path: Path, expect: Expectations | None = None) -> Report:
     nvidia_requires = [r for r in requires if r.lower().startswith("nvidia-")]
     if expect.runtime == "pypi":
         missing = [r for r in expect.requires if r not in requires]
-        report.add("runtime from PyPI wheels", wants_pypi_path and not missing,
-                   "RUNPATH reaches " + ", ".join(expect.runtime_rpath) + "; requires " + ", ".join(nvidia_requires)
-                   if wants_pypi_path and not missing else
-                   (f"RUNPATH {sorted(runpaths)} does not reach {', '.join(expect.runtime_rpath)}" if not wants_pypi_path
-                    else f"Requires-Dist lacks {', '.join(missing)}"))
+        if not wants_pypi_path:
+            detail = f"RUNPATH {sorted(runpaths)} does not reach {', '.join(expect.runtime_rpath)}"
+        elif missing:
+            detail = f"Requires-Dist lacks {', '.join(missing)}"
+        else:
+            detail = f"RUNPATH reaches {', '.join(expect.runtime_rpath)}; requires {', '.join(nvidia_requires)}"
+        report.add("runtime from PyPI wheels", wants_pypi_path and not missing, detail)
     else:
         report.add("runtime from the system", not nvidia_requires and not wants_pypi_path,
                    "no NVIDIA wheels required; cudart and cuBLAS come from the system's loader path"

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.integration
 class _Handler(http.server.SimpleHTTPRequestHandler):
     requests: list[str]
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         self.requests.append(self.path)
 
 
@@ -100,7 +100,7 @@ def test_unreachable_mirror_is_named(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{_closed_port()}/simple/"
     result = llamawheel("mirrors", "check", str(_profile(tmp_path, pypi=url)), "--timeout", "2")
     assert result.returncode == 4
-    assert f"FAIL pypi" in result.stdout and url in result.stdout
+    assert "FAIL pypi" in result.stdout and url in result.stdout
     assert "did not answer" in result.stderr
 
 

@@ -117,7 +117,7 @@ def test_verify_static_not_a_zip(capsys: pytest.CaptureFixture[str], tmp_path: P
 
 
 def test_mirrors_list(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, "mirrors", "list")
+    code, out, _ = run(capsys, "mirrors", "list")
     assert code == 0
     listed = {line.split(":")[0] for line in out.splitlines() if line and not line.startswith(" ")}
     assert listed == {p.stem for p in MIRRORS_DIR.glob("*.toml")}

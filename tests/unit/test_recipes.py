@@ -207,7 +207,7 @@ def test_cpu_recipe_has_no_cuda_versions() -> None:
 
 def test_cpu_recipe_missing_is_reported(tmp_path: Path) -> None:
     shutil.copy(CUDA13, tmp_path / CUDA13.name)
-    with pytest.raises(RecipeError, match="no recipes/cpu.toml"):
+    with pytest.raises(RecipeError, match=r"no recipes/cpu\.toml"):
         recipes.cpu_recipe(tmp_path)
 
 

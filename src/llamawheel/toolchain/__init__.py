@@ -81,5 +81,6 @@ def provider_for(minor: CudaMinor, choice: str = "auto") -> Provider:
         return PypiProvider()
     raise ToolchainError(
         f"the '{name}' toolchain provider is not part of this llamawheel version",
-        "CUDA 13 minors use --toolchain pypi; apt ('deb') and installed ('system') toolkits come with CUDA 11/12 support",
+        "CUDA 13 minors use --toolchain pypi; apt ('deb') and installed ('system') toolkits "
+        "come with CUDA 11/12 support",
     )

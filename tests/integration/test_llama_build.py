@@ -1,0 +1,25 @@
+"""The real thing: llama-cpp-python for CUDA 13.0, sm_90 (about an hour cold on 2 cores)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from .conftest import llamawheel
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_llama_cpp_python_cuda13_sm90_wheel(tmp_path: Path) -> None:
+    result = llamawheel("build", "13", "--arch", "90", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-4000:]
+    (wheel,) = tmp_path.glob("llama_cpp_python-*+cu130.sm90-py3-none-manylinux_*_x86_64.whl")
+    assert "result: PASS" in result.stdout
+    assert wheel.stat().st_size < 30_000_000  # the plain build is 149 MB
+    manifest = json.loads(wheel.with_name(wheel.name + ".json").read_text())
+    assert manifest["source"]["sha256"] == "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+    libs = [Path(p).name for p in manifest["repair"]["libraries"]]
+    assert "libggml-cuda.so" in libs and "libllama.so" in libs
+    assert len(libs) == len(set(libs))

@@ -1,0 +1,187 @@
+"""Planning a build (no toolchain, no compile): the variant label, the CMake flags, the
+source pin, and how verification reads the label back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llamawheel import archs, options, pipeline, recipes, verify_static
+from llamawheel.errors import UsageError
+from llamawheel.toolchain import CudaRoot
+
+from .helpers import RECIPES_DIR, ROOT
+
+CUDA13 = recipes.load_recipe(RECIPES_DIR / "cuda-13.toml")
+CPU = recipes.load_recipe(RECIPES_DIR / "cpu.toml")
+
+
+def plan_cuda(minor: str = "13.0", **cli: object) -> pipeline.Plan:
+    return pipeline.plan_cuda(CUDA13, CUDA13.minors[minor], options.resolve(cli))
+
+
+def cuda_root(tmp_path: Path) -> CudaRoot:
+    return CudaRoot(tmp_path / "cuda-13.0", "13.0", "pypi", "test", "", 0, 0)
+
+
+def test_detection_is_stubbed(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(archs, "detect_native", lambda: calls.append("called") or [])
+    plan_cuda()
+    assert calls == ["called"]
+
+
+@pytest.mark.parametrize(
+    ("cli", "label"),
+    [
+        ({}, "cu130"),
+        ({"arch": "default"}, "cu130"),
+        ({"arch": "86"}, "cu130.sm86"),
+        ({"arch": "86", "runtime": "system"}, "cu130.sm86.sys"),
+        ({"runtime": "system"}, "cu130.sys"),
+        ({"arch": "89,90+ptx"}, "cu130.sm89.sm90.ptx90"),
+        ({"arch": "86-virtual"}, "cu130.ptx86"),
+    ],
+)
+def test_local_version(cli: dict[str, object], label: str) -> None:
+    assert plan_cuda(**cli).local_version == label
+
+
+def test_local_version_of_another_minor() -> None:
+    assert plan_cuda("13.2", arch="86").local_version == "cu132.sm86"
+
+
+def test_local_version_of_the_gpu_on_this_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(archs, "detect_native", lambda: ["89"])
+    assert plan_cuda().local_version == "cu130.sm89"
+
+
+def test_cpu_plan() -> None:
+    plan = pipeline.plan_cpu(CPU, options.resolve({}))
+    assert plan.local_version == "cpu"
+    assert plan.targets == ()
+    assert plan.describe() == f"llama-cpp-python {CPU.llama_cpp_python.version} for the CPU"
+
+
+def test_describe_names_version_and_archs() -> None:
+    assert plan_cuda(arch="86").describe() == (
+        f"llama-cpp-python {CUDA13.llama_cpp_python.version} for CUDA 13.0, sm_86"
+    )
+
+
+def test_plan_uses_the_chosen_mirror() -> None:
+    assert plan_cuda(mirror="tsinghua").mirror.name == "tsinghua"
+
+
+def test_cmake_args_for_a_cuda_plan(tmp_path: Path) -> None:
+    root = cuda_root(tmp_path)
+    args = pipeline.cmake_args_for(plan_cuda(arch="86"), root)
+    assert args[: len(CUDA13.cmake_args)] == list(CUDA13.cmake_args)
+    assert "-DGGML_CUDA=ON" in args
+    assert f"-DCMAKE_CUDA_COMPILER={tmp_path}/cuda-13.0/bin/nvcc" in args
+    assert f"-DCUDAToolkit_ROOT={tmp_path}/cuda-13.0" in args
+    assert args[-1] == "-DCMAKE_CUDA_ARCHITECTURES=86-real"
+
+
+def test_cmake_args_for_the_default_archs(tmp_path: Path) -> None:
+    args = pipeline.cmake_args_for(plan_cuda(), cuda_root(tmp_path))
+    assert "-DCMAKE_CUDA_ARCHITECTURES=75-real;80-real;86-real;89-real;90-real;100-real;120" in args
+
+
+def test_user_cmake_args_come_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CMAKE_ARGS", "-DGGML_CUDA_FORCE_MMQ=ON  -DEXTRA='two words'")
+    args = pipeline.cmake_args_for(plan_cuda(arch="86"), cuda_root(tmp_path))
+    assert args[-2:] == ["-DGGML_CUDA_FORCE_MMQ=ON", "-DEXTRA=two words"]
+    assert "-DCMAKE_CUDA_ARCHITECTURES=86-real" in args[:-2]
+
+
+def test_cmake_args_for_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CMAKE_ARGS", "-DGGML_AVX512=ON")
+    args = pipeline.cmake_args_for(pipeline.plan_cpu(CPU, options.resolve({})), None)
+    assert args == [*CPU.cmake_args, "-DGGML_AVX512=ON"]
+    assert not any("CUDA" in a for a in args)
+
+
+def test_source_is_the_recipe_pin_by_default() -> None:
+    assert pipeline._source(CUDA13, options.resolve({})) == CUDA13.llama_cpp_python
+    pinned = CUDA13.llama_cpp_python.version
+    assert pipeline._source(CUDA13, options.resolve({"llama_cpp_python": pinned})) == CUDA13.llama_cpp_python
+
+
+def test_unpinned_version_needs_a_sha256() -> None:
+    with pytest.raises(UsageError) as info:
+        pipeline._source(CUDA13, options.resolve({"llama_cpp_python": "0.3.1"}))
+    assert "llama-cpp-python 0.3.1 is not pinned by cuda-13.toml" in info.value.message
+    assert info.value.tip is not None
+    assert "--sdist-sha256" in info.value.tip
+    assert "llama_cpp_python-0.3.1.tar.gz" in info.value.tip
+
+
+def test_unpinned_version_with_a_sha256() -> None:
+    sha = "AB" * 32
+    source = pipeline._source(CUDA13, options.resolve({"llama_cpp_python": "0.3.1", "sdist_sha256": sha}))
+    assert (source.name, source.version, source.sha256) == ("llama-cpp-python", "0.3.1", sha.lower())
+
+
+def test_local_source_tree(tmp_path: Path) -> None:
+    fixture = ROOT / "tests" / "fixtures" / "cublas_probe"
+    source = pipeline._source(CUDA13, options.resolve({"source": fixture}))
+    assert (source.name, source.version) == ("cublas_probe", "0.1.0")
+    with pytest.raises(UsageError, match=r"no pyproject\.toml there"):
+        pipeline._source(CUDA13, options.resolve({"source": tmp_path}))
+
+
+def test_estimate_grows_with_architectures() -> None:
+    one = pipeline.estimate_seconds(plan_cuda(arch="86").targets, 2)
+    default = pipeline.estimate_seconds(plan_cuda().targets, 2)
+    assert one < default
+    assert pipeline.estimate_seconds(plan_cuda(arch="86").targets, 4) == one / 2
+
+
+# verification reads the claim back from the label a plan gives the wheel
+
+
+def test_expectations_from_a_full_label() -> None:
+    expect = verify_static.Expectations.from_version("0.3.36+cu130.sm86.ptx86.sys")
+    assert expect.cuda_major == 13
+    assert expect.targets == (archs.ArchTarget("86", sass=True, ptx=True),)
+    assert expect.runtime == "system"
+    assert expect.requires == ()  # the system runtime needs no NVIDIA wheels
+
+
+def test_expectations_of_the_default_label() -> None:
+    expect = verify_static.Expectations.from_version("0.3.36+cu130")
+    assert expect.cuda_major == 13
+    assert expect.targets == CUDA13.default_targets()
+    assert expect.runtime == "pypi"
+    assert expect.runtime_rpath == CUDA13.runtime_rpath
+    assert expect.requires == CUDA13.minors["13.0"].runtime_requires
+
+
+def test_expectations_of_a_cpu_label() -> None:
+    assert verify_static.Expectations.from_version("0.3.36+cpu").cuda_major is None
+
+
+@pytest.mark.parametrize("version", ["0.3.36", "0.3.36+"])
+def test_expectations_without_a_label(version: str) -> None:
+    with pytest.raises(UsageError) as info:
+        verify_static.Expectations.from_version(version)
+    assert "has no local version label" in info.value.message
+    assert info.value.tip is not None and "--cuda" in info.value.tip
+
+
+def test_expectations_of_an_unknown_label() -> None:
+    with pytest.raises(UsageError, match="'rocm60' is neither cpu nor cuXY"):
+        verify_static.Expectations.from_version("0.3.36+rocm60")
+
+
+@pytest.mark.parametrize(
+    "cli",
+    [{}, {"arch": "86"}, {"arch": "86-virtual"}, {"arch": "89,90+ptx", "runtime": "system"}, {"arch": "hopper"}],
+    ids=["default", "sm86", "ptx86", "sys", "hopper"],
+)
+def test_label_round_trips_through_verification(cli: dict[str, object]) -> None:
+    plan = plan_cuda(**cli)
+    expect = verify_static.Expectations.from_version(f"{plan.source.version}+{plan.local_version}")
+    assert expect == verify_static.Expectations.for_plan(plan.minor, plan.targets, plan.options.runtime, plan.recipe)
