@@ -75,6 +75,8 @@ class Recipe:
     default_archs: tuple[str, ...]
     supported_archs: tuple[str, ...]
     runtime_rpath: tuple[str, ...]
+    python_versions: tuple[str, ...]
+    """Python versions the published index serves (its dependency closure is fetched for each)."""
     default_minor: str | None
     minors: dict[str, CudaMinor]
 
@@ -129,10 +131,18 @@ def _minor(version: str, table: tomlcheck.Table, line: tomlcheck.Table) -> CudaM
     )
 
 
+def _python_versions(doc: tomlcheck.Table) -> tuple[str, ...]:
+    versions = doc.str_list("python-versions", ["3.10", "3.11", "3.12", "3.13"])
+    for v in versions:
+        if not re.fullmatch(r"3\.\d+", v):
+            raise doc.fail("python-versions", f"'{v}' is not a Python version like 3.12")
+    return versions
+
+
 def load_recipe(path: Path) -> Recipe:
     """Load and validate one recipe file."""
     doc = tomlcheck.load(path, RecipeError)
-    doc.allow("kind", "description", "default-minor", "llama-cpp-python", "build", "cuda", "minors")
+    doc.allow("kind", "description", "default-minor", "python-versions", "llama-cpp-python", "build", "cuda", "minors")
     kind = doc.text("kind")
     if kind not in ("cuda", "cpu"):
         raise doc.fail("kind", f"must be 'cuda' or 'cpu', not '{kind}'{did_you_mean(kind, ('cuda', 'cpu'))}")
@@ -175,6 +185,7 @@ def load_recipe(path: Path) -> Recipe:
         default_archs=defaults,
         supported_archs=supported,
         runtime_rpath=cuda.str_list("runtime-rpath", []),
+        python_versions=_python_versions(doc),
         default_minor=default_minor,
         minors=minors,
     )
