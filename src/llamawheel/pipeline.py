@@ -28,7 +28,7 @@ from llamawheel.errors import UsageError
 from llamawheel.mirrors import MirrorProfile, load_profile
 from llamawheel.options import BuildOptions
 from llamawheel.recipes import CudaMinor, Recipe, Sdist
-from llamawheel.toolchain import CudaRoot, provider_for
+from llamawheel.toolchain import CudaRoot, hostcc, provider_for
 
 # Measured on a 2-core machine (FACTS.md): the CPU part of the build, and one CUDA architecture.
 CPU_PART_SECONDS_2CORES = 560.0
@@ -43,6 +43,8 @@ class Plan:
     mirror: MirrorProfile
     source: Sdist
     options: BuildOptions
+    host_compiler: str | None = None
+    """A g++-N for nvcc when the default g++ is newer than the CUDA version accepts."""
 
     @property
     def local_version(self) -> str:
@@ -96,8 +98,8 @@ def _source(recipe: Recipe, opts: BuildOptions) -> Sdist:
 def plan_cuda(recipe: Recipe, minor: CudaMinor, opts: BuildOptions) -> Plan:
     mirror = load_profile(opts.mirror)
     gpus = archs.detect_native()
-    targets = archs.select(opts.arch, recipe.default_archs, recipe.supported_archs, minor.version, gpus)
-    plan = Plan(recipe, minor, targets, mirror, _source(recipe, opts), opts)
+    targets = archs.select(opts.arch, recipe.default_archs, recipe.supported_for(minor), minor.version, gpus)
+    plan = Plan(recipe, minor, targets, mirror, _source(recipe, opts), opts, hostcc.choose(minor))
     if opts.arch is None:
         jobs = opts.jobs or default_jobs("cuda")
         if gpus:
@@ -144,6 +146,8 @@ def cmake_args_for(plan: Plan, root: CudaRoot | None) -> list[str]:
     args = list(plan.recipe.cmake_args)
     if root is not None:
         args += [*root.cmake_args(), f"-DCMAKE_CUDA_ARCHITECTURES={archs.cmake_value(plan.targets)}"]
+        if plan.host_compiler:
+            args.append(f"-DCMAKE_CUDA_HOST_COMPILER={plan.host_compiler}")
     user_args = os.environ.get("CMAKE_ARGS", "").strip()
     if user_args:
         log.info(f"adding CMAKE_ARGS from your environment (recorded in the manifest): {user_args}")
@@ -210,6 +214,11 @@ def run(plan: Plan) -> Path:
         report = verify_static.verify_wheel(repaired.path, expect)
         durations["verify"] = time.monotonic() - t
         print(report.render())
+        if not report.ok:
+            # never leave a wheel that failed verification where pip or publish would take it
+            rejected = repaired.path.with_name(repaired.path.name + ".rejected")
+            os.replace(repaired.path, rejected)
+            log.warn(f"the wheel failed verification; kept for inspection as {rejected}")
         report.raise_if_failed()
 
     durations["total"] = time.monotonic() - started

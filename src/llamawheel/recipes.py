@@ -33,6 +33,37 @@ class PinnedPackage:
 
 
 @dataclass(frozen=True)
+class DebPackage:
+    """A Debian package: an exact version, or a glob (``12.6.*``) resolved against the signed index."""
+
+    name: str
+    version: str
+
+    @property
+    def is_glob(self) -> bool:
+        return "*" in self.version
+
+
+@dataclass(frozen=True)
+class AptSource:
+    """Where the ``deb`` provider fetches from; the URL itself comes from the mirror profile."""
+
+    upstream: str
+    """Which mirror-profile entry: ``debian``, ``ubuntu`` or ``cuda-apt``."""
+    suite: str
+    """``trixie`` for an archive, ``/`` for a flat repository such as NVIDIA's."""
+    components: tuple[str, ...]
+    path: str
+    """Below the mirror URL (``debian12/x86_64/`` in NVIDIA's repository), usually empty."""
+    keyring: str
+    """A keyring file on this machine (absolute), or a key file below the repository URL."""
+    key_fingerprint: str
+    """For a key fetched from the repository: the fingerprint it must have."""
+    layout: str
+    """How the packages lay files out: ``debian`` (/usr/lib/nvidia-cuda-toolkit) or ``nvidia`` (/usr/local/cuda-X.Y)."""
+
+
+@dataclass(frozen=True)
 class CudaMinor:
     """One CUDA minor version (``13.0``) and how to provision its toolchain."""
 
@@ -43,6 +74,12 @@ class CudaMinor:
     """Where the CUDA root lies inside the installed tree (``nvidia/cu13`` for pip)."""
     runtime_requires: tuple[str, ...]
     """Requires-Dist lines of a wheel in the default ("pypi") runtime mode."""
+    apt: AptSource | None = None
+    deb_packages: tuple[DebPackage, ...] = ()
+    max_gcc: int = 99
+    """The newest GCC major this CUDA version's nvcc accepts as host compiler."""
+    supported_archs: tuple[str, ...] = ()
+    """Overrides the line's list where a minor compiles for more (12.8 adds Blackwell)."""
 
     @property
     def tag(self) -> str:
@@ -83,6 +120,9 @@ class Recipe:
     def default_targets(self) -> tuple[archs.ArchTarget, ...]:
         return archs.merge([archs.parse_token(a) for a in self.default_archs])
 
+    def supported_for(self, minor: CudaMinor) -> tuple[str, ...]:
+        return minor.supported_archs or self.supported_archs
+
     def minor(self, version: str | None) -> CudaMinor:
         """The minor for ``version`` (``None``: the line's default)."""
         if self.kind != "cuda":
@@ -111,16 +151,52 @@ def _pinned(table: tomlcheck.Table) -> PinnedPackage:
     return PinnedPackage(table.text("name"), table.text("version"), tuple(hashes))
 
 
+_LAYOUTS = ("debian", "nvidia")
+_UPSTREAMS = ("debian", "ubuntu", "cuda-apt")
+
+
+def _apt(table: tomlcheck.Table) -> AptSource:
+    table.allow("upstream", "suite", "components", "path", "keyring", "key-fingerprint", "layout")
+    upstream = table.text("upstream")
+    if upstream not in _UPSTREAMS:
+        raise table.fail("upstream", f"'{upstream}' is not one of {', '.join(_UPSTREAMS)}{did_you_mean(upstream, _UPSTREAMS)}")
+    layout = table.text("layout", "debian")
+    if layout not in _LAYOUTS:
+        raise table.fail("layout", f"'{layout}' is not one of {', '.join(_LAYOUTS)}{did_you_mean(layout, _LAYOUTS)}")
+    keyring = table.text("keyring")
+    fingerprint = table.text("key-fingerprint", "").replace(" ", "").upper()
+    if not keyring.startswith("/") and not re.fullmatch(r"[0-9A-F]{40}", fingerprint):
+        raise table.fail("key-fingerprint", "a key fetched from the repository needs its 40-digit fingerprint pinned")
+    return AptSource(
+        upstream=upstream,
+        suite=table.text("suite"),
+        components=table.str_list("components", []),
+        path=table.text("path", ""),
+        keyring=keyring,
+        key_fingerprint=fingerprint,
+        layout=layout,
+    )
+
+
+def _deb(table: tomlcheck.Table) -> DebPackage:
+    table.allow("name", "version")
+    return DebPackage(table.text("name"), table.text("version"))
+
+
 def _minor(version: str, table: tomlcheck.Table, line: tomlcheck.Table) -> CudaMinor:
-    table.allow("provider", "packages", "root", "runtime-requires")
+    table.allow("provider", "packages", "root", "runtime-requires", "apt", "deb-packages", "max-gcc", "supported-archs")
     if not re.fullmatch(r"\d+\.\d+", version):
         raise table.fail("", f"'{version}' is not a CUDA minor version like 13.0")
     provider = table.text("provider")
     if provider not in PROVIDERS:
         raise table.fail("provider", f"unknown provider '{provider}'{did_you_mean(provider, PROVIDERS)}")
     packages = tuple(_pinned(t) for t in table.tables("packages"))
-    if provider != "system" and not packages:
-        raise table.fail("packages", f"provider '{provider}' needs pinned packages")
+    debs = tuple(_deb(t) for t in table.tables("deb-packages"))
+    apt = _apt(table.table("apt")) if "apt" in table.data else None
+    if provider == "pypi" and not packages:
+        raise table.fail("packages", "provider 'pypi' needs pinned packages")
+    if provider == "deb" and (apt is None or not debs):
+        raise table.fail("apt" if apt is None else "deb-packages", "provider 'deb' needs an [apt] table and deb-packages")
     runtime = table.str_list("runtime-requires", line.str_list("runtime-requires", []))
     return CudaMinor(
         version=version,
@@ -128,6 +204,10 @@ def _minor(version: str, table: tomlcheck.Table, line: tomlcheck.Table) -> CudaM
         packages=packages,
         root=table.text("root", ""),
         runtime_requires=runtime,
+        apt=apt,
+        deb_packages=debs,
+        max_gcc=table.number("max-gcc", 99),
+        supported_archs=table.str_list("supported-archs", []),
     )
 
 

@@ -147,7 +147,7 @@ class Report:
             raise VerifyError(
                 f"{self.wheel} failed static verification: {first.name}: {first.detail}"
                 + (f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""),
-                "rebuild it with llamawheel (nox -s build-cuda-13 -- --arch ...); do not install this wheel",
+                "do not install this wheel; rebuild it with llamawheel (nox -s build-cuda-<version> -- --arch ...)",
             )
 
 
@@ -228,11 +228,11 @@ def verify_wheel(path: Path, expect: Expectations | None = None) -> Report:
 
     needed = {d for i in cuda_libs.values() for d in i.needed}
     for lib in ("libcudart", "libcublas"):
-        want = f"{lib}.so.{expect.cuda_major}"
+        want = f"{lib}.so.{expect.cuda_major}"  # CUDA 11's runtime is libcudart.so.11.0
         found = sorted(d for d in needed if d.startswith(lib + ".so"))
-        report.add(f"links {lib}", want in found,
-                   f"needs {want}" if want in found else
-                   f"needs {', '.join(found) or 'no ' + lib}, expected {want}")
+        ok = [d for d in found if d == want or d.startswith(want + ".")]
+        report.add(f"links {lib}", bool(ok),
+                   f"needs {ok[0]}" if ok else f"needs {', '.join(found) or 'no ' + lib}, expected {want}")
 
     sass = set().union(*(i.sass_archs for i in cuda_libs.values()))
     ptx = set().union(*(i.ptx_archs for i in cuda_libs.values()))

@@ -71,16 +71,36 @@ class Provider(Protocol):
 
 
 def provider_for(minor: CudaMinor, choice: str = "auto") -> Provider:
-    """The provider to use: the recipe's, unless ``choice`` names one."""
-    from llamawheel.toolchain.pypi import PypiProvider
+    """The provider to use.
 
-    name = minor.provider if choice == "auto" else choice
-    if name == "pypi":
-        if minor.provider != "pypi":
-            raise ToolchainError(f"CUDA {minor.version} has no compiler on PyPI (only CUDA 13 wheels ship nvcc)")
+    ``auto``: a complete installed toolkit of the same minor if there is one, else the
+    recipe's provider. ``pypi``, ``deb``, ``system``: that one (pypi and deb only where the
+    recipe says how).
+    """
+    from llamawheel.toolchain.deb import DebProvider
+    from llamawheel.toolchain.pypi import PypiProvider
+    from llamawheel.toolchain.system import SystemProvider
+
+    if choice == "auto":
+        root, _ = SystemProvider().explain(minor)
+        if root is not None:
+            return SystemProvider(quiet=True)
+        choice = minor.provider
+    if choice == "system":
+        return SystemProvider()
+    if choice != minor.provider:
+        raise ToolchainError(
+            f"the recipe provides CUDA {minor.version} through '{minor.provider}', not '{choice}'",
+            f"use --toolchain {minor.provider}, system or auto"
+            + (" (CUDA 11 and 12 compilers are not on PyPI)" if choice == "pypi" else ""),
+        )
+    if choice == "pypi":
         return PypiProvider()
-    raise ToolchainError(
-        f"the '{name}' toolchain provider is not part of this llamawheel version",
-        "CUDA 13 minors use --toolchain pypi; apt ('deb') and installed ('system') toolkits "
-        "come with CUDA 11/12 support",
-    )
+    if choice == "deb":
+        return DebProvider()
+    raise ToolchainError(f"unknown toolchain provider '{choice}'", "choose auto, pypi, deb or system")
+
+
+def cached_roots(folder: Path) -> list[CudaRoot]:
+    """Every complete toolchain under ``folder`` (those with a marker)."""
+    return [CudaRoot.from_marker(d) for d in sorted(folder.iterdir()) if (d / MARKER).is_file()] if folder.is_dir() else []

@@ -1,0 +1,339 @@
+"""The ``deb`` provider: a CUDA root from Debian (or NVIDIA) apt packages.
+
+apt runs with lists, cache and sources of its own under the cache (no root needed,
+nothing installed on the system, the system's apt untouched). Signature checks stay
+on: the repository's Release file must be signed by the recipe's keyring, and every
+.deb is checked against the hashes in that signed index. Only the packages the recipe
+names are fetched (no dependencies); they are unpacked with ``dpkg-deb -x`` and laid
+out as a plain CUDA root, with the absolute paths Debian's packages carry rewritten.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import getpass
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from llamawheel import atomic, log, mirrors, paths
+from llamawheel.errors import DownloadError, ToolchainError
+from llamawheel.mirrors import MirrorProfile
+from llamawheel.proc import CommandFailed, run_streamed
+from llamawheel.recipes import AptSource, CudaMinor, DebPackage
+from llamawheel.toolchain import MARKER, CudaRoot
+from llamawheel.toolchain.assemble import check_complete, lay_out, tree_size
+
+_GET = re.compile(r"^(Get|Hit|Ign|Err):\d+\s")
+
+
+def repo_url(apt: AptSource, mirror: MirrorProfile) -> str:
+    """The repository URL: the profile's entry for the upstream, else this machine's apt."""
+    base = mirror.urls().get(apt.upstream, "")
+    if not base and apt.upstream == "debian":
+        uris = [u for u in mirrors.system_apt_uris() if "security" not in u and "ubuntu" not in u]
+        base = uris[0] if uris else ""
+    if not base and apt.upstream == "ubuntu":
+        uris = [u for u in mirrors.system_apt_uris() if "ubuntu" in u and "security" not in u]
+        base = uris[0] if uris else ""
+    if not base:
+        raise ToolchainError(
+            f"the mirror profile '{mirror.name}' has no '{apt.upstream}' URL and this machine's apt has none either",
+            f"choose a profile with a {apt.upstream} mirror (llamawheel mirrors list), or add "
+            f'{apt.upstream} = "https://..." to your own profile',
+        )
+    url = base.rstrip("/") + "/"
+    return url + apt.path.lstrip("/") if apt.path else url
+
+
+def pins_key(minor: CudaMinor, url: str) -> str:
+    text = json.dumps([minor.version, [(p.name, p.version) for p in minor.deb_packages], minor.apt.__repr__(), url])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class AptSession:
+    """apt-get and apt-cache with a private state folder."""
+
+    def __init__(self, base: Path, url: str, apt: AptSource) -> None:
+        self.base = base
+        self.url = url
+        self.apt = apt
+        for d in ("lists/partial", "cache/archives/partial", "etc/sources.list.d", "etc/preferences.d",
+                  "etc/apt.conf.d", "etc/trusted.gpg.d"):
+            (base / d).mkdir(parents=True, exist_ok=True)
+        (base / "status").write_text("")
+        self.keyring = self._keyring()
+        line = f"deb [signed-by={self.keyring}] {url} {apt.suite} {' '.join(apt.components)}".rstrip()
+        (base / "etc" / "sources.list").write_text(line + "\n")
+        self.options = [
+            f"-oDir::Etc::SourceList={base / 'etc' / 'sources.list'}",
+            f"-oDir::Etc::SourceParts={base / 'etc' / 'sources.list.d'}",
+            f"-oDir::Etc::PreferencesParts={base / 'etc' / 'preferences.d'}",
+            f"-oDir::Etc::Parts={base / 'etc' / 'apt.conf.d'}",
+            f"-oDir::Etc::TrustedParts={base / 'etc' / 'trusted.gpg.d'}",
+            f"-oDir::State::Lists={base / 'lists'}",
+            f"-oDir::State::Status={base / 'status'}",
+            f"-oDir::Cache={base / 'cache'}",
+            "-oAPT::Architecture=amd64",
+            "-oAPT::Architectures=amd64",
+            "-oAcquire::Languages=none",
+            "-oDebug::NoLocking=1",
+            f"-oAPT::Sandbox::User={getpass.getuser()}",
+        ]
+
+    def _keyring(self) -> str:
+        if self.apt.keyring.startswith("/"):
+            if not Path(self.apt.keyring).is_file():
+                raise ToolchainError(
+                    f"the keyring {self.apt.keyring} that signs {self.url} is not on this machine",
+                    "install Debian's archive keyring (apt-get install debian-archive-keyring)",
+                )
+            return self.apt.keyring
+        return str(fetch_pinned_key(self.url + self.apt.keyring, self.apt.key_fingerprint, self.base))
+
+    def _run(self, tool: str, args: list[str], cwd: Path | None = None, show: bool = True) -> list[str]:
+        if not shutil.which(tool):
+            raise ToolchainError(f"{tool} is not installed", "the deb provider needs apt (a Debian or Ubuntu host)")
+        lines: list[str] = []
+
+        def on_line(line: str) -> None:
+            lines.append(line)
+            if show and _GET.match(line):
+                log.info("apt: " + line.strip())
+
+        try:
+            run_streamed([tool, *self.options, *args], cwd=cwd, on_line=on_line, keep=200)
+        except CommandFailed as exc:
+            raise _explain(exc, self.url) from None
+        text = "\n".join(lines)
+        if tool == "apt-get" and re.search(r"^(W|E): (Failed to fetch|GPG error|The repository)", text, re.M):
+            raise _explain(CommandFailed([tool, *args], 100, lines[-40:]), self.url)
+        return lines
+
+    def update(self) -> None:
+        self._run("apt-get", ["update"])
+
+    def madison(self, name: str) -> list[str]:
+        """Versions of ``name`` the signed index offers, newest first."""
+        out = self._run("apt-cache", ["madison", name], show=False)
+        return [line.split("|")[1].strip() for line in out if line.count("|") >= 2 and line.split("|")[0].strip() == name]
+
+    def resolve(self, packages: tuple[DebPackage, ...]) -> list[tuple[str, str]]:
+        resolved = []
+        for p in packages:
+            offered = self.madison(p.name)
+            matches = [v for v in offered if fnmatch.fnmatchcase(v, p.version)]
+            if not matches:
+                raise DownloadError(
+                    f"{self.url} offers no {p.name} {p.version}"
+                    + (f" (it has {', '.join(offered[:5])})" if offered else " (no such package there)"),
+                    "the mirror may lag behind or drop old versions: try another --mirror, or update the recipe pin",
+                )
+            resolved.append((p.name, matches[0]))
+        return resolved
+
+    def download(self, resolved: list[tuple[str, str]], dest: Path) -> list[Path]:
+        dest.mkdir(parents=True, exist_ok=True)
+        self._run("apt-get", ["download", *(f"{n}={v}" for n, v in resolved)], cwd=dest)
+        return sorted(dest.glob("*.deb"))
+
+
+def fetch_pinned_key(url: str, fingerprint: str, workdir: Path) -> Path:
+    """Fetch a repository's public key and accept it only if its fingerprint is the pinned one."""
+    if not shutil.which("gpg"):
+        raise ToolchainError("gpg is not installed", "apt-get install gpg (needed to check the repository key)")
+    home = Path(tempfile.mkdtemp(prefix="gnupg-", dir=workdir))
+    home.chmod(0o700)
+    try:
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            key = resp.read()
+    except OSError as exc:
+        raise DownloadError(f"cannot fetch the repository key {url}: {exc}") from None
+    (home / "key").write_bytes(key)
+    gpg = ["gpg", "--homedir", str(home), "--batch", "--quiet"]
+    subprocess.run([*gpg, "--import", str(home / "key")], capture_output=True, check=False)
+    listing = subprocess.run([*gpg, "--with-colons", "--fingerprint"], capture_output=True, text=True).stdout
+    found = [line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:")]
+    if fingerprint not in found:
+        raise DownloadError(
+            f"the key at {url} has fingerprint {', '.join(found) or 'none'}, the recipe pins {fingerprint}",
+            "the mirror served a different key: refusing to trust packages signed with it",
+        )
+    keyring = workdir / "repository-key.gpg"
+    keyring.write_bytes(subprocess.run([*gpg, "--export", fingerprint], capture_output=True, check=True).stdout)
+    shutil.rmtree(home, ignore_errors=True)
+    return keyring
+
+
+def _explain(exc: CommandFailed, url: str) -> DownloadError:
+    text = "\n".join(exc.tail)
+    if "NO_PUBKEY" in text or "is not signed" in text or "GPG error" in text or "BADSIG" in text:
+        return DownloadError(
+            f"{url} is not signed by the recipe's key: refusing it\n{exc.describe()}",
+            "the mirror may be broken or tampered with; choose another --mirror",
+        )
+    if "Hash Sum mismatch" in text or "Hashes of expected file" in text:
+        return DownloadError(f"a package from {url} does not match the signed index\n{exc.describe()}",
+                             "the mirror is serving inconsistent files; retry later or choose another --mirror")
+    return DownloadError(
+        f"apt could not fetch from {url}\n{exc.describe()}",
+        "check that the mirror is reachable (llamawheel mirrors check) or choose another --mirror",
+    )
+
+
+def extract(debs: list[Path], tree: Path) -> None:
+    if not shutil.which("dpkg-deb"):
+        raise ToolchainError("dpkg-deb is not installed", "the deb provider needs dpkg (a Debian or Ubuntu host)")
+    for deb in debs:
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(tree)], check=True)
+
+
+NVCC_PROFILE = """\
+# Written by llamawheel: every path relative to this folder.
+TOP              = $(_HERE_)/..
+CICC_PATH        = $(TOP)/nvvm/bin
+NVVMIR_LIBRARY_DIR = $(TOP)/nvvm/libdevice
+PATH            += $(CICC_PATH):$(_HERE_):
+INCLUDES        +=  "-I$(TOP)/include" $(_SPACE_)
+LIBRARIES        =+ $(_SPACE_) "-L$(TOP)/lib64/stubs" "-L$(TOP)/lib64"
+"""
+
+_DEBIAN_TOOLS = ("ptxas", "fatbinary", "nvlink", "cudafe++", "bin2c", "cuobjdump", "nvdisasm", "nvprune",
+                 "cu++filt", "__nvcc_device_query")
+
+
+def lay_out_debian(tree: Path, root: Path) -> None:
+    """Debian's split layout (/usr/bin, /usr/include, /usr/lib/nvidia-cuda-toolkit) -> a CUDA root."""
+    toolkit = tree / "usr" / "lib" / "nvidia-cuda-toolkit"
+    if not (toolkit / "bin" / "nvcc").is_file():
+        raise ToolchainError("the Debian packages hold no usr/lib/nvidia-cuda-toolkit/bin/nvcc")
+    (root / "bin").mkdir()
+    (root / "nvvm" / "bin").mkdir(parents=True)
+    os.rename(toolkit / "bin" / "nvcc", root / "bin" / "nvcc")
+    os.rename(toolkit / "bin" / "crt", root / "bin" / "crt")
+    os.rename(toolkit / "bin" / "cicc", root / "nvvm" / "bin" / "cicc")
+    os.rename(toolkit / "libdevice", root / "nvvm" / "libdevice")
+    for tool in _DEBIAN_TOOLS:
+        if (tree / "usr" / "bin" / tool).is_file():
+            os.rename(tree / "usr" / "bin" / tool, root / "bin" / tool)
+    (root / "bin" / "nvcc.profile").write_text(NVCC_PROFILE)
+    os.rename(tree / "usr" / "include", root / "include")
+    os.rename(tree / "usr" / "lib" / "x86_64-linux-gnu", root / "lib64")
+    (root / "lib").symlink_to("lib64")
+    _relink_absolute(root, {"/usr/include/": "include/", "/usr/lib/x86_64-linux-gnu/": "lib64/"})
+
+
+def lay_out_nvidia(tree: Path, root: Path, version: str) -> None:
+    """NVIDIA's repository installs a whole root under /usr/local/cuda-X.Y: take it as it is."""
+    source = tree / "usr" / "local" / f"cuda-{version}"
+    if not source.is_dir():
+        raise ToolchainError(f"the NVIDIA packages hold no usr/local/cuda-{version}")
+    for item in source.iterdir():
+        os.rename(item, root / item.name)
+
+
+# Static libraries a build links; Debian's dev package holds every CUDA library's static
+# archive (cuFFT, NPP, cuSPARSE...), gigabytes nobody here links.
+_KEEP_STATIC = ("libcudart_static.a", "libcudadevrt.a", "libculibos.a")
+
+
+def prune_static(root: Path) -> int:
+    """Remove the static archives a build does not link; returns the bytes freed."""
+    freed = 0
+    for lib in (root / "lib64", root / "targets" / "x86_64-linux" / "lib"):
+        if not lib.is_dir() or lib.is_symlink():
+            continue
+        for archive in lib.glob("*.a"):
+            if archive.name not in _KEEP_STATIC and not archive.is_symlink():
+                freed += archive.stat().st_size
+                archive.unlink()
+    return freed
+
+
+def _relink_absolute(root: Path, prefixes: dict[str, str]) -> None:
+    """Rewrite symlinks that point at /usr/... into links relative to ``root``."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            link = Path(dirpath, name)
+            if not link.is_symlink():
+                continue
+            target = os.readlink(link)
+            if not target.startswith("/"):
+                continue
+            for prefix, inside in prefixes.items():
+                if target.startswith(prefix):
+                    new = root / (inside + target[len(prefix):])
+                    link.unlink()
+                    link.symlink_to(os.path.relpath(new, link.parent))
+                    break
+
+
+class DebProvider:
+    name = "deb"
+
+    def root_dir(self, minor: CudaMinor) -> Path:
+        return paths.toolchains_dir() / f"cuda-{minor.version}-deb"
+
+    def cached(self, minor: CudaMinor, url: str) -> CudaRoot | None:
+        marker = self.root_dir(minor) / MARKER
+        if not marker.is_file() or json.loads(marker.read_text()).get("pins") != pins_key(minor, url):
+            return None
+        return CudaRoot.from_marker(self.root_dir(minor))
+
+    def provision(self, minor: CudaMinor, mirror: MirrorProfile) -> CudaRoot:
+        if minor.apt is None:
+            raise ToolchainError(f"CUDA {minor.version} has no apt packages in its recipe")
+        apt = minor.apt
+        url = repo_url(apt, mirror)
+        root_dir = self.root_dir(minor)
+        with atomic.locked(root_dir):
+            found = self.cached(minor, url)
+            if found:
+                log.info(f"CUDA {minor.version} toolchain: reusing {found.path} ({found.origin})")
+                return found
+            where = f"{apt.suite} " if apt.suite != "/" else ""
+            log.info(f"provisioning CUDA {minor.version} from {apt.upstream} {where}packages ({mirror.name} mirror: {url})")
+            start = time.monotonic()
+            with atomic.new_dir(root_dir) as tmp:
+                session = AptSession(tmp / ".apt", url, apt)
+                session.update()
+                resolved = session.resolve(minor.deb_packages)
+                debs = session.download(resolved, tmp / ".debs")
+                download_bytes = sum(d.stat().st_size for d in debs)
+                log.info(f"unpacking {len(debs)} packages ({log.human_size(download_bytes)})")
+                extract(debs, tmp / ".tree")
+                if apt.layout == "debian":
+                    lay_out_debian(tmp / ".tree", tmp)
+                else:
+                    lay_out_nvidia(tmp / ".tree", tmp, minor.version)
+                for scratch in (".apt", ".debs", ".tree"):
+                    shutil.rmtree(tmp / scratch, ignore_errors=True)
+                freed = prune_static(tmp)
+                if freed:
+                    log.info(f"removed {log.human_size(freed)} of static libraries no build links")
+                lay_out(tmp)
+                nvcc_version = check_complete(tmp, minor.version)
+                origin = f"{apt.upstream} packages {where}({mirror.name} mirror)".replace("  ", " ")
+                root = CudaRoot(
+                    path=root_dir, version=minor.version, provider=self.name, origin=origin,
+                    nvcc_version=nvcc_version, download_bytes=download_bytes, size_bytes=tree_size(tmp),
+                )
+                marker = root.to_json() | {
+                    "pins": pins_key(minor, url),
+                    "repository": url,
+                    "packages": [f"{n}={v}" for n, v in resolved],
+                    "seconds": round(time.monotonic() - start, 1),
+                }
+                (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+            log.info(
+                f"CUDA {minor.version} ready at {root_dir}: downloaded {log.human_size(download_bytes)}, "
+                f"{log.human_size(root.size_bytes)} unpacked, in {log.human_time(time.monotonic() - start)}"
+            )
+            return root

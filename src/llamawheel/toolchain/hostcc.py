@@ -1,0 +1,42 @@
+"""The host C++ compiler nvcc will use: each CUDA version accepts GCC up to some major.
+
+Chosen before CMake runs, so an unsupported compiler is an error that says what to
+install, not a failure deep in CMake's CUDA detection.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+from llamawheel import log
+from llamawheel.errors import ToolchainError
+from llamawheel.recipes import CudaMinor
+
+
+def gcc_major(compiler: str) -> int | None:
+    try:
+        out = subprocess.run([compiler, "-dumpversion"], capture_output=True, text=True, timeout=30).stdout
+    except OSError:
+        return None
+    match = re.match(r"(\d+)", out.strip())
+    return int(match.group(1)) if match else None
+
+
+def choose(minor: CudaMinor, default: str = "g++") -> str | None:
+    """``None`` when the default ``g++`` will do, else the path of a suitable ``g++-N``."""
+    found = shutil.which(default)
+    major = gcc_major(found) if found else None
+    if major is not None and major <= minor.max_gcc:
+        return None
+    for n in range(minor.max_gcc, 6, -1):
+        candidate = shutil.which(f"g++-{n}")
+        if candidate and gcc_major(candidate) == n:
+            log.info(f"CUDA {minor.version} accepts GCC {minor.max_gcc} at most and g++ is {major}: using {candidate}")
+            return candidate
+    raise ToolchainError(
+        f"CUDA {minor.version}'s nvcc accepts GCC {minor.max_gcc} at most, but this machine's g++ is "
+        f"{major if major is not None else 'missing'} and no g++-{minor.max_gcc} or older is installed",
+        f"install one: apt-get install g++-{minor.max_gcc}",
+    )
