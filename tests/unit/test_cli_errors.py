@@ -30,22 +30,22 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 
 def test_unknown_cuda_version(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, "build", "12.9")
+    code, out, err = run(capsys, "build", "12.7")
     assert code == 2
     assert out == ""
-    assert "ERROR unknown CUDA version 12.9" in err
+    assert "ERROR unknown CUDA version 12.7" in err
     tip = next(line for line in err.splitlines() if line.startswith("TIP "))
     assert tip.startswith("TIP known CUDA versions: ")
-    for version in ("13", *load_recipe(RECIPES_DIR / "cuda-13.toml").minors):
+    for version in ("11", "12", "13", *load_recipe(RECIPES_DIR / "cuda-13.toml").minors, *load_recipe(RECIPES_DIR / "cuda-12.toml").minors):
         assert version in tip.split(": ", 1)[1].split(", ")
     assert "Traceback" not in err
 
 
 def test_unknown_cuda_version_with_traceback(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(capsys, "--traceback", "build", "12.9")
+    code, _, err = run(capsys, "--traceback", "build", "12.7")
     assert code == 2
     assert "Traceback" in err
-    assert "ERROR unknown CUDA version 12.9" in err
+    assert "ERROR unknown CUDA version 12.7" in err
 
 
 def test_misspelled_arch_preset(capsys: pytest.CaptureFixture[str]) -> None:
