@@ -159,7 +159,8 @@ def _apt(table: tomlcheck.Table) -> AptSource:
     table.allow("upstream", "suite", "components", "path", "keyring", "key-fingerprint", "layout")
     upstream = table.text("upstream")
     if upstream not in _UPSTREAMS:
-        raise table.fail("upstream", f"'{upstream}' is not one of {', '.join(_UPSTREAMS)}{did_you_mean(upstream, _UPSTREAMS)}")
+        hint = did_you_mean(upstream, _UPSTREAMS)
+        raise table.fail("upstream", f"'{upstream}' is not one of {', '.join(_UPSTREAMS)}{hint}")
     layout = table.text("layout", "debian")
     if layout not in _LAYOUTS:
         raise table.fail("layout", f"'{layout}' is not one of {', '.join(_LAYOUTS)}{did_you_mean(layout, _LAYOUTS)}")
@@ -196,7 +197,8 @@ def _minor(version: str, table: tomlcheck.Table, line: tomlcheck.Table) -> CudaM
     if provider == "pypi" and not packages:
         raise table.fail("packages", "provider 'pypi' needs pinned packages")
     if provider == "deb" and (apt is None or not debs):
-        raise table.fail("apt" if apt is None else "deb-packages", "provider 'deb' needs an [apt] table and deb-packages")
+        key = "apt" if apt is None else "deb-packages"
+        raise table.fail(key, "provider 'deb' needs an [apt] table and deb-packages")
     runtime = table.str_list("runtime-requires", line.str_list("runtime-requires", []))
     return CudaMinor(
         version=version,

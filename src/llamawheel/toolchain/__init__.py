@@ -103,4 +103,6 @@ def provider_for(minor: CudaMinor, choice: str = "auto") -> Provider:
 
 def cached_roots(folder: Path) -> list[CudaRoot]:
     """Every complete toolchain under ``folder`` (those with a marker)."""
-    return [CudaRoot.from_marker(d) for d in sorted(folder.iterdir()) if (d / MARKER).is_file()] if folder.is_dir() else []
+    if not folder.is_dir():
+        return []
+    return [CudaRoot.from_marker(d) for d in sorted(folder.iterdir()) if (d / MARKER).is_file()]

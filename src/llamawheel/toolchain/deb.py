@@ -123,7 +123,8 @@ class AptSession:
     def madison(self, name: str) -> list[str]:
         """Versions of ``name`` the signed index offers, newest first."""
         out = self._run("apt-cache", ["madison", name], show=False)
-        return [line.split("|")[1].strip() for line in out if line.count("|") >= 2 and line.split("|")[0].strip() == name]
+        rows = [[cell.strip() for cell in line.split("|")] for line in out if line.count("|") >= 2]
+        return [row[1] for row in rows if row[0] == name]
 
     def resolve(self, packages: tuple[DebPackage, ...]) -> list[tuple[str, str]]:
         resolved = []
@@ -299,7 +300,9 @@ class DebProvider:
                 log.info(f"CUDA {minor.version} toolchain: reusing {found.path} ({found.origin})")
                 return found
             where = f"{apt.suite} " if apt.suite != "/" else ""
-            log.info(f"provisioning CUDA {minor.version} from {apt.upstream} {where}packages ({mirror.name} mirror: {url})")
+            log.info(
+                f"provisioning CUDA {minor.version} from {apt.upstream} {where}packages ({mirror.name} mirror: {url})"
+            )
             start = time.monotonic()
             with atomic.new_dir(root_dir) as tmp:
                 session = AptSession(tmp / ".apt", url, apt)

@@ -33,7 +33,8 @@ def candidates(version: str, search: list[tuple[str, Path]] | None = None) -> li
         for var in ("CUDA_HOME", "CUDA_PATH"):
             if os.environ.get(var):
                 search.append((f"${var}", Path(os.environ[var])))
-        search += [("default location", Path(f"/usr/local/cuda-{version}")), ("default location", Path("/usr/local/cuda"))]
+        search += [("default location", Path(f"/usr/local/cuda-{version}")),
+                   ("default location", Path("/usr/local/cuda"))]
     seen: set[Path] = set()
     out = []
     for source, path in search:

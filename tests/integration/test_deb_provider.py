@@ -1,0 +1,180 @@
+"""The deb provider for real: apt through a mirror into a private state folder."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import shutil
+import subprocess
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from llamawheel import recipes
+from llamawheel.errors import DownloadError
+from llamawheel.mirrors import MirrorProfile
+from llamawheel.recipes import AptSource
+from llamawheel.toolchain.deb import AptSession
+
+from .conftest import FIXTURE, llamawheel
+from .test_mirrors_loopback import Mirror, _profile
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize("version", ["12.4", "11.8"])
+def test_debian_toolchain_builds_the_cublas_probe(version: str, tmp_path: Path) -> None:
+    """Provision from Debian (about 1.2 GB the first time, then cached) and build a verified wheel."""
+    if version == "11.8" and not shutil.which("g++-11"):
+        pytest.skip("CUDA 11.8 needs g++-11 (apt-get install g++-11); .ci/run installs it")
+    result = llamawheel("build", version, "--arch", "86", "--source", str(FIXTURE), "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    tag = "cu" + version.replace(".", "")
+    assert len(list(tmp_path.glob(f"cublas_probe-0.1.0+{tag}.sm86-*.whl"))) == 1
+    assert "result: PASS" in result.stdout
+    major = version.split(".")[0]
+    assert f"needs libcublas.so.{major}" in result.stdout
+    listing = llamawheel("toolchains")
+    assert f"cuda-{version}-deb" in listing.stdout and "debian packages" in listing.stdout
+
+
+def test_the_profiles_debian_url_is_the_one_apt_uses(tmp_path: Path) -> None:
+    """A profile whose Debian mirror is a loopback server that has nothing: apt must ask it, and fail naming it."""
+    mirror = Mirror(tmp_path / "empty")
+    mirror.root.mkdir()
+    mirror.thread.start()
+    try:
+        profile = _profile(tmp_path, debian=f"{mirror.url}/debian/")
+        env = {"LLAMAWHEEL_CACHE": str(tmp_path / "cache")}
+        result = llamawheel("toolchain", "12.4", "--mirror", str(profile), "--toolchain", "deb", env=env)
+    finally:
+        mirror.server.shutdown()
+    assert result.returncode == 5, result.stderr
+    assert f"{mirror.url}/debian/" in result.stderr
+    assert any(r.startswith("/debian/dists/trixie/") for r in mirror.requests), mirror.requests
+    assert not (tmp_path / "cache" / "toolchains" / "cuda-12.4-deb").exists()
+
+
+# --- NVIDIA's repository layout, served by a signed flat repository on loopback ---------------
+
+def _gpg(home: Path, *args: str, stdin: str | None = None) -> str:
+    return subprocess.run(["gpg", "--homedir", str(home), "--batch", "--quiet", *args], input=stdin,
+                          capture_output=True, text=True, check=True).stdout
+
+
+def _fake_deb(folder: Path, name: str, version: str) -> Path:
+    root = folder / f"{name}_{version}"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN" / "control").write_text(textwrap.dedent(f"""\
+        Package: {name}
+        Version: {version}
+        Architecture: amd64
+        Maintainer: llamawheel tests <tests@llamawheel.invalid>
+        Description: stand-in for {name}
+        """))
+    minor = version.rsplit(".", 1)[0]
+    payload = root / "usr" / "local" / f"cuda-{minor}" / "share" / name
+    payload.parent.mkdir(parents=True)
+    payload.write_text(version)
+    deb = folder / f"{name}_{version}_amd64.deb"
+    subprocess.run(["dpkg-deb", "--build", "-Zgzip", str(root), str(deb)], check=True, capture_output=True)
+    shutil.rmtree(root)
+    return deb
+
+
+class SignedRepo:
+    """A flat apt repository (NVIDIA's shape: ``<url>/debian12/x86_64/``), signed with a fresh key."""
+
+    def __init__(self, base: Path, packages: dict[str, list[str]]) -> None:
+        self.mirror = Mirror(base / "www")
+        repo = self.mirror.root / "debian12" / "x86_64"
+        repo.mkdir(parents=True)
+        home = base / "gnupg"
+        home.mkdir(mode=0o700)
+        _gpg(home, "--passphrase", "", "--quick-gen-key", "llamawheel test repo <repo@llamawheel.invalid>",
+             "rsa2048", "sign", "never")
+        listing = _gpg(home, "--with-colons", "--fingerprint")
+        self.fingerprint = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
+        (repo / "testkey.pub").write_text(_gpg(home, "--armor", "--export", self.fingerprint))
+        stanzas = []
+        for name, versions in packages.items():
+            for version in versions:
+                deb = _fake_deb(repo, name, version)
+                data = deb.read_bytes()
+                stanzas.append(
+                    f"Package: {name}\nVersion: {version}\nArchitecture: amd64\nFilename: ./{deb.name}\n"
+                    f"Size: {len(data)}\nSHA256: {hashlib.sha256(data).hexdigest()}\nDescription: stand-in\n"
+                )
+        index = "\n".join(stanzas).encode()
+        (repo / "Packages").write_bytes(index)
+        (repo / "Packages.gz").write_bytes(gzip.compress(index))
+        lines = ["Origin: llamawheel tests", "Label: test", "Architectures: amd64", "SHA256:"]
+        for f in ("Packages", "Packages.gz"):
+            data = (repo / f).read_bytes()
+            lines.append(f" {hashlib.sha256(data).hexdigest()} {len(data)} {f}")
+        (repo / "Release").write_text("\n".join(lines) + "\n")
+        _gpg(home, "--local-user", self.fingerprint, "--clearsign", "-o", str(repo / "InRelease"),
+             str(repo / "Release"))
+        self.mirror.thread.start()
+
+    def source(self, fingerprint: str | None = None) -> AptSource:
+        return AptSource(upstream="cuda-apt", suite="/", components=(), path="debian12/x86_64/",
+                         keyring="testkey.pub", key_fingerprint=fingerprint or self.fingerprint, layout="nvidia")
+
+
+NVIDIA_MINORS = {v: m for v, m in recipes.find_cuda("12")[0].minors.items() if m.apt and m.apt.upstream == "cuda-apt"}
+
+
+@pytest.fixture(scope="module")
+def signed_repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SignedRepo]:
+    if not (shutil.which("gpg") and shutil.which("dpkg-deb") and shutil.which("apt-get")):
+        pytest.skip("needs gpg, dpkg-deb and apt-get (a Debian host)")
+    packages = {}
+    for version, minor in NVIDIA_MINORS.items():
+        for deb in minor.deb_packages:
+            packages[deb.name] = [f"{version}.68-1", f"{version}.85-1"]
+    repo = SignedRepo(tmp_path_factory.mktemp("nvrepo"), packages)
+    yield repo
+    repo.mirror.server.shutdown()
+
+
+@pytest.mark.parametrize("version", sorted(NVIDIA_MINORS))
+def test_nvidia_repository_minor_resolves_to_the_newest_update(version: str, signed_repo: SignedRepo,
+                                                                tmp_path: Path) -> None:
+    minor = NVIDIA_MINORS[version]
+    profile = MirrorProfile(name="loopback", path=tmp_path / "p.toml", cuda_apt=f"{signed_repo.mirror.url}/")
+    from llamawheel.toolchain.deb import repo_url
+
+    assert minor.apt is not None
+    url = repo_url(minor.apt, profile)
+    assert url == f"{signed_repo.mirror.url}/debian12/x86_64/"
+    session = AptSession(tmp_path / "apt", url, signed_repo.source())
+    session.update()
+    resolved = session.resolve(minor.deb_packages)
+    assert [n for n, _ in resolved] == [d.name for d in minor.deb_packages]
+    assert all(v == f"{version}.85-1" for _, v in resolved)
+    debs = session.download(resolved, tmp_path / "debs")
+    assert sorted(d.name for d in debs) == sorted(f"{n}_{v}_amd64.deb" for n, v in resolved)
+    assert f"/debian12/x86_64/./{debs[0].name}" in signed_repo.mirror.requests
+
+
+def test_repository_key_with_another_fingerprint_is_refused(signed_repo: SignedRepo, tmp_path: Path) -> None:
+    with pytest.raises(DownloadError, match="fingerprint"):
+        AptSession(tmp_path / "apt", f"{signed_repo.mirror.url}/debian12/x86_64/", signed_repo.source("0" * 40))
+
+
+def test_unsigned_index_is_refused(signed_repo: SignedRepo, tmp_path: Path) -> None:
+    """apt's signature check stays on: a Release signed by another key fails update."""
+    other = tmp_path / "other.gpg"
+    home = tmp_path / "gnupg"
+    home.mkdir(mode=0o700)
+    _gpg(home, "--passphrase", "", "--quick-gen-key", "someone else <x@llamawheel.invalid>", "rsa2048", "sign", "never")
+    other.write_bytes(subprocess.run(["gpg", "--homedir", str(home), "--export"], capture_output=True).stdout)
+    source = AptSource(upstream="cuda-apt", suite="/", components=(), path="debian12/x86_64/",
+                       keyring=str(other), key_fingerprint="", layout="nvidia")
+    session = AptSession(tmp_path / "apt", f"{signed_repo.mirror.url}/debian12/x86_64/", source)
+    with pytest.raises(DownloadError, match="not signed by the recipe's key"):
+        session.update()
+    assert not list((tmp_path / "apt" / "lists").glob("*Packages*"))  # nothing from it was accepted
