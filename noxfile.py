@@ -66,6 +66,13 @@ def verify_static(session: nox.Session) -> None:
         session.run("llamawheel", "verify-static", wheel)
 
 
+@nox.session(name="ci-matrix", default=False)
+def ci_matrix(session: nox.Session) -> None:
+    """Print the CI build matrix as JSON (after --: --arch-set 86 --line 12 --runtime system)."""
+    session.install(".")
+    session.run("llamawheel", "ci-matrix", *session.posargs)
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """Unit and integration tests (real pip, real nvcc); add -- --run-slow for the full llama-cpp-python build."""
