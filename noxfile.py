@@ -66,6 +66,24 @@ def verify_static(session: nox.Session) -> None:
         session.run("llamawheel", "verify-static", wheel)
 
 
+@nox.session(default=False)
+def publish(session: nox.Session) -> None:
+    """Publish wheels and their dependencies to the offline index in wheels/ (paths after --; default: all)."""
+    session.install(".")
+    given = any(a.endswith(".whl") for a in session.posargs)
+    wheels = [] if given else [str(p) for p in sorted(ROOT.glob("wheels/*.whl"))]
+    if not given and not wheels:
+        session.error("no wheels given and none in wheels/: build one first (nox -s build-cuda-13 -- --arch 86)")
+    session.run("llamawheel", "publish", *wheels, *session.posargs)
+
+
+@nox.session(name="serve-index", default=False)
+def serve_index(session: nox.Session) -> None:
+    """Serve the index in wheels/ over HTTP (after --: --host 127.0.0.1 --port 8080)."""
+    session.install(".")
+    session.run("llamawheel", "index", "serve", *session.posargs)
+
+
 @nox.session(name="ci-matrix", default=False)
 def ci_matrix(session: nox.Session) -> None:
     """Print the CI build matrix as JSON (after --: --arch-set 86 --line 12 --runtime system)."""

@@ -9,8 +9,8 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from llamawheel import __version__, log, mirrors, options, recipes
-from llamawheel.errors import LlamawheelError, MirrorError, UsageError
+from llamawheel import __version__, index_cli, log, mirrors, options, recipes
+from llamawheel.errors import LlamawheelError, MirrorError, UsageError, did_you_mean
 
 
 def _add_build_options(p: argparse.ArgumentParser) -> None:
@@ -54,10 +54,23 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("recipes", help="list recipes and the CUDA versions they build")
 
+    cm = sub.add_parser("ci-matrix", help="print the CI build matrix (CUDA minor x architectures x variant) as JSON")
+    cm.add_argument("--arch-set", action="append", dest="arch_sets", metavar="ARCH",
+                    help="an --arch value per wheel variant (repeat; default: the recipe's list)")
+    cm.add_argument("--line", action="append", dest="lines", metavar="LINE", help="only these lines (11, 12, 13, cpu)")
+    cm.add_argument("--runtime", action="append", dest="runtimes", choices=options.RUNTIME_MODES,
+                    help="runtime modes to build (default: pypi)")
+
+    tl = sub.add_parser("toolchains", help="list cached CUDA toolchains (size, origin); --clean removes them")
+    tl.add_argument("--clean", nargs="?", const="all", metavar="NAME",
+                    help="remove one cached toolchain (e.g. cuda-12.4-deb), or all of them")
+
     t = sub.add_parser("toolchain", help="provision (or reuse) the CUDA toolchain for a version")
     t.add_argument("version", help="a CUDA line (13) or minor (13.0)")
     t.add_argument("--mirror")
     t.add_argument("--toolchain", default="auto")
+
+    index_cli.add_parsers(sub)
     return parser
 
 
@@ -146,12 +159,54 @@ def _cmd_toolchain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ci_matrix(args: argparse.Namespace) -> int:
+    import json
+
+    from llamawheel.cimatrix import matrix
+
+    entries = matrix(recipes.all_recipes(), args.arch_sets, args.lines, tuple(args.runtimes or ["pypi"]))
+    print(json.dumps(entries))
+    return 0
+
+
+def _cmd_toolchains(args: argparse.Namespace) -> int:
+    import shutil
+
+    from llamawheel import paths
+    from llamawheel.toolchain import cached_roots
+
+    folder = paths.toolchains_dir()
+    roots = cached_roots(folder)
+    if args.clean:
+        chosen = roots if args.clean == "all" else [r for r in roots if r.path.name == args.clean]
+        if not chosen and args.clean != "all":
+            names = [r.path.name for r in roots]
+            raise UsageError(f"no cached toolchain named {args.clean}{did_you_mean(args.clean, names)}",
+                             f"cached: {', '.join(names) or 'none'}")
+        for root in chosen:
+            shutil.rmtree(root.path)
+            print(f"removed {root.path} ({log.human_size(root.size_bytes)})")
+        return 0
+    if not roots:
+        print(f"no toolchains cached in {folder}")
+        return 0
+    print(f"{'name':<18} {'CUDA':<18} {'on disk':>9} {'download':>9}  origin")
+    for r in roots:
+        print(f"{r.path.name:<18} {r.nvcc_version:<18} {log.human_size(r.size_bytes):>9} "
+              f"{log.human_size(r.download_bytes):>9}  {r.origin}")
+    print(f"in {folder}")
+    return 0
+
+
 COMMANDS = {
+    "ci-matrix": _cmd_ci_matrix,
+    "toolchains": _cmd_toolchains,
     "build": _cmd_build,
     "verify-static": _cmd_verify,
     "mirrors": _cmd_mirrors,
     "recipes": _cmd_recipes,
     "toolchain": _cmd_toolchain,
+    **index_cli.COMMANDS,
 }
 
 

@@ -69,6 +69,17 @@ class VerifyError(LlamawheelError):
     exit_code = 9
 
 
+class PublishError(LlamawheelError):
+    """The wheel index refused a publish (a different file under a published name), or an index
+    operation (publish, bundle, upload) failed."""
+
+    exit_code = 10
+
+
+class IndexCheckError(PublishError):
+    """``llamawheel index check`` found a problem: a hash, a link or a metadata file is wrong."""
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return ' (did you mean "x"?)' for the closest choice, or ''."""
     match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)

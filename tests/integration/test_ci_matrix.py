@@ -61,6 +61,8 @@ def test_workflow_passes_actionlint(actionlint: tuple[list[str], dict[str, str]]
 def test_actionlint_does_find_mistakes(actionlint: tuple[list[str], dict[str, str]], tmp_path: Path) -> None:
     cmd, env = actionlint
     bad = tmp_path / "bad.yml"
-    bad.write_text("on: push\njobs:\n  a:\n    runs-on: ubuntu-latest\n    steps:\n      - run: echo ${{ matrix.nope }}\n")
+    bad.write_text(
+        "on: push\njobs:\n  a:\n    runs-on: ubuntu-latest\n    steps:\n      - run: echo ${{ matrix.nope }}\n"
+    )
     result = subprocess.run([*cmd, str(bad)], capture_output=True, text=True, env={**os.environ, **env})
     assert result.returncode == 1 and "nope" in result.stdout
