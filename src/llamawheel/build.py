@@ -150,8 +150,8 @@ def build_wheel(req: BuildRequest) -> BuildResult:
             SCCACHE_DIR=str(paths.compile_cache_dir() / "sccache"),
         )
         cache = CacheStats(cache_tool.name)
-        if cache_tool.name == "ccache":
-            subprocess.run([launcher, "--zero-stats"], env={**os.environ, **env}, capture_output=True)
+        # counted as a difference, so that builds sharing the store do not reset each other's numbers
+        before = _ccache_stats(cache_tool, env)
         log.info(f"compile cache: {cache_tool.name} at {paths.compile_cache_dir()}")
     else:
         log.warn("no ccache or sccache on PATH: every compile runs cold (apt-get install ccache)")
@@ -174,7 +174,8 @@ def build_wheel(req: BuildRequest) -> BuildResult:
     if len(wheels) != 1:
         raise BuildError(f"expected one wheel in {raw}, found {[w.name for w in wheels]}")
     if cache_tool and cache:
-        cache.hits, cache.misses = _ccache_stats(cache_tool, env)
+        hits, misses = _ccache_stats(cache_tool, env)
+        cache.hits, cache.misses = hits - before[0], misses - before[1]
         log.info(cache.describe())
     log.info(f"compiled {progress.steps} steps in {log.human_time(seconds)}")
     return BuildResult(wheels[0], seconds, progress.steps, cache, req.jobs, req.log_file)

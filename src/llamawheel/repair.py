@@ -24,6 +24,7 @@ from pathlib import Path
 
 from llamawheel import log
 from llamawheel.elf import ElfInfo, is_elf, read_elf
+from llamawheel.policy import CUDA_LIBRARIES, platform_tag, system_library, whitelist
 from llamawheel.errors import RepairError
 from llamawheel.wheelfile import Entry, WheelName, dist_info_dir, read_entries, write_wheel
 
@@ -45,15 +46,10 @@ class RepairedWheel:
     dropped: list[str] = field(default_factory=list)
     duplicates: dict[str, list[str]] = field(default_factory=dict)
     libraries: list[str] = field(default_factory=list)
+    grafted: dict[str, str] = field(default_factory=dict)
+    """System libraries copied in: needed name -> the unique name it has in the wheel."""
     size_before: int = 0
     size_after: int = 0
-
-
-def platform_tag(infos: list[ElfInfo], machine: str = "x86_64") -> str:
-    """``manylinux_2_Y_<machine>`` for the newest GLIBC_2.Y any library needs (at least 2.17)."""
-    newest = max([i.symbol_versions.get("GLIBC", (2, 17)) for i in infos] or [(2, 17)])
-    newest = max(newest, (2, 17))
-    return f"manylinux_{newest[0]}_{newest[1]}_{machine}"
 
 
 def _patchelf() -> str:
@@ -141,6 +137,8 @@ def repair_wheel(raw: Path, out_dir: Path, spec: RepairSpec) -> RepairedWheel:
         log.info(f"repair: removed {sum(len(v) for v in result.duplicates.values())} duplicate library copies "
                  f"({log.human_size(saved)} unpacked)")
 
+    kept += _graft_external(kept, rename, result)
+
     infos: list[ElfInfo] = []
     for e in kept:
         if not is_elf(e.data):
@@ -181,6 +179,40 @@ def repair_wheel(raw: Path, out_dir: Path, spec: RepairSpec) -> RepairedWheel:
     log.info(f"repair: {result.path.name}: {log.human_size(result.size_before)} -> "
              f"{log.human_size(result.size_after)}")
     return result
+
+
+def _graft_external(kept: list[Entry], rename: dict[str, str], result: RepairedWheel) -> list[Entry]:
+    """Copy in the system libraries a wheel needs that not every manylinux system has (libgomp),
+    under a unique name, as auditwheel does; CUDA's come from NVIDIA's wheels or the driver."""
+    allowed = whitelist()
+    added: list[Entry] = []
+    pending = [e for e in kept if is_elf(e.data)]
+    while pending:
+        present = {posixpath.basename(e.name) for e in kept + added} | set(rename)
+        wanted: dict[str, str] = {}
+        for e in pending:
+            for needed in read_elf(e.data).needed:
+                if needed not in present and needed not in allowed and not CUDA_LIBRARIES.match(needed):
+                    wanted.setdefault(needed, posixpath.dirname(e.name))
+        pending = []
+        for needed, folder in sorted(wanted.items()):
+            source = system_library(needed)
+            if source is None:
+                raise RepairError(
+                    f"the wheel needs {needed}, which is not in it, not a library every manylinux system has, "
+                    "and not found on this machine (ldconfig -p)",
+                    f"install the package that provides {needed} on the build machine",
+                )
+            data = source.read_bytes()
+            stem, _, suffix = needed.partition(".so")
+            unique = f"{stem}-{hashlib.sha256(data).hexdigest()[:8]}.so{suffix}"
+            entry = Entry(posixpath.join(folder, unique), data, 0o755)
+            rename[needed] = unique
+            result.grafted[needed] = unique
+            added.append(entry)
+            pending.append(entry)
+            log.info(f"repair: copied {source} into the wheel as {unique} (not every system has it)")
+    return added
 
 
 def _rewrite_metadata(text: str, version: str, requires: tuple[str, ...]) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from llamawheel import archs
 from llamawheel.elf import ElfInfo, is_elf, read_elf
+from llamawheel.policy import CUDA_LIBRARIES, whitelist
 from llamawheel.errors import UsageError, VerifyError
 from llamawheel.recipes import CudaMinor, Recipe, all_recipes, find_cuda
 from llamawheel.wheelfile import WheelName, dist_info_dir, metadata, read_entries
@@ -198,11 +199,20 @@ def verify_wheel(path: Path, expect: Expectations | None = None) -> Report:
     present = {posixpath.basename(n) for n in elves}
     unresolved = sorted({
         f"{posixpath.basename(n)} needs {d}" for n, i in elves.items() for d in i.needed
-        if d.startswith(("libggml", "libllama", "libmtmd")) and d not in present
+        if d.startswith(("libggml", "libllama", "libmtmd", "libgomp-")) and d not in present
     })
     report.add("internal links", not unresolved,
                "every library this wheel ships is found under the name asked for" if not unresolved
                else "; ".join(unresolved))
+
+    allowed = whitelist()
+    outside = sorted({
+        f"{posixpath.basename(n)} needs {d}" for n, i in elves.items() for d in i.needed
+        if d not in present and d not in allowed and not CUDA_LIBRARIES.match(d)
+    })
+    report.add("self-contained", not outside,
+               "needs only libraries every manylinux system has, and CUDA's" if not outside
+               else "; ".join(outside) + " (not in the wheel, and not on every system)")
 
     absolute = sorted(
         {f"{posixpath.basename(n)}: {p}" for n, i in elves.items() for p in i.runpath if p.startswith("/")}

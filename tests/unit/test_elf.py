@@ -101,10 +101,14 @@ def test_read_elf_file_on_the_system_libz() -> None:
         ({"GLIBC": (2, 2, 5)}, "manylinux_2_17_x86_64"),
         ({"GLIBC": (2, 14)}, "manylinux_2_17_x86_64"),
         ({"GLIBC": (2, 34)}, "manylinux_2_34_x86_64"),
-        ({"GLIBC": (2, 28), "GLIBCXX": (3, 4, 30)}, "manylinux_2_28_x86_64"),
+        ({"GLIBC": (2, 28), "GLIBCXX": (3, 4, 24)}, "manylinux_2_28_x86_64"),
+        ({"GLIBC": (2, 28), "GLIBCXX": (3, 4, 25)}, "manylinux_2_31_x86_64"),
+        # libstdc++ from GCC 12 (GLIBCXX_3.4.30) is newer than manylinux_2_34's: the tag must say 2_35
+        ({"GLIBC": (2, 34), "GLIBCXX": (3, 4, 30)}, "manylinux_2_35_x86_64"),
+        ({"GLIBC": (2, 17), "CXXABI": (1, 3, 13)}, "manylinux_2_34_x86_64"),
     ],
 )
-def test_platform_tag_follows_newest_glibc(needs: dict[str, tuple[int, ...]], tag: str) -> None:
+def test_platform_tag_follows_newest_symbol_versions(needs: dict[str, tuple[int, ...]], tag: str) -> None:
     assert repair.platform_tag([ElfInfo(symbol_versions=needs)]) == tag
 
 

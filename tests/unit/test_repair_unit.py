@@ -118,6 +118,7 @@ def test_repaired_wheel_passes_static_verification_as_cpu(repaired: repair.Repai
         "layout": True,
         "one copy per library": True,
         "internal links": True,
+        "self-contained": True,
         "relocatable": True,
         "CPU build": True,
     }
