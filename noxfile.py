@@ -67,6 +67,18 @@ def verify_static(session: nox.Session) -> None:
 
 
 @nox.session(default=False)
+def verify(session: nox.Session) -> None:
+    """Install each wheel in a fresh venv and prove it runs on the GPU (paths after --; default: all in wheels/)."""
+    session.install(".")
+    wheels = [a for a in session.posargs if a.endswith(".whl")] or [str(p) for p in sorted(ROOT.glob("wheels/*.whl"))]
+    if not wheels:
+        session.error("no wheels given and none in wheels/: build one first (nox -s build-cuda-13 -- --arch 86)")
+    options = [a for a in session.posargs if not a.endswith(".whl")]
+    for wheel in wheels:
+        session.run("llamawheel", "verify", wheel, *options)  # exit 11 (GPU checks skipped) fails the session too
+
+
+@nox.session(default=False)
 def publish(session: nox.Session) -> None:
     """Publish wheels and their dependencies to the offline index in wheels/ (paths after --; default: all)."""
     session.install(".")

@@ -9,7 +9,7 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from llamawheel import __version__, index_cli, log, mirrors, options, recipes
+from llamawheel import __version__, index_cli, log, mirrors, options, recipes, verify_cli
 from llamawheel.errors import LlamawheelError, MirrorError, UsageError, did_you_mean
 
 
@@ -71,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--toolchain", default="auto")
 
     index_cli.add_parsers(sub)
+    verify_cli.add_parsers(sub)
     return parser
 
 
@@ -207,6 +208,7 @@ COMMANDS = {
     "recipes": _cmd_recipes,
     "toolchain": _cmd_toolchain,
     **index_cli.COMMANDS,
+    **verify_cli.COMMANDS,
 }
 
 

@@ -80,6 +80,20 @@ class IndexCheckError(PublishError):
     """``llamawheel index check`` found a problem: a hash, a link or a metadata file is wrong."""
 
 
+class GpuChecksSkipped(LlamawheelError):
+    """``llamawheel verify`` found no GPU: the static checks and the CPU half ran, the GPU checks did not.
+    Its own exit code, so that a skip is never read as a pass."""
+
+    exit_code = 11
+
+
+class RuntimeCheckError(LlamawheelError):
+    """The installed wheel failed a runtime check: it did not load, did not offload every layer, did not
+    use cuBLAS, or its CPU and GPU results disagree; or this machine cannot run it (driver, architecture)."""
+
+    exit_code = 12
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return ' (did you mean "x"?)' for the closest choice, or ''."""
     match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)

@@ -56,3 +56,8 @@ def builds_dir() -> Path:
 
 def compile_cache_dir() -> Path:
     return cache_dir() / "ccache"
+
+
+def models_dir() -> Path:
+    """Vocabularies taken from the sdist, for the tiny verification models."""
+    return cache_dir() / "models"

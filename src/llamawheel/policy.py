@@ -62,8 +62,13 @@ def platform_tag(infos: list[ElfInfo], machine: str = "x86_64") -> str:
     return f"linux_{machine}"
 
 
+# The dynamic loader is the system's own by definition (auditwheel leaves it out of its lists too).
+LOADERS = frozenset({"ld-linux-x86-64.so.2", "ld-linux-aarch64.so.1", "ld64.so.2", "ld-linux.so.2"})
+
+
 def whitelist(machine: str = "x86_64") -> frozenset[str]:
-    return policies(machine)[0].whitelist
+    """Libraries a wheel may take from any manylinux system."""
+    return policies(machine)[0].whitelist | LOADERS
 
 
 def system_library(name: str) -> Path | None:
