@@ -62,6 +62,33 @@ class CudaRoot:
         )
 
 
+def seal(tmp: Path, final: Path, version: str, provider: str, origin: str, nvcc_version: str,
+         download_bytes: int, started: float, extra: dict[str, object]) -> CudaRoot:
+    """Describe the finished root in ``tmp`` (which becomes ``final``) and write its marker last:
+    a root without a marker is never trusted."""
+    import json
+    import time
+
+    from llamawheel.toolchain.assemble import tree_size
+
+    root = CudaRoot(path=final, version=version, provider=provider, origin=origin, nvcc_version=nvcc_version,
+                    download_bytes=download_bytes, size_bytes=tree_size(tmp))
+    marker = root.to_json() | extra | {"seconds": round(time.monotonic() - started, 1)}
+    (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    return root
+
+
+def announce(root: CudaRoot, started: float) -> None:
+    import time
+
+    from llamawheel import log
+
+    log.info(
+        f"CUDA {root.version} ready at {root.path}: downloaded {log.human_size(root.download_bytes)}, "
+        f"{log.human_size(root.size_bytes)} unpacked, in {log.human_time(time.monotonic() - started)}"
+    )
+
+
 class Provider(Protocol):
     name: str
 

@@ -28,8 +28,8 @@ from llamawheel.errors import DownloadError, ToolchainError
 from llamawheel.mirrors import MirrorProfile
 from llamawheel.proc import CommandFailed, run_streamed
 from llamawheel.recipes import AptSource, CudaMinor, DebPackage
-from llamawheel.toolchain import MARKER, CudaRoot
-from llamawheel.toolchain.assemble import check_complete, lay_out, tree_size
+from llamawheel.toolchain import MARKER, CudaRoot, announce, seal
+from llamawheel.toolchain.assemble import check_complete, lay_out
 
 _GET = re.compile(r"^(Get|Hit|Ign|Err):\d+\s")
 
@@ -324,19 +324,10 @@ class DebProvider:
                 lay_out(tmp)
                 nvcc_version = check_complete(tmp, minor.version)
                 origin = f"{apt.upstream} packages {where}({mirror.name} mirror)".replace("  ", " ")
-                root = CudaRoot(
-                    path=root_dir, version=minor.version, provider=self.name, origin=origin,
-                    nvcc_version=nvcc_version, download_bytes=download_bytes, size_bytes=tree_size(tmp),
-                )
-                marker = root.to_json() | {
+                root = seal(tmp, root_dir, minor.version, self.name, origin, nvcc_version, download_bytes, start, {
                     "pins": pins_key(minor, url),
                     "repository": url,
                     "packages": [f"{n}={v}" for n, v in resolved],
-                    "seconds": round(time.monotonic() - start, 1),
-                }
-                (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-            log.info(
-                f"CUDA {minor.version} ready at {root_dir}: downloaded {log.human_size(download_bytes)}, "
-                f"{log.human_size(root.size_bytes)} unpacked, in {log.human_time(time.monotonic() - start)}"
-            )
+                })
+            announce(root, start)
             return root

@@ -18,8 +18,8 @@ from llamawheel import atomic, log, paths, pipfetch
 from llamawheel.errors import ToolchainError
 from llamawheel.mirrors import MirrorProfile
 from llamawheel.recipes import CudaMinor
-from llamawheel.toolchain import MARKER, CudaRoot
-from llamawheel.toolchain.assemble import check_complete, lay_out, tree_size
+from llamawheel.toolchain import MARKER, CudaRoot, announce, seal
+from llamawheel.toolchain.assemble import check_complete, lay_out
 
 
 def pins_key(minor: CudaMinor) -> str:
@@ -87,18 +87,9 @@ class PypiProvider:
                 lay_out(tmp)
                 nvcc_version = check_complete(tmp, minor.version)
                 origin = f"NVIDIA PyPI wheels ({mirror.name} mirror)"
-                root = CudaRoot(
-                    path=root_dir, version=minor.version, provider=self.name, origin=origin,
-                    nvcc_version=nvcc_version, download_bytes=download_bytes, size_bytes=tree_size(tmp),
-                )
-                marker = root.to_json() | {
+                root = seal(tmp, root_dir, minor.version, self.name, origin, nvcc_version, download_bytes, start, {
                     "pins": pins_key(minor),
                     "packages": [f"{p.name}=={p.version}" for p in minor.packages],
-                    "seconds": round(time.monotonic() - start, 1),
-                }
-                (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-            log.info(
-                f"CUDA {minor.version} ready at {root_dir}: downloaded {log.human_size(download_bytes)}, "
-                f"{log.human_size(root.size_bytes)} unpacked, in {log.human_time(time.monotonic() - start)}"
-            )
+                })
+            announce(root, start)
             return root
