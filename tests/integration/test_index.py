@@ -12,10 +12,12 @@ import hashlib
 import http.server
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from email.parser import BytesParser
 from pathlib import Path
@@ -288,3 +290,58 @@ def test_closure_follows_markers_of_the_target_python(tmp_path: Path) -> None:
     assert f"Python {target} also needs exceptiongroup>=1.0" in result.stderr
     projects = [a["#text"] for a in parse_links((root / "cpu" / "simple" / "index.html").read_text())]
     assert {"exceptiongroup", "llama-cpp-python"} <= set(projects)
+
+
+@pytest.fixture(scope="module")
+def pypiserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A real pypiserver (with passlib, for its htpasswd authentication) on loopback."""
+    base = tmp_path_factory.mktemp("pypiserver")
+    venv = base / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    result = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "pypiserver", "passlib"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    packages = base / "packages"
+    packages.mkdir()
+    # htpasswd with one user, written by passlib itself
+    subprocess.run([str(venv / "bin" / "python"), "-c",
+                    "import sys; from passlib.apache import HtpasswdFile as H; h = H(sys.argv[1], new=True); "
+                    "h.set_password('alice', 's3cret'); h.save()", str(base / "htpasswd")], check=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([str(venv / "bin" / "pypi-server"), "run", "-i", "127.0.0.1", "-p", str(port),
+                             "-P", str(base / "htpasswd"), "-a", "update", str(packages)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url + "/simple/", timeout=2).read()
+            break
+        except OSError:
+            time.sleep(0.3)
+    yield url, packages
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_upload_to_a_real_pypiserver(twine_site: Path, pypiserver: tuple[str, Path], tmp_path: Path) -> None:
+    url, packages = pypiserver
+    wheel = make_wheel(tmp_path / "built")
+    env = {"PYTHONPATH": str(twine_site), "HOME": str(tmp_path), "TWINE_USERNAME": "alice",
+           "TWINE_PASSWORD": "s3cret", "PYTHON_KEYRING_BACKEND": "keyring.backends.null.Keyring",
+           "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
+    result = llamawheel("index", "upload", str(wheel), "--repository-url", url + "/", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (packages / wheel.name).read_bytes() == wheel.read_bytes()
+    refused = llamawheel("index", "upload", str(wheel), "--repository-url", url + "/",
+                         env={**env, "TWINE_PASSWORD": "wrong"})
+    assert refused.returncode == 10
+    # and pip finds it there
+    page = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(tmp_path / "dl"),
+                           "--index-url", url + "/simple/", "llama-cpp-python==0.3.36+cpu"],
+                          capture_output=True, text=True, env={k: v for k, v in os.environ.items()
+                                                               if not k.startswith("PIP_")} | {
+                              "PIP_CONFIG_FILE": os.devnull})
+    assert page.returncode == 0, page.stdout + page.stderr
