@@ -79,6 +79,7 @@ def build_manifest(
             "plain_wheel_size": raw_wheel.stat().st_size,
             "dropped_files": len(repaired.dropped),
             "duplicates_removed": repaired.duplicates,
+            "grafted": repaired.grafted,
             "platform_tag": repaired.platform_tag,
             "libraries": repaired.libraries,
         },
