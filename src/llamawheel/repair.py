@@ -24,8 +24,8 @@ from pathlib import Path
 
 from llamawheel import log
 from llamawheel.elf import ElfInfo, is_elf, read_elf
-from llamawheel.policy import CUDA_LIBRARIES, platform_tag, system_library, whitelist
 from llamawheel.errors import RepairError
+from llamawheel.policy import CUDA_LIBRARIES, platform_tag, system_library, whitelist
 from llamawheel.wheelfile import Entry, WheelName, dist_info_dir, read_entries, write_wheel
 
 CUDA_LIB_PREFIXES = ("libcudart.so", "libcublas.so", "libcublasLt.so")

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from llamawheel import archs
 from llamawheel.elf import ElfInfo, is_elf, read_elf
-from llamawheel.policy import CUDA_LIBRARIES, whitelist
 from llamawheel.errors import UsageError, VerifyError
+from llamawheel.policy import CUDA_LIBRARIES, whitelist
 from llamawheel.recipes import CudaMinor, Recipe, all_recipes, find_cuda
 from llamawheel.wheelfile import WheelName, dist_info_dir, metadata, read_entries
 
