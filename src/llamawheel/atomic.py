@@ -57,6 +57,7 @@ def write_file(final: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, final)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -97,6 +97,7 @@ def write_wheel(entries: list[Entry], final: Path) -> None:
                 zi.external_attr = (0o100000 | e.mode) << 16
                 zi.compress_type = zipfile.ZIP_DEFLATED
                 zf.writestr(zi, e.data)
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a wheel is for others to read
         os.replace(tmp, final)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
