@@ -111,7 +111,7 @@ def provider_for(minor: CudaMinor, choice: str = "auto") -> Provider:
     if choice == "auto":
         root, _ = SystemProvider().explain(minor)
         if root is not None:
-            return SystemProvider(quiet=True)
+            return SystemProvider(found=root)
         choice = minor.provider
     if choice == "system":
         return SystemProvider()

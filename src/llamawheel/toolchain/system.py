@@ -25,6 +25,8 @@ class Candidate:
     source: str
     usable: bool
     reason: str
+    nvcc: str = ""
+    """nvcc's release, for a usable one: ``12.4 (V12.4.131)``."""
 
 
 def candidates(version: str, search: list[tuple[str, Path]] | None = None) -> list[Candidate]:
@@ -46,7 +48,7 @@ def candidates(version: str, search: list[tuple[str, Path]] | None = None) -> li
         seen.add(real)
         try:
             nvcc = check_complete(path, version)
-            out.append(Candidate(path, source, True, f"CUDA {nvcc}, complete"))
+            out.append(Candidate(path, source, True, f"CUDA {nvcc}, complete", nvcc))
         except ToolchainError as exc:
             out.append(Candidate(path, source, False, exc.message))
     return out
@@ -55,9 +57,10 @@ def candidates(version: str, search: list[tuple[str, Path]] | None = None) -> li
 class SystemProvider:
     name = "system"
 
-    def __init__(self, search: list[tuple[str, Path]] | None = None, quiet: bool = False) -> None:
+    def __init__(self, search: list[tuple[str, Path]] | None = None, found: CudaRoot | None = None) -> None:
         self.search = search
-        self.quiet = quiet
+        self.found = found
+        """A root already found (and explained) by `provider_for`: provision returns it as it is."""
 
     def find(self, minor: CudaMinor) -> tuple[CudaRoot | None, list[Candidate]]:
         found = candidates(minor.version, self.search)
@@ -65,7 +68,7 @@ class SystemProvider:
             if c.usable:
                 root = CudaRoot(
                     path=c.path, version=minor.version, provider=self.name, origin=f"installed toolkit ({c.source})",
-                    nvcc_version=c.reason.split(", ")[0].removeprefix("CUDA "), download_bytes=0, size_bytes=0,
+                    nvcc_version=c.nvcc, download_bytes=0, size_bytes=0,
                 )
                 return root, found
         return None, found
@@ -78,7 +81,9 @@ class SystemProvider:
         return root, found
 
     def provision(self, minor: CudaMinor, mirror: MirrorProfile) -> CudaRoot:
-        root, found = self.find(minor) if self.quiet else self.explain(minor)
+        if self.found is not None:
+            return self.found
+        root, found = self.explain(minor)
         if root is None:
             raise ToolchainError(
                 f"no installed CUDA {minor.version} toolkit is complete"
