@@ -9,7 +9,7 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from llamawheel import __version__, index_cli, log, mirrors, options, recipes, verify_cli
+from llamawheel import __version__, image_cli, index_cli, log, mirrors, options, recipes, verify_cli
 from llamawheel.errors import LlamawheelError, MirrorError, UsageError, did_you_mean
 
 
@@ -72,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
 
     index_cli.add_parsers(sub)
     verify_cli.add_parsers(sub)
+    image_cli.add_parsers(sub)
     return parser
 
 
@@ -208,6 +209,7 @@ COMMANDS = {
     "recipes": _cmd_recipes,
     "toolchain": _cmd_toolchain,
     **index_cli.COMMANDS,
+    **image_cli.COMMANDS,
     **verify_cli.COMMANDS,
 }
 

@@ -94,6 +94,12 @@ class RuntimeCheckError(LlamawheelError):
     exit_code = 12
 
 
+class ImageError(LlamawheelError):
+    """The runtime image could not be built, checked or saved (no engine, no base, a failed build step)."""
+
+    exit_code = 13
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return ' (did you mean "x"?)' for the closest choice, or ''."""
     match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
