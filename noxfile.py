@@ -89,6 +89,13 @@ def publish(session: nox.Session) -> None:
     session.run("llamawheel", "publish", *wheels, *session.posargs)
 
 
+@nox.session(default=False)
+def image(session: nox.Session) -> None:
+    """Build the llama-gpt API image from the index (after --: --variant cu130, --save FILE; default: cpu)."""
+    session.install(".")
+    session.run("llamawheel", "image", *session.posargs)
+
+
 @nox.session(name="serve-index", default=False)
 def serve_index(session: nox.Session) -> None:
     """Serve the index in wheels/ over HTTP (after --: --host 127.0.0.1 --port 8080)."""

@@ -43,7 +43,7 @@ MERGED_USR_HOOKS = Path("/usr/share/mmdebstrap/hooks/merged-usr")
 RUNTIME_FILES = ("__init__.py", "serve.py", "health.py", "gpu_layers.py")
 REGISTRY_BASE = "library/debian:bookworm-slim"
 SIZE_TARGETS_MB = {"cpu": 300, "cuda": 1200}
-"""Uncompressed size targets (measured by benchmarks/image_size.py, not by a test)."""
+"""Uncompressed size targets (measured by scripts/image-size.py, not by a test)."""
 
 
 @dataclass(frozen=True)

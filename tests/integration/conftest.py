@@ -12,17 +12,20 @@ from pathlib import Path
 
 import pytest
 
+from llamawheel import paths
+
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "cublas_probe"
+CPU_PATTERN = "llama_cpp_python-0.3.36+cpu-*.whl"
 
 
 def llamawheel(
-    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 1800
 ) -> subprocess.CompletedProcess[str]:
     """Run the real command line, as a user would."""
     return subprocess.run(
         [sys.executable, "-m", "llamawheel", *args],
-        capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=cwd or ROOT, timeout=1800,
+        capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=cwd or ROOT, timeout=timeout,
     )
 
 
@@ -42,3 +45,44 @@ def probe_wheel(cuda_root: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     assert result.returncode == 0, result.stdout + result.stderr
     (wheel,) = out.glob("*.whl")
     yield wheel, result.stdout + result.stderr
+
+
+def cached_wheels(pattern: str) -> list[Path]:
+    """Wheels matching ``pattern`` in wheels/ or anywhere (three folders deep) in llamawheel's cache."""
+    cache = paths.cache_dir()
+    found = sorted(ROOT.glob(f"wheels/{pattern}"))
+    for depth in ("*", "*/*", "*/*/*"):
+        found += sorted(p for p in cache.glob(f"{depth}/{pattern}") if "toolchains" not in p.parts)
+    return found
+
+
+@pytest.fixture(scope="session")
+def cpu_wheel() -> Path:
+    """The CPU variant of llama-cpp-python 0.3.36: one already built (wheels/ or the cache), else built once
+    into ~/.cache/llamawheel/test-wheels/cpu/ (about 10 minutes cold on 2 cores; ccache makes it fast later)."""
+    found = cached_wheels(CPU_PATTERN)
+    if found:
+        return found[0]
+    out = paths.cache_dir() / "test-wheels" / "cpu"
+    result = llamawheel("build", "cpu", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-4000:]
+    (wheel,) = out.glob(CPU_PATTERN)
+    return wheel
+
+
+CU130_PATTERN = "llama_cpp_python-0.3.36+cu130.sm90-*.whl"
+
+
+@pytest.fixture(scope="session")
+def cu130_wheel() -> Path:
+    """The CUDA 13.0 sm_90 wheel of llama-cpp-python 0.3.36: one already built (wheels/ or the cache), else
+    built once into ~/.cache/llamawheel/test-wheels/cu130.sm90/ (about 30 minutes cold on 2 cores: the
+    CUDA kernels; ccache makes it about a minute later)."""
+    found = cached_wheels(CU130_PATTERN)
+    if found:
+        return found[0]
+    out = paths.cache_dir() / "test-wheels" / "cu130.sm90"
+    result = llamawheel("build", "13.0", "--arch", "90", "--out", str(out), timeout=5400)
+    assert result.returncode == 0, result.stderr[-4000:]
+    (wheel,) = out.glob(CU130_PATTERN)
+    return wheel

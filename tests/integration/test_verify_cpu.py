@@ -24,36 +24,12 @@ from llamawheel.verify_runner import compare_runs
 from llamawheel.verify_static import Expectations, verify_wheel
 from llamawheel.wheelfile import Entry, WheelName, dist_info_dir, read_entries, write_wheel
 
-from .conftest import ROOT, llamawheel
+from .conftest import cached_wheels, llamawheel
 
 pytestmark = pytest.mark.integration
 
-CPU_PATTERN = "llama_cpp_python-0.3.36+cpu-*.whl"
 Verified = tuple[subprocess.CompletedProcess[str], dict[str, Any], Path]
 CUDA_PATTERN = "llama_cpp_python-0.3.36+cu*.whl"
-
-
-def _cached(pattern: str) -> list[Path]:
-    """Wheels matching ``pattern`` in wheels/ or anywhere (three folders deep) in llamawheel's cache."""
-    cache = paths.cache_dir()
-    found = sorted(ROOT.glob(f"wheels/{pattern}"))
-    for depth in ("*", "*/*", "*/*/*"):
-        found += sorted(p for p in cache.glob(f"{depth}/{pattern}") if "toolchains" not in p.parts)
-    return found
-
-
-@pytest.fixture(scope="session")
-def cpu_wheel() -> Path:
-    """The CPU variant of llama-cpp-python 0.3.36: one already built (wheels/ or the cache), else built once
-    into ~/.cache/llamawheel/test-wheels/cpu/ (about 10 minutes cold on 2 cores; ccache makes it fast later)."""
-    found = _cached(CPU_PATTERN)
-    if found:
-        return found[0]
-    out = paths.cache_dir() / "test-wheels" / "cpu"
-    result = llamawheel("build", "cpu", "--out", str(out))
-    assert result.returncode == 0, result.stderr[-4000:]
-    (wheel,) = out.glob(CPU_PATTERN)
-    return wheel
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +210,7 @@ def test_cuda_probe_without_its_nvidia_wheels_gives_the_loader_text_we_diagnose(
 def test_cuda_wheel_without_a_gpu_exits_11(tmp_path: Path) -> None:
     """A real CUDA wheel of llama-cpp-python, if one was built here: the static checks and the CPU half run
     (with NVIDIA's cuBLAS wheels installed from the index), the GPU checks are skipped with exit code 11."""
-    found = _cached(CUDA_PATTERN)
+    found = cached_wheels(CUDA_PATTERN)
     if not found:
         pytest.skip("no CUDA wheel of llama-cpp-python 0.3.36 in wheels/ or the cache (nox -s build-cuda-13)")
     if shutil.which("nvidia-smi"):

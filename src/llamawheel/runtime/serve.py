@@ -47,6 +47,8 @@ MIN_CTX = 4096
 DEFAULTS = {"MODELS_DIR": "/models", "MODEL_ALIAS": DEFAULT_ALIAS, "N_CTX": str(MIN_CTX), "N_GPU_LAYERS": "auto",
             "HOST": "0.0.0.0", "PORT": "8000"}
 STREAM_PATHS = ("/v1/chat/completions", "/v1/completions")
+COMPLETION_MAX_TOKENS = 16
+"""llama_cpp.server's default max_tokens for /v1/completions (chat has none)."""
 CONTEXT_EXCEEDED = re.compile(r"Requested tokens \((\d+)\) exceed context window of (\d+)")
 
 Scope = MutableMapping[str, Any]
@@ -91,12 +93,18 @@ def find_model(models_dir: Path, model: str) -> Path:
         path = Path(model) if Path(model).is_absolute() else models_dir / model
         if not path.is_file():
             raise ConfigError(f"MODEL={model}: no such file ({path}). {_listing(models_dir)}")
+        if not os.access(path, os.R_OK):
+            raise ConfigError(f"MODEL={model}: {path} cannot be read by this server's user (uid {os.getuid()}):"
+                              " make it readable by others (chmod o+r)")
         if not is_gguf(path):
             raise ConfigError(f"MODEL={model}: {path} is not a GGUF file; llama.cpp reads only GGUF models")
         return path
     if not models_dir.is_dir():
         raise ConfigError(f"{models_dir} does not exist: mount the folder that holds your model there"
                           f" (-v /path/to/models:{models_dir})")
+    if not os.access(models_dir, os.R_OK | os.X_OK):
+        raise ConfigError(f"{models_dir} cannot be read by this server's user (uid {os.getuid()}): make the folder"
+                          " you mount readable by others (chmod o+rx), or set MODEL to a readable file")
     found = sorted(p for p in models_dir.rglob("*") if p.is_file() and is_gguf(p))
     if len(found) == 1:
         return found[0]
@@ -138,7 +146,9 @@ def resolve(
         notes.append(f"MODEL_ALIAS={alias} is not an id the stock llama-gpt UI lists ({', '.join(UI_MODEL_IDS[:3])}):"
                      " the UI will show no model")
     n_ctx = _integer(environ, "N_CTX")
-    if n_ctx < MIN_CTX:
+    if n_ctx == 0:
+        notes.append("N_CTX=0: the model's own context length (llama-gpt needs at least 4096)")
+    elif n_ctx < MIN_CTX:
         notes.append(f"N_CTX={n_ctx} is below {MIN_CTX}: llama-gpt sends up to 4000 tokens of history plus 1000"
                      " for the answer, so long chats will be refused")
     layers_setting = (environ.get("N_GPU_LAYERS") or DEFAULTS["N_GPU_LAYERS"]).strip().lower()
@@ -163,12 +173,14 @@ def error_body(exc: BaseException, request: Mapping[str, Any]) -> tuple[int, dic
     match = CONTEXT_EXCEEDED.search(str(exc))
     if match:
         prompt, window = int(match[1]), int(match[2])
-        completion = request.get("max_tokens") or 0
         if "messages" in request:
+            completion = request.get("max_tokens") or 0
             message = (f"This model's maximum context length is {window} tokens. However, you requested"
                        f" {prompt + completion} tokens ({prompt} in the messages, {completion} in the completion)."
                        " Please reduce the length of the messages or completion.")
         else:
+            max_tokens = request.get("max_tokens", COMPLETION_MAX_TOKENS)
+            completion = COMPLETION_MAX_TOKENS if max_tokens is None else max_tokens
             message = (f"This model's maximum context length is {window} tokens, however you requested"
                        f" {prompt + completion} tokens ({prompt} in your prompt; {completion} for the completion)."
                        " Please reduce your prompt; or completion length.")

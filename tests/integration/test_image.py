@@ -1,0 +1,354 @@
+"""The CPU runtime image for real: the CPU wheel is published with its closure for the image's Python,
+``llamawheel image`` builds the image with buildah from a base mmdebstrap makes from the apt mirror, and
+the image's own entry point serves a tiny model mounted at /models on loopback. It is driven exactly as
+the llama-gpt UI drives it (``llama-gpt-contract.md``): the model list with a Bearer key, a streamed chat
+read line by line, a chat longer than the context, a wrong key; and its declared health check runs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tarfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import llamawheel
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(shutil.which("buildah") is None or shutil.which("mmdebstrap") is None,
+                       reason="needs buildah and mmdebstrap (apt-get install buildah mmdebstrap; .ci/run does)"),
+]
+
+IMAGE_PYTHON = "3.11"  # Debian bookworm's, the base's Python
+ALIAS = "/models/llama-2-7b-chat.bin"
+KEY = "sk-llamawheel-test"
+ENV = {"BUILDAH_ISOLATION": "chroot"}
+
+
+def buildah(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(["buildah", *args], capture_output=True, text=True, env={**os.environ, **ENV},
+                            timeout=600)
+    if check:
+        assert result.returncode == 0, f"buildah {' '.join(args)}: {result.stderr}"
+    return result
+
+
+@dataclass(frozen=True)
+class Built:
+    output: str
+    manifest: dict[str, Any]
+    archive: Path
+    tag: str
+
+
+@pytest.fixture(scope="module")
+def built(cpu_wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """``llamawheel image --variant cpu`` from an index holding the CPU wheel, saved as an OCI archive."""
+    base = tmp_path_factory.mktemp("image")
+    published = llamawheel("publish", str(cpu_wheel), "--index", str(base / "wheels"),
+                           "--python-version", IMAGE_PYTHON)
+    assert published.returncode == 0, published.stdout + published.stderr
+    archive = base / "llamawheel-api-cpu.tar"
+    started = time.monotonic()
+    result = llamawheel("image", "--variant", "cpu", "--index", str(base / "wheels"), "--save", str(archive))
+    print(f"llamawheel image --variant cpu: {time.monotonic() - started:.1f}s")
+    assert result.returncode == 0, result.stdout + result.stderr
+    manifest = json.loads(Path(str(archive) + ".json").read_text())
+    return Built(result.stdout + result.stderr, manifest, archive, manifest["image"])
+
+
+def test_build_prints_the_size_and_records_it(built: Built) -> None:
+    size = built.manifest["size_bytes"]
+    assert size > 50_000_000, size  # Python, llama.cpp and numpy (the 300 MB target: scripts/image-size.py)
+    assert built.manifest["tags"] == ["localhost/llamawheel-api:cpu", "localhost/llamawheel-api:0.3.36-cpu"]
+    assert built.manifest["llama_cpp_python"] == "0.3.36+cpu"
+    assert built.manifest["user"] == "1000:1000"
+    mb = f"{size / 1e6:.1f} MB"
+    assert f"size {mb} uncompressed (target: under 300 MB)" in built.output
+    assert f"image localhost/llamawheel-api:cpu: {mb} uncompressed (within the 300 MB target)" in built.output
+
+
+def test_saved_archive_is_an_oci_archive_with_its_checksum(built: Built) -> None:
+    digest = hashlib.sha256(built.archive.read_bytes()).hexdigest()
+    assert Path(str(built.archive) + ".sha256").read_text() == f"{digest}  {built.archive.name}\n"
+    assert built.manifest["archive"]["sha256"] == digest
+    with tarfile.open(built.archive) as tar:
+        names = set(tar.getnames())
+        assert {"oci-layout", "index.json"} <= names
+        index = json.load(tar.extractfile("index.json"))  # type: ignore[arg-type]
+    assert index["manifests"][0]["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    assert not list(built.archive.parent.glob(".*.partial"))
+
+
+def _config(ref: str) -> dict[str, Any]:
+    config: dict[str, Any] = json.loads(buildah("inspect", "--type", "image", ref).stdout)["Docker"]["config"]
+    return config
+
+
+def test_image_declares_non_root_user_port_and_health_check(built: Built) -> None:
+    config = _config(built.tag)
+    assert config["User"] == "1000:1000"
+    assert "8000/tcp" in config["ExposedPorts"]
+    assert config["Entrypoint"] == ["python3", "-m", "llamawheel_runtime.serve"]
+    assert config["Healthcheck"]["Test"] == ["CMD", "python3", "-m", "llamawheel_runtime.health"]
+    env = dict(e.split("=", 1) for e in config["Env"])
+    assert env["HOST"] == "0.0.0.0" and env["PORT"] == "8000"
+    assert env["MODEL_ALIAS"] == ALIAS and env["N_CTX"] == "4096" and env["N_GPU_LAYERS"] == "auto"
+
+
+def test_image_holds_no_compiler_no_pip_no_cache(built: Built) -> None:
+    script = (
+        "import importlib.metadata as m, os, shutil, sys\n"
+        "tools = [t for t in ('gcc', 'cc', 'g++', 'nvcc', 'pip', 'pip3', 'apt-get', 'cmake') if shutil.which(t)]\n"
+        "dists = sorted(d.metadata['Name'].lower() for d in m.distributions())\n"
+        "caches = [p for p in ('/root/.cache', '/home/llama/.cache', '/tmp/context') if os.path.exists(p)]\n"
+        "import llama_cpp\n"
+        "print(tools, 'pip' in dists, 'setuptools' in dists, caches, llama_cpp.__version__, sys.version_info[:2])\n"
+    )
+    container = buildah("from", "--pull-never", built.tag).stdout.strip()
+    try:
+        out = buildah("run", container, "--", "python3", "-c", script).stdout.strip()
+    finally:
+        buildah("rm", container)
+    assert out == "[] False False [] 0.3.36 (3, 11)"
+
+
+# ----------------------------------------------------------------------------- the running server
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Api:
+    container: str
+    port: int
+    models: Path
+    process: subprocess.Popen[str]
+    log: Path
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models folder like llama-gpt's, the GGUF under a name of the UI's and one folder down."""
+    folder = tmp_path_factory.mktemp("models")
+    (folder / "tiny").mkdir()
+    result = llamawheel("tiny-model", str(folder / "tiny" / "llama-2-7b-chat.bin"), "--ctx", "4096")
+    assert result.returncode == 0, result.stderr
+    (folder / "README.txt").write_text("not a model\n")
+    for path in (folder, folder / "tiny"):
+        path.chmod(0o755)  # pytest's folders are 0700; the server runs as uid 1000
+    (folder / "tiny" / "llama-2-7b-chat.bin").chmod(0o644)
+    return folder
+
+
+def _serve(tag: str, models: Path, log: Path, port: int, *env: str) -> tuple[str, subprocess.Popen[str]]:
+    container = buildah("from", "--pull-never", tag).stdout.strip()
+    entrypoint = _config(tag)["Entrypoint"]
+    flags = [f"--env={e}" for e in (f"PORT={port}", *env)]
+    process = subprocess.Popen(
+        ["buildah", "run", "-v", f"{models}:/models:ro", *flags, container, "--", *entrypoint],
+        stdout=log.open("w"), stderr=subprocess.STDOUT, text=True, env={**os.environ, **ENV}, start_new_session=True,
+    )
+    return container, process
+
+
+def _stop(container: str, process: subprocess.Popen[str]) -> None:
+    """Stop the server (SIGTERM, as a container stop does; SIGKILL after 30 s) and remove the container."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if process.poll() is not None:
+            break
+        try:
+            os.killpg(process.pid, sig)
+            process.wait(timeout=30)
+        except ProcessLookupError:
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    buildah("rm", container, check=False)
+
+
+@pytest.fixture(scope="module")
+def api(built: Built, models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """The image's entry point serving the models folder with an API key, reachable on loopback."""
+    log = tmp_path_factory.mktemp("api") / "server.log"
+    port = _free_port()
+    container, process = _serve(built.tag, models, log, port, f"API_KEY={KEY}")
+    server = Api(container, port, models, process, log)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        pytest.fail("the server never opened its port:\n" + log.read_text())
+    yield server
+    _stop(container, process)
+
+
+def _get(url: str, key: str | None) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def _post(api: Api, body: dict[str, Any], key: str = KEY) -> tuple[int, str, bytes]:
+    request = urllib.request.Request(api.url("/v1/chat/completions"), json.dumps(body).encode(), {
+        "Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:
+            return response.status, response.headers.get("Content-Type", ""), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers.get("Content-Type", ""), exc.read()
+
+
+def _ui_chat(messages: list[dict[str, str]]) -> dict[str, Any]:
+    """The body llama-gpt's UI sends. (A random model never says stop, so its answer runs to the 1000 tokens
+    asked: about 30 s here, nearly all of it llama-cpp-python 0.3.36 detokenizing the whole answer again for
+    each streamed token; the model's own decoding takes 0.6 s.)"""
+    return {"model": ALIAS, "messages": [{"role": "system", "content": "You are a helpful assistant."}, *messages],
+            "max_tokens": 1000, "temperature": 0.5, "stream": True}
+
+
+def _read_like_the_ui(stream: bytes) -> tuple[str, str | None, list[str]]:
+    """What the UI does with the stream: JSON.parse each ``data:`` line, append ``choices[0].delta.content``,
+    close at the first chunk whose finish_reason is not null. Returns (text, finish_reason, problems)."""
+    text, problems = "", []
+    for line in stream.decode().splitlines():
+        if not line.startswith("data: "):
+            continue
+        try:
+            chunk = json.loads(line[len("data: "):])
+        except ValueError:
+            problems.append(f"unparsable before the finish chunk: {line!r}")
+            continue
+        if not chunk.get("choices"):
+            problems.append("a chunk with empty choices (breaks the UI's stream)")
+            continue
+        choice = chunk["choices"][0]
+        if choice.get("finish_reason") is not None:
+            return text, choice["finish_reason"], problems
+        text += choice.get("delta", {}).get("content") or ""
+    return text, None, problems
+
+
+def test_runs_as_non_root(api: Api) -> None:
+    uids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"PORT={api.port}".encode() in environ and b"llamawheel_runtime.serve" in cmdline:
+            status = (proc / "status").read_text()
+            uids.append(next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:")))
+    assert uids and set(uids) == {"1000"}, uids
+
+
+def test_models_are_listed_under_the_ui_id_with_the_key(api: Api) -> None:
+    status, body = _get(api.url("/v1/models"), KEY)
+    assert status == 200
+    assert [m["id"] for m in body["data"]] == [ALIAS]
+    log = api.log.read_text()
+    assert f"serving /models/tiny/llama-2-7b-chat.bin as {ALIAS} on 0.0.0.0:{api.port} (n_ctx 4096" in log
+    assert "N_GPU_LAYERS=auto: this llama-cpp-python build has no GPU backend: every layer on the CPU" in log
+
+
+def test_a_wrong_or_missing_key_is_refused(api: Api) -> None:
+    assert _get(api.url("/v1/models"), "sk-wrong")[0] == 401
+    assert _get(api.url("/v1/models"), None)[0] == 401
+    status, _, _ = _post(api, _ui_chat([{"role": "user", "content": "hi"}]), key="sk-wrong")
+    assert status == 401
+
+
+def test_streamed_chat_reads_as_the_ui_reads_it(api: Api) -> None:
+    status, content_type, stream = _post(api, _ui_chat([{"role": "user", "content": "Say hello."}]))
+    assert status == 200 and content_type.startswith("text/event-stream")
+    text, finish, problems = _read_like_the_ui(stream)
+    assert problems == []
+    assert finish in ("stop", "length")
+    assert text.strip(), stream[:500]
+    first = json.loads(stream.decode().split("data: ", 2)[1])
+    assert first["model"] == ALIAS and first["object"] == "chat.completion.chunk"
+
+
+def test_a_chat_longer_than_the_context_gets_context_length_exceeded_and_the_server_stays_up(api: Api) -> None:
+    long = "The quick brown fox jumps over the lazy dog. " * 600  # about 6,000 tokens
+    status, content_type, body = _post(api, _ui_chat([{"role": "user", "content": long}]))
+    assert status == 400, body[:300]
+    assert content_type.startswith("application/json")
+    error = json.loads(body)["error"]
+    assert error["code"] == "context_length_exceeded"
+    assert error["type"] == "invalid_request_error"
+    assert error["message"].startswith("This model's maximum context length is 4096 tokens. However, you requested")
+    assert api.process.poll() is None
+    assert _get(api.url("/v1/models"), KEY)[0] == 200
+    short = {**_ui_chat([{"role": "user", "content": "And now?"}]), "max_tokens": 16}
+    status, _, stream = _post(api, short)
+    assert status == 200 and _read_like_the_ui(stream)[1] == "length"
+
+
+def test_the_declared_health_check_answers(api: Api, built: Built) -> None:
+    check = _config(built.tag)["Healthcheck"]["Test"]
+    assert check[0] == "CMD"
+    healthy = buildah("run", f"--env=PORT={api.port}", f"--env=API_KEY={KEY}", api.container, "--", *check[1:])
+    assert f"healthy: http://127.0.0.1:{api.port}/v1/models lists {ALIAS}" in healthy.stdout
+    wrong = buildah("run", f"--env=PORT={api.port}", "--env=API_KEY=sk-wrong", api.container, "--", *check[1:],
+                    check=False)
+    assert wrong.returncode == 1
+    assert "answered 401" in wrong.stdout + wrong.stderr
+
+
+def test_a_missing_model_stops_with_a_message_not_a_traceback(built: Built, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir(mode=0o755)
+    empty.chmod(0o755)
+    log = tmp_path / "server.log"
+    container, process = _serve(built.tag, empty, log, _free_port())
+    try:
+        assert process.wait(timeout=60) != 0
+    finally:
+        _stop(container, process)
+    out = log.read_text()
+    assert "ERROR no GGUF model under /models: mount a folder holding one (-v /path/to/models:/models)" in out
+    assert "Traceback" not in out
+
+
+def test_a_models_folder_the_server_cannot_read_is_named(built: Built, tmp_path: Path) -> None:
+    private = tmp_path / "private"
+    private.mkdir()
+    private.chmod(0o700)  # root's, unreadable to uid 1000: the usual mistake with a mounted folder
+    log = tmp_path / "server.log"
+    container, process = _serve(built.tag, private, log, _free_port())
+    try:
+        assert process.wait(timeout=60) != 0
+    finally:
+        _stop(container, process)
+    assert "ERROR /models cannot be read by this server's user (uid 1000): make the folder you mount readable" in (
+        log.read_text())

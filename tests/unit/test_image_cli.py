@@ -1,0 +1,131 @@
+"""``llamawheel image`` before any engine runs: choosing the wheel from the index, tags, build arguments,
+the build context, and the errors a user gets for bad input. No container is built here (that is
+tests/integration/test_image.py); `pipeline.run` is a tripwire so nothing compiles."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from llamawheel import cli, image, image_engine, index, mirrors, pipeline
+
+from ..index_wheels import make_wheel
+
+
+@pytest.fixture(autouse=True)
+def _no_real_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    def tripwire(plan: pipeline.Plan) -> Path:
+        raise AssertionError(f"a unit test reached a real build of {plan.describe()}")
+
+    monkeypatch.setattr(pipeline, "run", tripwire)
+
+
+@pytest.fixture
+def wheels(tmp_path: Path) -> Path:
+    """An index with two cu130 builds of llama-cpp-python (no closure: no network)."""
+    built = tmp_path / "built"
+    built.mkdir()
+    for version in ("0.3.36+cu130.sm86", "0.3.36+cu130.sm90"):
+        index.publish([make_wheel(built, version=version)], index_root=tmp_path / "wheels", with_closure=False)
+    return tmp_path / "wheels"
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_the_newest_published_wheel_is_chosen_unless_one_is_named(wheels: Path) -> None:
+    chosen = image.chosen_wheel(wheels, "cu130")
+    assert chosen is not None and chosen.version == "0.3.36+cu130.sm90"
+    named = image.chosen_wheel(wheels, "cu130", "0.3.36+cu130.sm86")
+    assert named is not None and named.name == "llama_cpp_python-0.3.36+cu130.sm86-py3-none-manylinux_2_17_x86_64.whl"
+    assert image.chosen_wheel(wheels, "cpu") is None
+
+
+def test_tags_and_build_arguments_pin_the_exact_wheel(wheels: Path) -> None:
+    chosen = image.chosen_wheel(wheels, "cu130")
+    assert chosen is not None
+    assert image.tags_for(chosen) == ("localhost/llamawheel-api:cu130", "localhost/llamawheel-api:0.3.36-cu130.sm90")
+    tsinghua = mirrors.load_profile("tsinghua")
+    args = image.build_args("localhost/llamawheel-base:x", tsinghua, chosen)
+    assert args == {"BASE_IMAGE": "localhost/llamawheel-base:x",
+                    "REQUIREMENT": "llama-cpp-python[server]==0.3.36+cu130.sm90",
+                    "APT_MIRROR": tsinghua.debian}
+    assert "APT_MIRROR" not in image.build_args("b", mirrors.load_profile("default"), chosen)
+
+
+def test_the_registry_base_goes_through_the_profiles_registry_mirror(tmp_path: Path) -> None:
+    own = tmp_path / "mine.toml"
+    own.write_text('registry = "hub.example.internal/proxy"\n')
+    assert image.registry_base(mirrors.load_profile(str(own))) == (
+        "hub.example.internal/proxy/library/debian:bookworm-slim")
+    assert image.registry_base(mirrors.load_profile("default")) == "docker.io/library/debian:bookworm-slim"
+
+
+def test_the_base_name_says_what_it_was_made_from() -> None:
+    ref = image.base_ref()
+    assert ref.startswith("localhost/llamawheel-base:bookworm-") and len(ref.rsplit("-", 1)[1]) == 12
+    assert image.base_recipe()["include"] == ["python3-minimal", "libpython3.11-stdlib", "libstdc++6"]
+
+
+def test_context_only_writes_everything_the_containerfile_copies(
+    wheels: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pip = tmp_path / "pip-26.0-py3-none-any.whl"
+    pip.write_bytes(b"a wheel")
+    monkeypatch.setattr(image, "pip_wheel", lambda mirror: pip)  # no download in a unit test
+    dest = tmp_path / "context"
+    code, out, _ = run(capsys, "image", "--variant", "cu130", "--index", str(wheels), "--context-only", str(dest))
+    assert code == 0
+    assert sorted(p.name for p in dest.iterdir()) == ["Containerfile", "index", "pip", "runtime"]
+    assert (dest / "index" / "simple" / "llama-cpp-python" / "index.html").is_file()
+    assert sorted(p.name for p in (dest / "runtime").iterdir()) == sorted(image.RUNTIME_FILES)
+    (listed,) = [p for p in (dest / "index" / "files").rglob("*.whl") if "sm90" in p.name]
+    assert listed.stat().st_size > 0
+    assert "docker build -t localhost/llamawheel-api:cu130 --build-arg BASE_IMAGE=docker.io/library/debian:" \
+           "bookworm-slim --build-arg 'REQUIREMENT=llama-cpp-python[server]==0.3.36+cu130.sm90'" in out
+    code, _, err = run(capsys, "image", "--variant", "cu130", "--index", str(wheels), "--context-only", str(dest))
+    assert code == 2 and "already exists" in err
+
+
+def test_context_only_for_a_variant_the_index_lacks(wheels: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "image", "--variant", "cu124", "--index", str(wheels), "--context-only", "/tmp/x")
+    assert code == 2
+    assert f"ERROR the cu124 index in {wheels} has no llama-cpp-python wheel (variants there: cu130)" in err
+
+
+def test_an_unknown_wheel_version_lists_the_published_ones(wheels: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "image", "--variant", "cu130", "--index", str(wheels), "--wheel-version", "0.3.1",
+                       "--context-only", "/tmp/x")
+    assert code == 2
+    assert "ERROR --wheel-version 0.3.1: the cu130 index has 0.3.36+cu130.sm86, 0.3.36+cu130.sm90" in err
+
+
+def test_an_unknown_engine_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "image", "--engine", "lxc")
+    assert code == 2 and "ERROR --engine lxc: not one of docker, podman, buildah" in err
+
+
+def _docker_client_without_daemon() -> bool:
+    exe = shutil.which("docker")
+    return exe is not None and not image_engine._docker_answers(exe)
+
+
+@pytest.mark.skipif(not _docker_client_without_daemon(), reason="needs a docker client with no daemon, as here")
+def test_docker_without_a_daemon_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "image", "--engine", "docker")
+    assert code == 2 and "ERROR --engine docker: not usable here (no daemon answers;" in err
+
+
+def test_no_engine_at_all_says_what_to_install(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    code, _, err = run(capsys, "image")
+    assert code == 13
+    assert "ERROR no container engine here: docker (with a running daemon), podman or buildah" in err
+    assert "TIP install one: apt-get install buildah" in err

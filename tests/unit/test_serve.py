@@ -1,0 +1,619 @@
+"""The image's entry point: finding the model, resolving the settings, and the OpenAI-style error a streamed
+request gets when its prompt is longer than the context.
+
+No llama_cpp, no uvicorn, no network. `StreamErrors` is driven by small fake ASGI apps written here: the real
+server path (llama_cpp.server behind uvicorn, sse_starlette's stream, a real over-long chat) is covered by
+tests/integration/test_image.py; these check the middleware's ordering rules: what it holds back, when it lets go,
+and what the client receives when the app fails before its first event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import MutableMapping
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+import pytest
+
+from llamawheel.runtime import gpu_layers, serve
+
+MIB = 2**20
+GIB = 2**30
+EMBD = 64
+VOCAB = 100
+BLOCKS = 4
+
+Message = MutableMapping[str, Any]
+Receive = serve.Receive
+Send = serve.Send
+App = serve.App
+
+if sys.version_info >= (3, 11):
+    from builtins import ExceptionGroup
+
+needs_exception_group = pytest.mark.skipif(sys.version_info < (3, 11),
+                                           reason="the builtin ExceptionGroup is Python 3.11+")
+
+
+def fake_gguf(path: Path) -> Path:
+    """Enough for find_model: it reads only the magic."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"GGUF" + bytes(28))
+    return path
+
+
+def real_gguf(path: Path) -> Path:
+    """A small llama model, as in test_gpu_layers: block i is attn_q (8192 bytes) + attn_norm (256) + ffn_up of
+    16*(i+1) rows (2048*(i+1)); the output layer output.weight (12800) + output_norm (256)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_block_count(BLOCKS)
+    w.add_embedding_length(EMBD)
+    w.add_head_count(4)
+    w.add_head_count_kv(2)
+    w.add_context_length(512)
+    tensors: dict[str, np.ndarray] = {"token_embd.weight": np.zeros((VOCAB, EMBD), dtype=np.float16),
+               "output_norm.weight": np.ones(EMBD, dtype=np.float32),
+               "output.weight": np.zeros((VOCAB, EMBD), dtype=np.float16)}
+    for i in range(BLOCKS):
+        tensors[f"blk.{i}.attn_q.weight"] = np.zeros((EMBD, EMBD), dtype=np.float16)
+        tensors[f"blk.{i}.attn_norm.weight"] = np.ones(EMBD, dtype=np.float32)
+        tensors[f"blk.{i}.ffn_up.weight"] = np.zeros((16 * (i + 1), EMBD), dtype=np.float16)
+    for name, array in tensors.items():
+        w.add_tensor(name, array)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def config_error(models_dir: Path, model: str) -> str:
+    with pytest.raises(serve.ConfigError) as caught:
+        serve.find_model(models_dir, model)
+    return str(caught.value)
+
+
+# --- find_model ---------------------------------------------------------------------------------------------
+
+
+def test_model_given_as_an_absolute_path(tmp_path: Path) -> None:
+    model = fake_gguf(tmp_path / "elsewhere" / "m.gguf")
+    fake_gguf(tmp_path / "models" / "other.gguf")
+    assert serve.find_model(tmp_path / "models", str(model)) == model
+
+
+def test_model_given_relative_to_the_models_dir(tmp_path: Path) -> None:
+    model = fake_gguf(tmp_path / "sub" / "llama-2-7b-chat.bin")
+    fake_gguf(tmp_path / "other.gguf")
+    assert serve.find_model(tmp_path, "sub/llama-2-7b-chat.bin") == tmp_path / "sub" / "llama-2-7b-chat.bin"
+    assert model.is_file()
+
+
+def test_a_missing_model_names_the_path_and_lists_the_models_dir(tmp_path: Path) -> None:
+    fake_gguf(tmp_path / "a.gguf")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "README.txt").write_text("hello")
+    message = config_error(tmp_path, "missing.gguf")
+    assert message == (f"MODEL=missing.gguf: no such file ({tmp_path / 'missing.gguf'})."
+                       f" Files under {tmp_path}: {tmp_path / 'a.gguf'}, {tmp_path / 'notes' / 'README.txt'}")
+
+
+def test_a_missing_model_in_an_empty_or_missing_models_dir(tmp_path: Path) -> None:
+    assert config_error(tmp_path, "m.gguf").endswith(f"Files under {tmp_path}: none")
+    gone = tmp_path / "gone"
+    assert config_error(gone, "m.gguf").endswith(f"{gone} does not exist: mount your models folder there")
+
+
+def test_a_model_that_is_not_gguf_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "llama-2-7b-chat.bin").write_bytes(b"ggjt" + bytes(100))
+    assert config_error(tmp_path, "llama-2-7b-chat.bin") == (
+        f"MODEL=llama-2-7b-chat.bin: {tmp_path / 'llama-2-7b-chat.bin'} is not a GGUF file;"
+        " llama.cpp reads only GGUF models")
+
+
+def test_a_model_that_is_a_directory_is_no_such_file(tmp_path: Path) -> None:
+    (tmp_path / "dir.gguf").mkdir()
+    assert config_error(tmp_path, "dir.gguf").startswith(f"MODEL=dir.gguf: no such file ({tmp_path / 'dir.gguf'})")
+
+
+def test_unset_model_takes_the_one_gguf_anywhere_under_the_dir(tmp_path: Path) -> None:
+    (tmp_path / "README.txt").write_text("GGU: not a model")
+    (tmp_path / "empty").write_bytes(b"")
+    model = fake_gguf(tmp_path / "llama" / "7b" / "llama-2-7b-chat.bin")
+    assert serve.find_model(tmp_path, "") == model
+
+
+def test_unset_model_with_no_gguf_says_how_to_mount_one(tmp_path: Path) -> None:
+    (tmp_path / "README.txt").write_text("not a model")
+    assert config_error(tmp_path, "") == (
+        f"no GGUF model under {tmp_path}: mount a folder holding one (-v /path/to/models:{tmp_path}) or set MODEL")
+
+
+def test_unset_model_with_two_ggufs_names_both(tmp_path: Path) -> None:
+    a = fake_gguf(tmp_path / "a.gguf")
+    b = fake_gguf(tmp_path / "sub" / "b.bin")
+    assert config_error(tmp_path, "") == (
+        f"2 GGUF models under {tmp_path} ({a}, {b}): set MODEL to the one to serve")
+
+
+def test_a_missing_models_dir_is_named(tmp_path: Path) -> None:
+    gone = tmp_path / "models"
+    assert config_error(gone, "") == (
+        f"{gone} does not exist: mount the folder that holds your model there (-v /path/to/models:{gone})")
+
+
+# --- resolve ------------------------------------------------------------------------------------------------
+
+NO_BACKEND = "N_GPU_LAYERS=auto: this llama-cpp-python build has no GPU backend: every layer on the CPU"
+
+
+def test_defaults(tmp_path: Path) -> None:
+    model = fake_gguf(tmp_path / "llama-2-7b-chat.bin")
+    config = serve.resolve({"MODELS_DIR": str(tmp_path)}, gpu_offload=False)
+    assert config == serve.ServeConfig(model=model, alias="/models/llama-2-7b-chat.bin", n_ctx=4096,
+                                       n_gpu_layers=0, host="0.0.0.0", port=8000, notes=(NO_BACKEND,))
+    assert config.environ() == {"MODEL": str(model), "MODEL_ALIAS": "/models/llama-2-7b-chat.bin", "N_CTX": "4096",
+                                "N_GPU_LAYERS": "0", "HOST": "0.0.0.0", "PORT": "8000"}
+
+
+def test_empty_values_mean_the_defaults(tmp_path: Path) -> None:
+    fake_gguf(tmp_path / "m.gguf")
+    environ = {"MODELS_DIR": str(tmp_path), "MODEL": "", "MODEL_ALIAS": "", "N_CTX": "", "N_GPU_LAYERS": "",
+               "HOST": "", "PORT": ""}
+    config = serve.resolve(environ, gpu_offload=False)
+    assert (config.alias, config.n_ctx, config.n_gpu_layers, config.host, config.port) == (
+        "/models/llama-2-7b-chat.bin", 4096, 0, "0.0.0.0", 8000)
+
+
+def test_the_default_models_dir_is_slash_models() -> None:
+    if Path("/models").exists():
+        pytest.skip("this machine has a /models folder")
+    with pytest.raises(serve.ConfigError, match=r"^/models does not exist"):
+        serve.resolve({}, gpu_offload=False)
+
+
+def test_settings_from_the_environment(tmp_path: Path) -> None:
+    model = fake_gguf(tmp_path / "x" / "m.gguf")
+    environ = {"MODEL": str(model), "MODELS_DIR": str(tmp_path / "unused"),
+               "MODEL_ALIAS": "/models/code-llama-13b-chat.gguf", "N_CTX": "8192", "N_GPU_LAYERS": "20",
+               "HOST": "127.0.0.1", "PORT": "9000"}
+    config = serve.resolve(environ, gpu_offload=True, gpu=None)
+    assert config == serve.ServeConfig(model=model, alias="/models/code-llama-13b-chat.gguf", n_ctx=8192,
+                                       n_gpu_layers=20, host="127.0.0.1", port=9000, notes=())
+    assert config.environ() == {"MODEL": str(model), "MODEL_ALIAS": "/models/code-llama-13b-chat.gguf",
+                                "N_CTX": "8192", "N_GPU_LAYERS": "20", "HOST": "127.0.0.1", "PORT": "9000"}
+
+
+def test_n_gpu_layers_minus_one_passes_through(tmp_path: Path) -> None:
+    fake_gguf(tmp_path / "m.gguf")
+    config = serve.resolve({"MODELS_DIR": str(tmp_path), "N_GPU_LAYERS": "-1"}, gpu_offload=False)
+    assert (config.n_gpu_layers, config.notes) == (-1, ())
+
+
+def test_an_alias_the_ui_does_not_know_gets_a_note(tmp_path: Path) -> None:
+    fake_gguf(tmp_path / "m.gguf")
+    config = serve.resolve({"MODELS_DIR": str(tmp_path), "MODEL_ALIAS": "my-model", "N_GPU_LAYERS": "0"},
+                           gpu_offload=False)
+    assert config.alias == "my-model"
+    assert config.notes == (
+        "MODEL_ALIAS=my-model is not an id the stock llama-gpt UI lists (/models/llama-2-7b-chat.bin,"
+        " /models/llama-2-13b-chat.bin, /models/llama-2-70b-chat.bin): the UI will show no model",)
+
+
+def test_a_context_below_4096_gets_a_note(tmp_path: Path) -> None:
+    fake_gguf(tmp_path / "m.gguf")
+    config = serve.resolve({"MODELS_DIR": str(tmp_path), "N_CTX": "2048"}, gpu_offload=False)
+    assert config.n_ctx == 2048
+    assert config.notes == (
+        "N_CTX=2048 is below 4096: llama-gpt sends up to 4000 tokens of history plus 1000 for the answer,"
+        " so long chats will be refused", NO_BACKEND)
+
+
+def test_a_context_of_0_is_the_models_own_and_says_so(tmp_path: Path) -> None:
+    fake_gguf(tmp_path / "m.gguf")
+    config = serve.resolve({"MODELS_DIR": str(tmp_path), "N_CTX": "0"}, gpu_offload=False)
+    assert config.n_ctx == 0
+    assert config.notes == ("N_CTX=0: the model's own context length (llama-gpt needs at least 4096)", NO_BACKEND)
+
+
+@pytest.mark.parametrize(("name", "value"), [("N_CTX", "abc"), ("N_GPU_LAYERS", "all"), ("PORT", "80a")])
+def test_a_setting_that_is_not_a_number_is_refused(tmp_path: Path, name: str, value: str) -> None:
+    fake_gguf(tmp_path / "m.gguf")
+    with pytest.raises(serve.ConfigError) as caught:
+        serve.resolve({"MODELS_DIR": str(tmp_path), name: value}, gpu_offload=False)
+    assert str(caught.value) == f"{name}={value}: not a whole number"
+
+
+def test_a_bad_model_is_refused_before_the_settings(tmp_path: Path) -> None:
+    with pytest.raises(serve.ConfigError, match="no GGUF model under"):
+        serve.resolve({"MODELS_DIR": str(tmp_path), "N_CTX": "abc"}, gpu_offload=False)
+
+
+def test_auto_without_a_gpu_backend_puts_every_layer_on_the_cpu(tmp_path: Path) -> None:
+    fake_gguf(tmp_path / "m.gguf")  # not even read: no GPU backend, nothing to size
+    config = serve.resolve({"MODELS_DIR": str(tmp_path), "N_GPU_LAYERS": " Auto "}, gpu_offload=False,
+                           gpu=gpu_layers.GpuMemory("Test GPU", 8 * GIB, 8 * GIB))
+    assert (config.n_gpu_layers, config.notes) == (0, (NO_BACKEND,))
+
+
+def test_auto_with_a_backend_but_no_gpu(tmp_path: Path) -> None:
+    fake_gguf(tmp_path / "m.gguf")
+    config = serve.resolve({"MODELS_DIR": str(tmp_path)}, gpu_offload=True, gpu=None)
+    assert (config.n_gpu_layers, config.notes) == (0, (gpu_layers.NO_GPU,))
+    assert "no NVIDIA GPU visible" in config.notes[0]
+
+
+def test_auto_with_plenty_of_memory_puts_every_layer_on_the_gpu(tmp_path: Path) -> None:
+    model = real_gguf(tmp_path / "m.gguf")
+    gpu = gpu_layers.GpuMemory("Test GPU", 8 * GIB, 4 * GIB)
+    config = serve.resolve({"MODELS_DIR": str(tmp_path)}, gpu_offload=True, gpu=gpu)
+    assert config.n_gpu_layers == BLOCKS + 1
+    line = gpu_layers.plan(gpu_layers.read_layout(model), 4096, 4 * GIB, device="Test GPU").describe()
+    assert config.notes == (line,)
+    assert line.startswith("N_GPU_LAYERS=auto: all 5 layers on the GPU (") and "4.0 GiB free on Test GPU" in line
+    assert config.environ()["N_GPU_LAYERS"] == "5"
+
+
+def test_auto_with_little_memory_puts_fewer_layers_on_the_gpu(tmp_path: Path) -> None:
+    real_gguf(tmp_path / "m.gguf")
+    # reserve at n_ctx 4096: 768 MiB + 512 tokens * f32 * (4096 * 4 heads + 100 vocab); 2 layers: the output layer
+    # (12800 + 256) + block 3 (8192 + 256 + 8192) + its KV cache (4096 * (16 + 16) * 2 KV heads * f16)
+    reserve = 768 * MIB + 512 * 4 * (4096 * 4 + VOCAB)
+    two_layers = 12800 + 256 + 8192 + 256 + 8192 + 4096 * 32 * 2 * 2
+    gpu = gpu_layers.GpuMemory("Small GPU", GIB, reserve + two_layers)
+    config = serve.resolve({"MODELS_DIR": str(tmp_path)}, gpu_offload=True, gpu=gpu)
+    assert config.n_gpu_layers == 2
+    assert config.notes[0].startswith("N_GPU_LAYERS=auto: 2 of 5 layers on the GPU (")
+    one_less = gpu_layers.GpuMemory("Small GPU", GIB, reserve + two_layers - 1)
+    assert serve.resolve({"MODELS_DIR": str(tmp_path)}, gpu_offload=True, gpu=one_less).n_gpu_layers == 1
+
+
+def test_auto_uses_n_ctx(tmp_path: Path) -> None:
+    real_gguf(tmp_path / "m.gguf")
+    reserve_8k = 768 * MIB + 512 * 4 * (8192 * 4 + VOCAB)
+    two_layers_at_4k = 12800 + 256 + 8192 + 256 + 8192 + 4096 * 32 * 2 * 2
+    gpu = gpu_layers.GpuMemory("Small GPU", GIB, reserve_8k + two_layers_at_4k)
+    config = serve.resolve({"MODELS_DIR": str(tmp_path), "N_CTX": "8192"}, gpu_offload=True, gpu=gpu)
+    assert config.n_gpu_layers == 1  # block 3's KV cache doubles at n_ctx 8192: it no longer fits
+    assert "at n_ctx 8192" in config.notes[0]
+
+
+def test_auto_with_a_model_it_cannot_size_is_a_config_error(tmp_path: Path) -> None:
+    model = fake_gguf(tmp_path / "m.gguf")  # the magic and nothing else
+    with pytest.raises(serve.ConfigError) as caught:
+        serve.resolve({"MODELS_DIR": str(tmp_path)}, gpu_offload=True,
+                      gpu=gpu_layers.GpuMemory("Test GPU", GIB, GIB))
+    assert str(caught.value).startswith(f"{model}: ")
+    assert "GGUF version 0 is not supported" in str(caught.value)
+
+
+# --- error_body ---------------------------------------------------------------------------------------------
+
+CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1000, "stream": True}
+
+
+def test_a_chat_longer_than_the_context_gets_openais_error() -> None:
+    error = ValueError("Requested tokens (6021) exceed context window of 4096")
+    assert serve.error_body(error, CHAT) == (400, {"error": {
+        "message": "This model's maximum context length is 4096 tokens. However, you requested 7021 tokens"
+                   " (6021 in the messages, 1000 in the completion). Please reduce the length of the messages or"
+                   " completion.",
+        "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}})
+
+
+def test_a_completion_longer_than_the_context_gets_the_text_completion_wording() -> None:
+    error = ValueError("Requested tokens (5000) exceed context window of 2048")
+    status, body = serve.error_body(error, {"prompt": "x" * 10, "max_tokens": 16, "stream": True})
+    assert status == 400
+    assert body["error"] == {
+        "message": "This model's maximum context length is 2048 tokens, however you requested 5016 tokens"
+                   " (5000 in your prompt; 16 for the completion). Please reduce your prompt; or completion length.",
+        "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}
+
+
+def test_a_chat_without_max_tokens_counts_none_for_the_completion() -> None:
+    error = ValueError("Requested tokens (5000) exceed context window of 4096")
+    _, body = serve.error_body(error, {"messages": [], "max_tokens": None})
+    assert "you requested 5000 tokens (5000 in the messages, 0 in the completion)" in body["error"]["message"]
+
+
+def test_a_completion_without_max_tokens_counts_the_servers_default_of_16() -> None:
+    error = ValueError("Requested tokens (5000) exceed context window of 4096")
+    for request in ({"prompt": "x"}, {"prompt": "x", "max_tokens": None}):
+        _, body = serve.error_body(error, request)
+        assert "you requested 5016 tokens (5000 in your prompt; 16 for the completion)" in body["error"]["message"]
+
+
+def test_any_other_error_is_a_500() -> None:
+    assert serve.error_body(RuntimeError("boom"), CHAT) == (500, {"error": {
+        "message": "boom", "type": "internal_server_error", "param": None, "code": None}})
+    assert serve.error_body(KeyError(), CHAT)[1]["error"]["message"] == "KeyError"
+
+
+# --- StreamErrors -------------------------------------------------------------------------------------------
+# Fake ASGI apps (see the module docstring): the real server path is tests/integration/test_image.py's.
+
+STREAM_START: Message = {"type": "http.response.start", "status": 200,
+                         "headers": [(b"content-type", b"text/event-stream; charset=utf-8")]}
+PING: Message = {"type": "http.response.body", "body": b": ping\r\n\r\n", "more_body": True}
+END: Message = {"type": "http.response.body", "body": b"", "more_body": False}
+DATA: Message = {"type": "http.response.body", "body": b'data: {"choices": []}\r\n\r\n', "more_body": True}
+TOO_LONG = "Requested tokens (5000) exceed context window of 4096"
+
+
+def scope(path: str = "/v1/chat/completions", method: str = "POST") -> dict[str, Any]:
+    return {"type": "http", "method": method, "path": path, "headers": []}
+
+
+class Client:
+    """The server's side of one request: the request body in chunks, and every message sent back."""
+
+    def __init__(self, *chunks: bytes) -> None:
+        self.incoming = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
+                         for i, c in enumerate(chunks)]
+        self.sent: list[Message] = []
+        self.disconnects = 0
+        """Times receive was called after the body: the client's disconnect, once the response is sent."""
+
+    async def receive(self) -> Message:
+        if self.incoming:
+            return self.incoming.pop(0)
+        self.disconnects += 1
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: Message) -> None:
+        self.sent.append(message)
+
+    def run(self, app: App, request_scope: dict[str, Any] | None = None) -> None:
+        middleware = serve.StreamErrors(app)
+        asyncio.run(middleware(request_scope or scope(), self.receive, self.send))
+
+
+async def read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def stream_body(**extra: Any) -> bytes:
+    return json.dumps({**CHAT, **extra}).encode()
+
+
+def error_response(client: Client) -> dict[str, Any]:
+    """The JSON error the client got; asserts it got exactly a JSON start and one body."""
+    start, body = client.sent  # nothing else: no 200 start, no ping
+    assert start["type"] == "http.response.start"
+    headers = dict(start["headers"])
+    assert headers[b"content-type"] == b"application/json"
+    assert headers[b"content-length"] == str(len(body["body"])).encode()
+    assert (body["type"], body["more_body"]) == ("http.response.body", False)
+    return {"status": start["status"], **json.loads(body["body"])}
+
+
+@pytest.mark.parametrize("request_scope", [scope(method="GET"), scope(path="/v1/models"),
+                                           scope(path="/v1/embeddings"), {"type": "lifespan"}])
+def test_other_requests_pass_through_untouched(request_scope: dict[str, Any]) -> None:
+    client = Client(stream_body())
+    seen: list[tuple[Any, Receive, Send]] = []
+    start: Message = {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]}
+
+    async def app(s: Any, receive: Receive, send: Send) -> None:
+        seen.append((s, receive, send))
+        await send(start)
+
+    client.run(app, request_scope)
+    (s, receive, send), = seen
+    assert s is request_scope
+    assert receive == client.receive and send == client.send  # the server's own callables: not even wrapped
+    assert client.sent == [start] and client.sent[0] is start
+    assert len(client.incoming) == 1  # the body was not read
+
+
+@pytest.mark.parametrize("raw", [stream_body(stream=False), stream_body(stream="true"), stream_body(stream=1),
+                                 b'{"messages": [', b"[1, 2]", b""])
+def test_non_stream_bodies_reach_the_app_intact(raw: bytes) -> None:
+    client = Client(raw)
+    got: list[bytes] = []
+    start: Message = {"type": "http.response.start", "status": 200,
+                      "headers": [(b"content-type", b"application/json")]}
+    end: Message = {"type": "http.response.body", "body": b"{}", "more_body": False}
+
+    async def app(s: Any, receive: Receive, send: Send) -> None:
+        got.append(await read_body(receive))
+        assert send == client.send
+        await send(start)
+        await send(end)
+
+    client.run(app)
+    assert got == [raw]
+    assert client.sent == [start, end] and client.sent[0] is start and client.sent[1] is end
+
+
+def test_a_body_in_two_chunks_is_reassembled() -> None:
+    whole = stream_body()
+    client = Client(whole[:10], whole[10:])
+    got: list[Message] = []
+
+    async def app(s: Any, receive: Receive, send: Send) -> None:
+        got.append(await receive())
+        got.append(await receive())  # after the body: the server's receive again
+        await send(STREAM_START)
+        await send(DATA)
+        await send(END)
+
+    client.run(app)
+    assert got == [{"type": "http.request", "body": whole, "more_body": False}, {"type": "http.disconnect"}]
+    assert client.disconnects == 1  # the second receive reached the server's
+    assert client.sent == [STREAM_START, DATA, END]
+
+
+def test_a_non_stream_body_in_two_chunks_is_reassembled() -> None:
+    whole = json.dumps({**CHAT, "stream": False}).encode()
+    client = Client(whole[:7], whole[7:])
+    got: list[bytes] = []
+
+    async def app(s: Any, receive: Receive, send: Send) -> None:
+        got.append(await read_body(receive))
+
+    client.run(app)
+    assert got == [whole]
+
+
+@needs_exception_group
+def test_an_error_before_the_first_event_becomes_a_400(capsys: pytest.CaptureFixture[str]) -> None:
+    client = Client(stream_body())
+
+    async def app(s: Any, receive: Receive, send: Send) -> None:
+        await read_body(receive)
+        await send(STREAM_START)
+        raise ExceptionGroup("unhandled errors in a TaskGroup", [ValueError(TOO_LONG)])
+
+    client.run(app)
+    response = error_response(client)
+    assert response["status"] == 400
+    assert response["error"]["code"] == "context_length_exceeded"
+    assert response["error"]["message"] == (
+        "This model's maximum context length is 4096 tokens. However, you requested 6000 tokens (5000 in the"
+        " messages, 1000 in the completion). Please reduce the length of the messages or completion.")
+    assert f"llamawheel: stream refused with 400: {response['error']['message']}" in capsys.readouterr().err
+
+
+@needs_exception_group
+def test_an_error_after_the_stream_ended_empty_is_still_a_400() -> None:
+    """sse_starlette's order: the start, the final empty body, and only then the task group's error."""
+    client = Client(stream_body())
+
+    async def app(s: Any, receive: Receive, send: Send) -> None:
+        await send(STREAM_START)
+        await send(PING)
+        await send(END)
+        raise ExceptionGroup("unhandled errors in a TaskGroup",
+                             [ExceptionGroup("nested", [ValueError(TOO_LONG)])])
+
+    client.run(app)
+    response = error_response(client)
+    assert (response["status"], response["error"]["code"]) == (400, "context_length_exceeded")
+
+
+def test_a_plain_error_before_the_first_event_on_completions() -> None:
+    client = Client(json.dumps({"prompt": "hi", "stream": True, "max_tokens": 16}).encode())
+
+    async def app(s: Any, receive: Receive, send: Send) -> None:
+        await send(STREAM_START)
+        raise ValueError(TOO_LONG)
+
+    client.run(app, scope(path="/v1/completions"))
+    response = error_response(client)
+    assert response["status"] == 400
+    assert response["error"]["message"].startswith(
+        "This model's maximum context length is 4096 tokens, however you requested 5016 tokens")
+
+
+def test_another_error_before_the_first_event_is_a_500() -> None:
+    client = Client(stream_body())
+
+    async def app(s: Any, receive: Receive, send: Send) -> None:
+        await send(STREAM_START)
+        raise RuntimeError("the model fell over")
+
+    client.run(app)
+    response = error_response(client)
+    assert response == {"status": 500, "error": {"message": "the model fell over", "type": "internal_server_error",
+                                                 "param": None, "code": None}}
+
+
+def test_a_base_exception_is_never_turned_into_a_response() -> None:
+    class Stop(BaseException):
+        pass
+
+    client = Client(stream_body())
+
+    async def app(s: Any, receive: Receive, send: Send) -> None:
+        await send(STREAM_START)
+        raise Stop()
+
+    with pytest.raises(Stop):
+        client.run(app)
+    assert client.sent == []
+
+
+def test_pings_are_held_until_the_first_event() -> None:
+    client = Client(stream_body())
+    delivered: list[int] = []
+
+    async def app(s: Any, receive: Receive, send: Send) -> None:
+        for message in (STREAM_START, PING, DATA, END):
+            await send(message)
+            delivered.append(len(client.sent))
+
+    client.run(app)
+    assert delivered == [0, 0, 3, 4]  # nothing before the data; then everything in order, at once
+    assert client.sent == [STREAM_START, PING, DATA, END]
+
+
+def test_a_stream_that_ends_empty_without_an_error_is_sent_as_it_was() -> None:
+    client = Client(stream_body())
+
+    async def app(s: Any, receive: Receive, send: Send) -> None:
+        await send(STREAM_START)
+        await send(END)
+        assert client.sent == []
+
+    client.run(app)
+    assert client.sent == [STREAM_START, END]
+
+
+@pytest.mark.parametrize("status", [401, 500])
+def test_a_json_answer_to_a_stream_request_passes_through_at_once(status: int) -> None:
+    client = Client(stream_body())
+    start: Message = {"type": "http.response.start", "status": status,
+                      "headers": [(b"content-type", b"application/json")]}
+    body: Message = {"type": "http.response.body", "body": b'{"detail": "Invalid API key"}', "more_body": False}
+    delivered: list[int] = []
+
+    async def app(s: Any, receive: Receive, send: Send) -> None:
+        await send(start)
+        delivered.append(len(client.sent))
+        await send(body)
+        delivered.append(len(client.sent))
+
+    client.run(app)
+    assert delivered == [1, 2]
+    assert client.sent == [start, body]
+
+
+@needs_exception_group
+def test_an_error_after_the_first_event_is_raised() -> None:
+    client = Client(stream_body())
+
+    async def app(s: Any, receive: Receive, send: Send) -> None:
+        await send(STREAM_START)
+        await send(DATA)
+        raise ExceptionGroup("unhandled errors in a TaskGroup", [ValueError(TOO_LONG)])
+
+    with pytest.raises(ExceptionGroup) as caught:
+        client.run(app)
+    assert str(caught.value.exceptions[0]) == TOO_LONG
+    assert client.sent == [STREAM_START, DATA]  # no 400 after the 200
+
+
+def test_a_plain_error_after_the_first_event_is_raised() -> None:
+    client = Client(stream_body())
+
+    async def app(s: Any, receive: Receive, send: Send) -> None:
+        await send(STREAM_START)
+        await send(DATA)
+        raise RuntimeError("mid-stream")
+
+    with pytest.raises(RuntimeError, match="mid-stream"):
+        client.run(app)
+    assert client.sent == [STREAM_START, DATA]
