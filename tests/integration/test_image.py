@@ -325,17 +325,22 @@ def test_the_declared_health_check_answers(api: Api, built: Built) -> None:
     assert "answered 401" in wrong.stdout + wrong.stderr
 
 
-def test_a_missing_model_stops_with_a_message_not_a_traceback(built: Built, tmp_path: Path) -> None:
-    empty = tmp_path / "empty"
-    empty.mkdir(mode=0o755)
-    empty.chmod(0o755)
+def _log_of_a_server_that_stops(tag: str, models: Path, tmp_path: Path) -> str:
+    """Start the image's entry point on ``models``; it must exit by itself, with a non-zero status."""
     log = tmp_path / "server.log"
-    container, process = _serve(built.tag, empty, log, _free_port())
+    container, process = _serve(tag, models, log, _free_port())
     try:
         assert process.wait(timeout=60) != 0
     finally:
         _stop(container, process)
-    out = log.read_text()
+    return log.read_text()
+
+
+def test_a_missing_model_stops_with_a_message_not_a_traceback(built: Built, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    empty.chmod(0o755)
+    out = _log_of_a_server_that_stops(built.tag, empty, tmp_path)
     assert "ERROR no GGUF model under /models: mount a folder holding one (-v /path/to/models:/models)" in out
     assert "Traceback" not in out
 
@@ -344,11 +349,5 @@ def test_a_models_folder_the_server_cannot_read_is_named(built: Built, tmp_path:
     private = tmp_path / "private"
     private.mkdir()
     private.chmod(0o700)  # root's, unreadable to uid 1000: the usual mistake with a mounted folder
-    log = tmp_path / "server.log"
-    container, process = _serve(built.tag, private, log, _free_port())
-    try:
-        assert process.wait(timeout=60) != 0
-    finally:
-        _stop(container, process)
-    assert "ERROR /models cannot be read by this server's user (uid 1000): make the folder you mount readable" in (
-        log.read_text())
+    out = _log_of_a_server_that_stops(built.tag, private, tmp_path)
+    assert "ERROR /models cannot be read by this server's user (uid 1000): make the folder you mount readable" in out

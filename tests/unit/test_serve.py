@@ -16,16 +16,14 @@ from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
-import gguf
-import numpy as np
 import pytest
 
 from llamawheel.runtime import gpu_layers, serve
 
+from .gguf_files import VOCAB, model_tensors, write_gguf
+
 MIB = 2**20
 GIB = 2**30
-EMBD = 64
-VOCAB = 100
 BLOCKS = 4
 
 Message = MutableMapping[str, Any]
@@ -48,29 +46,9 @@ def fake_gguf(path: Path) -> Path:
 
 
 def real_gguf(path: Path) -> Path:
-    """A small llama model, as in test_gpu_layers: block i is attn_q (8192 bytes) + attn_norm (256) + ffn_up of
-    16*(i+1) rows (2048*(i+1)); the output layer output.weight (12800) + output_norm (256)."""
+    """A small llama model (see gguf_files): the output layer is output.weight (12800 bytes) + output_norm (256)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    w = gguf.GGUFWriter(path, "llama")
-    w.add_block_count(BLOCKS)
-    w.add_embedding_length(EMBD)
-    w.add_head_count(4)
-    w.add_head_count_kv(2)
-    w.add_context_length(512)
-    tensors: dict[str, np.ndarray] = {"token_embd.weight": np.zeros((VOCAB, EMBD), dtype=np.float16),
-               "output_norm.weight": np.ones(EMBD, dtype=np.float32),
-               "output.weight": np.zeros((VOCAB, EMBD), dtype=np.float16)}
-    for i in range(BLOCKS):
-        tensors[f"blk.{i}.attn_q.weight"] = np.zeros((EMBD, EMBD), dtype=np.float16)
-        tensors[f"blk.{i}.attn_norm.weight"] = np.ones(EMBD, dtype=np.float32)
-        tensors[f"blk.{i}.ffn_up.weight"] = np.zeros((16 * (i + 1), EMBD), dtype=np.float16)
-    for name, array in tensors.items():
-        w.add_tensor(name, array)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return write_gguf(path, model_tensors(BLOCKS))
 
 
 def config_error(models_dir: Path, model: str) -> str:
