@@ -251,8 +251,10 @@ def build(
     base: str | None = None,
     refresh_base: bool = False,
     save: Path | None = None,
+    save_format: str = "oci",
 ) -> ImageResult:
-    """Build the image for ``wheel``; with ``save``, also write it as an OCI archive with its sha256."""
+    """Build the image for ``wheel``; with ``save``, also write it as an OCI (or Docker) archive with its
+    sha256."""
     started = time.monotonic()
     if base is None:
         base_image, base_seconds = make_base(engine, mirror, refresh_base)
@@ -266,6 +268,7 @@ def build(
     log_file = work / f"build-{wheel.variant}.log"
     log_file.unlink(missing_ok=True)
     pip = pip_wheel(mirror)
+    replaced = {engine.image_id(t) for t in tags if engine.has_image(t)}
     with tempfile.TemporaryDirectory(prefix=f"context-{wheel.variant}-", dir=work) as tmp:
         context = Path(tmp) / "context"
         write_context(wheel, context, pip)
@@ -273,13 +276,16 @@ def build(
         t = time.monotonic()
         engine.build(context, tags, build_args(base_image, mirror, wheel), log_file, _show_build)
         build_seconds = time.monotonic() - t
+    new_id = engine.image_id(tags[0])
+    for old in replaced - {new_id, ""}:
+        engine.remove(old)  # the previous build under these names (kept if another name or container uses it)
     size = engine.size(tags[0])
     target = size_target_mb(wheel.variant)
     verdict = "within" if size <= target * 1_000_000 else "OVER"
     log.info(f"image {tags[0]}: {log.human_size(size)} uncompressed ({verdict} the {target} MB target),"
              f" built in {log.human_time(time.monotonic() - started)}")
     manifest: dict[str, Any] = {
-        "image": tags[0], "tags": list(tags), "image_id": engine.image_id(tags[0]), "engine": engine.name,
+        "image": tags[0], "tags": list(tags), "image_id": new_id, "engine": engine.name,
         "variant": wheel.variant, "llama_cpp_python": wheel.version, "wheel": wheel.name,
         "wheel_sha256": wheel.sha256, "index": str(wheel.index), "base": base_image, "base_from": base_from,
         "base_recipe": base_recipe() if base is None else None, "size_bytes": size,
@@ -291,23 +297,24 @@ def build(
     }
     archive_sha = ""
     if save is not None:
-        archive_sha = save_archive(engine, tags[0], save)
-        manifest["archive"] = {"file": save.name, "sha256": archive_sha, "size_bytes": save.stat().st_size}
+        archive_sha = save_archive(engine, tags[0], save, save_format)
+        manifest["archive"] = {"file": save.name, "format": f"{save_format}-archive", "sha256": archive_sha,
+                               "size_bytes": save.stat().st_size}
     manifest_path = (save.with_name(save.name + ".json") if save is not None
                      else work / f"llamawheel-api-{wheel.variant}.json")
     atomic.write_file(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
     return ImageResult(tags, size, manifest, manifest_path, save, archive_sha)
 
 
-def save_archive(engine: Engine, ref: str, out: Path) -> str:
-    """Write ``ref`` to ``out`` as an OCI archive and ``out``.sha256 beside it; returns the sha256."""
+def save_archive(engine: Engine, ref: str, out: Path, fmt: str = "oci") -> str:
+    """Write ``ref`` to ``out`` as an OCI (or Docker) archive and ``out``.sha256 beside it; returns the sha256."""
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.partial")
     partial.unlink(missing_ok=True)
-    log.info(f"saving {ref} to {out} (OCI archive)")
+    log.info(f"saving {ref} to {out} ({'OCI' if fmt == 'oci' else 'Docker'} archive)")
     try:
-        engine.save(ref, partial)
+        engine.save(ref, partial, fmt)
         digest = hashlib.sha256()
         with partial.open("rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):

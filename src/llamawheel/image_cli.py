@@ -22,6 +22,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                                   " registry mirror (default: made from the apt mirror with mmdebstrap)")
     p.add_argument("--refresh-base", action="store_true", help="make the mmdebstrap base again (security updates)")
     p.add_argument("--save", type=Path, metavar="FILE", help="also write the image as an OCI archive (+ .sha256)")
+    p.add_argument("--save-format", choices=("oci", "docker"), default="oci",
+                   help="oci (default) or docker: a Docker archive keeps the image's health check")
     p.add_argument("--context-only", type=Path, metavar="DIR",
                    help="write the build context to DIR and print the build command, without building")
 
@@ -52,7 +54,8 @@ def _cmd_image(args: argparse.Namespace) -> int:
     engine = image_engine.find(args.engine)
     wheel = image.ensure_wheel(index_root, args.variant, mirror, args.wheel_version)
     base = image.registry_base(mirror) if args.base == "registry" else args.base
-    result = image.build(engine, wheel, mirror, base=base, refresh_base=args.refresh_base, save=args.save)
+    result = image.build(engine, wheel, mirror, base=base, refresh_base=args.refresh_base, save=args.save,
+                         save_format=args.save_format)
     target = image.size_target_mb(wheel.variant)
     print(f"built {', '.join(result.tags)} with {engine.name}")
     print(f"    size {log.human_size(result.size)} uncompressed (target: under {target} MB)")

@@ -20,6 +20,7 @@ from llamawheel.errors import ImageError, UsageError
 from llamawheel.proc import CommandFailed, run_streamed
 
 ENGINES = ("docker", "podman", "buildah")
+SAVE_FORMATS = ("oci", "docker")
 
 
 @dataclass(frozen=True)
@@ -109,13 +110,14 @@ class Engine:
         result = self._query([*inspect, "--format", "{{.FromImageID}}" if self.name == "buildah" else "{{.Id}}", ref])
         return result.stdout.strip().removeprefix("sha256:")
 
-    def save(self, ref: str, out: Path) -> None:
-        """Write the image as an OCI archive."""
-        if self.name == "buildah":
-            self._run(["push", "--quiet", ref, f"oci-archive:{out}:{ref.rsplit('/', 1)[-1]}"], "save the image")
+    def save(self, ref: str, out: Path, fmt: str = "oci") -> None:
+        """Write the image as an OCI archive, or (``fmt="docker"``) a Docker archive, which keeps the health
+        check that OCI's image configuration has no field for."""
+        if self.name == "buildah":  # the full name: a short one would be read as docker.io/library/...
+            self._run(["push", "--quiet", ref, f"{fmt}-archive:{out}:{ref}"], "save the image")
         elif self.name == "podman":
-            self._run(["save", "--format", "oci-archive", "-o", str(out), ref], "save the image")
-        else:
+            self._run(["save", "--format", f"{fmt}-archive", "-o", str(out), ref], "save the image")
+        else:  # docker save writes one archive that both docker load and OCI tools read
             self._run(["save", "-o", str(out), ref], "save the image")
 
     def remove(self, ref: str) -> None:

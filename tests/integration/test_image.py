@@ -52,6 +52,7 @@ class Built:
     manifest: dict[str, Any]
     archive: Path
     tag: str
+    index: Path
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,7 @@ def built(cpu_wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Built:
     print(f"llamawheel image --variant cpu: {time.monotonic() - started:.1f}s")
     assert result.returncode == 0, result.stdout + result.stderr
     manifest = json.loads(Path(str(archive) + ".json").read_text())
-    return Built(result.stdout + result.stderr, manifest, archive, manifest["image"])
+    return Built(result.stdout + result.stderr, manifest, archive, manifest["image"], base / "wheels")
 
 
 def test_build_prints_the_size_and_records_it(built: Built) -> None:
@@ -90,7 +91,46 @@ def test_saved_archive_is_an_oci_archive_with_its_checksum(built: Built) -> None
         assert {"oci-layout", "index.json"} <= names
         index = json.load(tar.extractfile("index.json"))  # type: ignore[arg-type]
     assert index["manifests"][0]["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    assert index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"] == (
+        "localhost/llamawheel-api:cpu")  # what docker/compose.yaml asks for once loaded
     assert not list(built.archive.parent.glob(".*.partial"))
+
+
+def test_the_saved_archive_loads_back_under_the_name_compose_uses(built: Built) -> None:
+    """What an offline site does with the archive (buildah pull here; podman load and docker load alike)."""
+    def layers() -> list[str]:
+        found: list[str] = json.loads(buildah("inspect", "--type", "image", built.tag).stdout)["OCIv1"]["rootfs"][
+            "diff_ids"]
+        return found
+
+    built_layers = layers()
+    keep = "localhost/llamawheel-api:kept-by-test"
+    buildah("tag", built.tag, keep)
+    pulled = ""
+    try:
+        buildah("rmi", *built.manifest["tags"])  # untags: the kept name still holds the image
+        assert buildah("inspect", "--type", "image", built.tag, check=False).returncode != 0
+        pulled = buildah("pull", "--quiet", f"oci-archive:{built.archive}").stdout.strip()
+        assert layers() == built_layers  # the same file system, under the same name
+        assert _config(built.tag)["Entrypoint"] == ["python3", "-m", "llamawheel_runtime.serve"]
+    finally:  # the built image (with its health check) under its names again, for the tests after this one
+        buildah("tag", keep, *built.manifest["tags"])
+        buildah("rmi", keep)
+        if pulled:
+            buildah("rmi", pulled, check=False)
+
+
+def test_a_docker_archive_keeps_the_health_check(built: Built, tmp_path: Path) -> None:
+    archive = tmp_path / "api-cpu.docker.tar"
+    result = llamawheel("image", "--variant", "cpu", "--index", str(built.index), "--save", str(archive),
+                        "--save-format", "docker")
+    assert result.returncode == 0, result.stdout + result.stderr
+    with tarfile.open(archive) as tar:
+        (entry,) = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
+        config = json.load(tar.extractfile(entry["Config"]))  # type: ignore[arg-type]
+    assert entry["RepoTags"] == ["localhost/llamawheel-api:cpu"]
+    assert config["config"]["Healthcheck"]["Test"] == ["CMD", "python3", "-m", "llamawheel_runtime.health"]
+    assert json.loads(Path(str(archive) + ".json").read_text())["archive"]["format"] == "docker-archive"
 
 
 def _config(ref: str) -> dict[str, Any]:
