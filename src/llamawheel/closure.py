@@ -157,9 +157,11 @@ def fetch(
     python_versions: Sequence[str],
     dest: Path,
     mirror: MirrorProfile,
+    constraints: Sequence[str] = (),
 ) -> list[Path]:
     """Download the closure of ``wheel[extras]`` for each Python version into ``dest`` (one folder for all
-    versions: a wheel that serves several, like a 420 MB cuBLAS wheel, is fetched once).
+    versions: a wheel that serves several, like a 420 MB cuBLAS wheel, is fetched once). ``constraints``
+    (pip constraint lines, see `runtime_pins`) narrow which releases are taken.
 
     Returns every fetched wheel except ``wheel`` itself.
     """
@@ -170,12 +172,17 @@ def fetch(
     root_req = f"{meta.project}{extra_part} @ {wheel.resolve().as_uri()}"
     index = mirror.pypi_index() or "pip's configured index"
     dest.mkdir(parents=True, exist_ok=True)
+    constraint_file = None
+    if constraints:
+        constraint_file = dest / "constraints.txt"
+        constraint_file.write_text("".join(f"{c}\n" for c in constraints))
+        log.info(f"NVIDIA runtime wheels of the release the wheel was built against: {', '.join(constraints)}")
     for version in python_versions:
         log.info(f"fetching what {meta.project}{extra_part} needs on Python {version} ({platforms[0]}) from {index}")
         requirements = [root_req]
         supported = supported_tags(version, platforms)
         for _ in range(MAX_ROUNDS):
-            _pip_download(requirements, dest, version, platforms, mirror)
+            _pip_download(requirements, dest, version, platforms, mirror, constraint_file)
             requirements = unmet_requirements(dest, wheel, extras, target_environment(version, arch), supported)
             if not requirements:
                 break
@@ -190,7 +197,8 @@ def fetch(
 
 
 def _pip_download(
-    requirements: Sequence[str], folder: Path, version: str, platforms: Sequence[str], mirror: MirrorProfile
+    requirements: Sequence[str], folder: Path, version: str, platforms: Sequence[str], mirror: MirrorProfile,
+    constraint_file: Path | None = None,
 ) -> None:
     abi = "cp" + version.replace(".", "")
     cmd = [
@@ -199,6 +207,8 @@ def _pip_download(
     ]
     for platform in platforms:
         cmd += ["--platform", platform]
+    if constraint_file is not None:
+        cmd += ["--constraint", str(constraint_file)]
     try:
         run_streamed([*cmd, *requirements], env=mirror.pip_env(), on_line=_show)
     except CommandFailed as exc:
@@ -208,6 +218,24 @@ def _pip_download(
             f"check that the index answers (llamawheel mirrors check {mirror.name}) and offers wheels for Python"
             f" {version}; narrow the versions with --python-version, or publish with --no-closure",
         ) from None
+
+
+def runtime_pins(wheel: Path) -> tuple[str, ...]:
+    """The recipe's ``runtime-pins`` for a CUDA wheel in the default runtime mode (``+cu124.sm86`` -> CUDA
+    12.4's), () for a CPU or ``.sys`` wheel or a CUDA version no recipe lists."""
+    local = distmeta.read(wheel).local or ""
+    labels = re.split(r"[._-]", local.lower())
+    match = re.fullmatch(r"cu(\d+)(\d)", labels[0])
+    if match is None or "sys" in labels[1:]:
+        return ()
+    from llamawheel import recipes
+    from llamawheel.errors import LlamawheelError
+
+    try:
+        _, minor = recipes.find_cuda(f"{match[1]}.{match[2]}")
+    except LlamawheelError:
+        return ()
+    return minor.runtime_pins
 
 
 def _show(line: str) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 
 from packaging.version import Version
 
-from llamawheel import __version__, atomic, log, mirrors, paths
+from llamawheel import __version__, atomic, closure, log, mirrors, paths
 from llamawheel.errors import ImageError, UsageError
 from llamawheel.image_engine import Engine
 from llamawheel.mirrors import MirrorProfile
@@ -205,13 +205,16 @@ def _link_tree(source: Path, dest: Path) -> None:
 
 
 def write_context(wheel: IndexedWheel, dest: Path, pip: Path) -> None:
-    """The build context: the Containerfile, the variant's index, pip, and the runtime package."""
+    """The build context: the Containerfile, the variant's index, pip, the runtime package, and the
+    constraints that keep NVIDIA's runtime wheels at the release the wheel was built against."""
     dest.mkdir(parents=True)
     shutil.copy2(paths.project_root() / "docker" / "Containerfile", dest / "Containerfile")
     shutil.copytree((wheel.index / "simple").resolve(), dest / "index" / "simple")
     _link_tree(wheel.index / "files", dest / "index" / "files")
     (dest / "pip").mkdir()
     shutil.copy2(pip, dest / "pip" / pip.name)
+    pins = closure.runtime_pins(wheel.index / "files" / wheel.sha256 / wheel.name)
+    (dest / "constraints.txt").write_text("".join(f"{p}\n" for p in pins))
     (dest / "runtime").mkdir()
     for name in RUNTIME_FILES:
         shutil.copy2(paths.PACKAGE_DIR / "runtime" / name, dest / "runtime" / name)

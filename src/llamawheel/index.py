@@ -273,7 +273,8 @@ def _publish_variant(
             pythons = tuple(sorted({*pythons, *wanted}, key=lambda v: [int(x) for x in v.split(".")]))
             for n, c in enumerate(list(found)):
                 fetched = closure.fetch(
-                    c.path, extras=c.indexed().extras, python_versions=wanted, dest=incoming / str(n), mirror=mirror
+                    c.path, extras=c.indexed().extras, python_versions=wanted, dest=incoming / str(n), mirror=mirror,
+                    constraints=closure.runtime_pins(c.path),
                 )
                 found += [_Candidate.of(p, direct=False) for p in fetched]
             found = _dedupe(found)

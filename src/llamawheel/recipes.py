@@ -80,6 +80,11 @@ class CudaMinor:
     """The newest GCC major this CUDA version's nvcc accepts as host compiler."""
     supported_archs: tuple[str, ...] = ()
     """Overrides the line's list where a minor compiles for more (12.8 adds Blackwell)."""
+    runtime_pins: tuple[str, ...] = ()
+    """Which releases of the runtime wheels the private index (and so the image) carries: the ones of this
+    minor, that the wheel was built against (``nvidia-cublas-cu12==12.4.*``), not the newest the loose
+    Requires-Dist allows (cuBLAS 12.9 and the NVRTC it pulls are 500 MB more). From ``runtime-pins``, else
+    the toolchain's own ``==`` pins of those packages."""
 
     @property
     def tag(self) -> str:
@@ -185,7 +190,8 @@ def _deb(table: tomlcheck.Table) -> DebPackage:
 
 
 def _minor(version: str, table: tomlcheck.Table, line: tomlcheck.Table) -> CudaMinor:
-    table.allow("provider", "packages", "root", "runtime-requires", "apt", "deb-packages", "max-gcc", "supported-archs")
+    table.allow("provider", "packages", "root", "runtime-requires", "runtime-pins", "apt", "deb-packages", "max-gcc",
+                "supported-archs")
     if not re.fullmatch(r"\d+\.\d+", version):
         raise table.fail("", f"'{version}' is not a CUDA minor version like 13.0")
     provider = table.text("provider")
@@ -200,6 +206,16 @@ def _minor(version: str, table: tomlcheck.Table, line: tomlcheck.Table) -> CudaM
         key = "apt" if apt is None else "deb-packages"
         raise table.fail(key, "provider 'deb' needs an [apt] table and deb-packages")
     runtime = table.str_list("runtime-requires", line.str_list("runtime-requires", []))
+    runtime_names = [re.split(r"[<>=!~;\s\[]", r, maxsplit=1)[0] for r in runtime]
+    if "runtime-pins" in table.data:
+        pins = table.str_list("runtime-pins")
+        for pin in pins:
+            name = re.split(r"[<>=!~;\s\[]", pin, maxsplit=1)[0]
+            if name not in runtime_names:
+                raise table.fail("runtime-pins", f"'{name}' is not one of runtime-requires"
+                                                  f" ({', '.join(runtime_names)}){did_you_mean(name, runtime_names)}")
+    else:
+        pins = tuple(f"{p.name}=={p.version}" for p in packages if p.name in runtime_names)
     return CudaMinor(
         version=version,
         provider=provider,
@@ -210,6 +226,7 @@ def _minor(version: str, table: tomlcheck.Table, line: tomlcheck.Table) -> CudaM
         deb_packages=debs,
         max_gcc=table.number("max-gcc", 99),
         supported_archs=table.str_list("supported-archs", []),
+        runtime_pins=tuple(pins),
     )
 
 

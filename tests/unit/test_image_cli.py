@@ -81,7 +81,8 @@ def test_context_only_writes_everything_the_containerfile_copies(
     dest = tmp_path / "context"
     code, out, _ = run(capsys, "image", "--variant", "cu130", "--index", str(wheels), "--context-only", str(dest))
     assert code == 0
-    assert sorted(p.name for p in dest.iterdir()) == ["Containerfile", "index", "pip", "runtime"]
+    assert sorted(p.name for p in dest.iterdir()) == ["Containerfile", "constraints.txt", "index", "pip", "runtime"]
+    assert (dest / "constraints.txt").read_text() == "nvidia-cuda-runtime==13.0.96\nnvidia-cublas==13.0.2.14\n"
     assert (dest / "index" / "simple" / "llama-cpp-python" / "index.html").is_file()
     assert sorted(p.name for p in (dest / "runtime").iterdir()) == sorted(image.RUNTIME_FILES)
     (listed,) = [p for p in (dest / "index" / "files").rglob("*.whl") if "sm90" in p.name]
@@ -129,3 +130,19 @@ def test_no_engine_at_all_says_what_to_install(
     assert code == 13
     assert "ERROR no container engine here: docker (with a running daemon), podman or buildah" in err
     assert "TIP install one: apt-get install buildah" in err
+
+
+@pytest.mark.parametrize(("version", "pins"), [
+    ("0.3.36+cu130.sm90", ("nvidia-cuda-runtime==13.0.96", "nvidia-cublas==13.0.2.14")),  # the toolchain's own
+    ("0.3.36+cu124.sm86", ("nvidia-cuda-runtime-cu12==12.4.*", "nvidia-cublas-cu12==12.4.*")),
+    ("0.3.36+cu118", ("nvidia-cuda-runtime-cu11==11.8.*", "nvidia-cublas-cu11==11.11.*")),
+    ("0.3.36+cu124.sm86.sys", ()),  # the system's CUDA libraries: no runtime wheels at all
+    ("0.3.36+cpu", ()),
+    ("0.3.36+cu990", ()),  # no recipe lists CUDA 99.0
+])
+def test_runtime_pins_follow_the_cuda_minor_the_wheel_was_built_with(
+    tmp_path: Path, version: str, pins: tuple[str, ...]
+) -> None:
+    from llamawheel import closure
+
+    assert closure.runtime_pins(make_wheel(tmp_path, version=version)) == pins

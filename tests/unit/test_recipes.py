@@ -219,3 +219,18 @@ def test_cpu_recipe_missing_is_reported(tmp_path: Path) -> None:
 def test_requirement_line_pins_version_and_hash() -> None:
     nvcc = recipes.load_recipe(CUDA13).minors["13.0"].packages[0]
     assert nvcc.requirement_line() == f"nvidia-cuda-nvcc==13.0.88 --hash=sha256:{NVCC_SHA}"
+
+
+def test_runtime_pins_must_name_a_runtime_requirement(tmp_path: Path) -> None:
+    path = _write_variant(tmp_path, '[minors."13.0"]\n', '[minors."13.0"]\nruntime-pins = ["nvidia-cublass==13.0.*"]\n')
+    err = _load_error(path)
+    assert "key 'minors.13.0.runtime-pins'" in err.message
+    assert "'nvidia-cublass' is not one of runtime-requires" in err.message
+    assert 'did you mean "nvidia-cublas"?' in err.message
+
+
+def test_runtime_pins_default_to_the_toolchains_own_pins() -> None:
+    _, minor = recipes.find_cuda("13.0")
+    assert minor.runtime_pins == ("nvidia-cuda-runtime==13.0.96", "nvidia-cublas==13.0.2.14")
+    _, deb_minor = recipes.find_cuda("12.4")
+    assert deb_minor.runtime_pins == ("nvidia-cuda-runtime-cu12==12.4.*", "nvidia-cublas-cu12==12.4.*")
