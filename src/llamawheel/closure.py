@@ -223,19 +223,17 @@ def _pip_download(
 def runtime_pins(wheel: Path) -> tuple[str, ...]:
     """The recipe's ``runtime-pins`` for a CUDA wheel in the default runtime mode (``+cu124.sm86`` -> CUDA
     12.4's), () for a CPU or ``.sys`` wheel or a CUDA version no recipe lists."""
-    local = distmeta.read(wheel).local or ""
-    labels = re.split(r"[._-]", local.lower())
-    match = re.fullmatch(r"cu(\d+)(\d)", labels[0])
-    if match is None or "sys" in labels[1:]:
-        return ()
     from llamawheel import recipes
     from llamawheel.errors import LlamawheelError
 
+    labels = (distmeta.read(wheel).local or "").lower().split(".")
+    version = recipes.cuda_version_of(labels[0])
+    if version is None or "sys" in labels[1:]:
+        return ()
     try:
-        _, minor = recipes.find_cuda(f"{match[1]}.{match[2]}")
+        return recipes.find_cuda(version)[1].runtime_pins
     except LlamawheelError:
         return ()
-    return minor.runtime_pins
 
 
 def _show(line: str) -> None:

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -175,8 +176,6 @@ def pip_wheel(mirror: MirrorProfile) -> Path:
     if found:
         return found[-1]
     folder.mkdir(parents=True, exist_ok=True)
-    import sys
-
     index = mirror.pypi_index() or "pip's configured index"
     log.info(f"fetching pip (run once at image build time, never installed) from {index}")
     with tempfile.TemporaryDirectory(prefix="pip-", dir=folder) as tmp:
@@ -271,7 +270,7 @@ def build(
     log_file = work / f"build-{wheel.variant}.log"
     log_file.unlink(missing_ok=True)
     pip = pip_wheel(mirror)
-    replaced = {engine.image_id(t) for t in tags if engine.has_image(t)}
+    replaced = {engine.image_id(t) for t in tags}  # "" for a name not there yet
     with tempfile.TemporaryDirectory(prefix=f"context-{wheel.variant}-", dir=work) as tmp:
         context = Path(tmp) / "context"
         write_context(wheel, context, pip)
@@ -345,10 +344,10 @@ def ensure_wheel(index_root: Path, variant: str, mirror: MirrorProfile, version:
     if variant == "cpu":
         plan = pipeline.plan_cpu(recipes.cpu_recipe(), opts)
     else:
-        match = re.fullmatch(r"cu(\d+)(\d)", variant)
-        if not match:
+        version = recipes.cuda_version_of(variant)
+        if version is None:
             raise UsageError(f"--variant {variant}: not cpu or cuXY (cu130, cu124, cu118)")
-        recipe, minor = recipes.find_cuda(f"{match[1]}.{match[2]}")
+        recipe, minor = recipes.find_cuda(version)
         plan = pipeline.plan_cuda(recipe, minor, opts)
     wheel = pipeline.run(plan)
     index.publish([wheel], index_root=index_root, mirror=mirror)

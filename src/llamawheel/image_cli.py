@@ -8,6 +8,7 @@ from pathlib import Path
 
 from llamawheel import log, paths
 from llamawheel.errors import UsageError
+from llamawheel.image_engine import SAVE_FORMATS
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -22,7 +23,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                                   " registry mirror (default: made from the apt mirror with mmdebstrap)")
     p.add_argument("--refresh-base", action="store_true", help="make the mmdebstrap base again (security updates)")
     p.add_argument("--save", type=Path, metavar="FILE", help="also write the image as an OCI archive (+ .sha256)")
-    p.add_argument("--save-format", choices=("oci", "docker"), default="oci",
+    p.add_argument("--save-format", choices=SAVE_FORMATS, default="oci",
                    help="oci (default) or docker: a Docker archive keeps the image's health check")
     p.add_argument("--context-only", type=Path, metavar="DIR",
                    help="write the build context to DIR and print the build command, without building")

@@ -45,9 +45,12 @@ class Engine:
         return subprocess.run([self.exe, *args], capture_output=True, text=True, env={**os.environ, **self.env()},
                               timeout=300)
 
+    def _inspect(self) -> list[str]:
+        """The command that inspects an image (buildah's ``inspect`` also reads containers)."""
+        return ["inspect", "--type", "image"] if self.name == "buildah" else ["image", "inspect"]
+
     def has_image(self, ref: str) -> bool:
-        inspect = ["image", "inspect", ref] if self.name != "buildah" else ["inspect", "--type", "image", ref]
-        return self._query(inspect).returncode == 0
+        return self._query([*self._inspect(), ref]).returncode == 0
 
     def build(self, context: Path, tag: Sequence[str], build_args: Mapping[str, str], log_file: Path,
               on_line: Callable[[str], None]) -> None:
@@ -63,7 +66,6 @@ class Engine:
 
     def import_rootfs(self, tarball: Path, ref: str, env: Mapping[str, str]) -> None:
         """Make an image from a root file system tarball (what mmdebstrap writes)."""
-        changes = [f"ENV {k}={v}" for k, v in env.items()]
         if self.name == "buildah":
             container = self._run(["from", "scratch"], "start an empty container")[-1].strip()
             try:
@@ -74,17 +76,16 @@ class Engine:
             finally:
                 self._query(["rm", container])
         else:
-            flags = [x for c in changes for x in ("--change", c)]
+            flags = [x for k, v in env.items() for x in ("--change", f"ENV {k}={v}")]
             self._run(["import", *flags, str(tarball), ref], "import the base")
 
     def size(self, ref: str) -> int:
         """The image's uncompressed size in bytes, as the engine reports it."""
         if self.name == "buildah":  # it reports only a rounded "93.3 MB": count the files instead
             return self._content_size(ref)
-        else:
-            result = self._query(["image", "inspect", "--format", "{{.Size}}", ref])
-            if result.returncode == 0 and result.stdout.strip().isdigit():
-                return int(result.stdout.strip())
+        result = self._query([*self._inspect(), "--format", "{{.Size}}", ref])
+        if result.returncode == 0 and result.stdout.strip().isdigit():
+            return int(result.stdout.strip())
         raise ImageError(f"{self.name} could not report the size of {ref}: {result.stderr.strip()}")
 
     def _content_size(self, ref: str) -> int:
@@ -106,8 +107,8 @@ class Engine:
             self._query(["rm", container])
 
     def image_id(self, ref: str) -> str:
-        inspect = ["inspect", "--type", "image"] if self.name == "buildah" else ["image", "inspect"]
-        result = self._query([*inspect, "--format", "{{.FromImageID}}" if self.name == "buildah" else "{{.Id}}", ref])
+        field = "{{.FromImageID}}" if self.name == "buildah" else "{{.Id}}"
+        result = self._query([*self._inspect(), "--format", field, ref])
         return result.stdout.strip().removeprefix("sha256:")
 
     def save(self, ref: str, out: Path, fmt: str = "oci") -> None:

@@ -189,6 +189,11 @@ def _deb(table: tomlcheck.Table) -> DebPackage:
     return DebPackage(table.text("name"), table.text("version"))
 
 
+def _requirement_name(line: str) -> str:
+    """``nvidia-cublas-cu12>=12.4,<13`` -> ``nvidia-cublas-cu12``."""
+    return re.split(r"[<>=!~;\s\[]", line, maxsplit=1)[0]
+
+
 def _minor(version: str, table: tomlcheck.Table, line: tomlcheck.Table) -> CudaMinor:
     table.allow("provider", "packages", "root", "runtime-requires", "runtime-pins", "apt", "deb-packages", "max-gcc",
                 "supported-archs")
@@ -206,11 +211,11 @@ def _minor(version: str, table: tomlcheck.Table, line: tomlcheck.Table) -> CudaM
         key = "apt" if apt is None else "deb-packages"
         raise table.fail(key, "provider 'deb' needs an [apt] table and deb-packages")
     runtime = table.str_list("runtime-requires", line.str_list("runtime-requires", []))
-    runtime_names = [re.split(r"[<>=!~;\s\[]", r, maxsplit=1)[0] for r in runtime]
+    runtime_names = [_requirement_name(r) for r in runtime]
     if "runtime-pins" in table.data:
         pins = table.str_list("runtime-pins")
         for pin in pins:
-            name = re.split(r"[<>=!~;\s\[]", pin, maxsplit=1)[0]
+            name = _requirement_name(pin)
             if name not in runtime_names:
                 raise table.fail("runtime-pins", f"'{name}' is not one of runtime-requires"
                                                   f" ({', '.join(runtime_names)}){did_you_mean(name, runtime_names)}")
@@ -294,6 +299,16 @@ def load_recipe(path: Path) -> Recipe:
 def all_recipes(directory: Path | None = None) -> dict[str, Recipe]:
     folder = directory or paths.recipes_dir()
     return {p.stem: load_recipe(p) for p in sorted(folder.glob("*.toml"))}
+
+
+_TAG = re.compile(r"cu(?P<major>\d\d)(?P<minor>\d+)")
+
+
+def cuda_version_of(tag: str) -> str | None:
+    """The CUDA version a variant tag names, the inverse of `CudaMinor.tag`: ``cu124`` -> ``12.4``,
+    ``cu1310`` -> ``13.10``; None for anything else (``cpu``)."""
+    match = _TAG.fullmatch(tag)
+    return f"{int(match['major'])}.{int(match['minor'])}" if match else None
 
 
 def find_cuda(version: str, directory: Path | None = None) -> tuple[Recipe, CudaMinor]:

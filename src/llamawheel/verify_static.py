@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
-import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -18,10 +17,8 @@ from llamawheel import archs
 from llamawheel.elf import ElfInfo, is_elf, read_elf
 from llamawheel.errors import UsageError, VerifyError
 from llamawheel.policy import CUDA_LIBRARIES, whitelist
-from llamawheel.recipes import CudaMinor, Recipe, all_recipes, find_cuda
+from llamawheel.recipes import CudaMinor, Recipe, all_recipes, cuda_version_of, find_cuda
 from llamawheel.wheelfile import WheelName, dist_info_dir, metadata, read_entries
-
-_LOCAL = re.compile(r"^cu(?P<major>\d\d)(?P<minor>\d+)$")  # cu130 = 13.0, cu1310 = 13.10
 
 
 @dataclass(frozen=True)
@@ -83,10 +80,10 @@ class Expectations:
             )
         if labels[0] == "cpu":
             return cls(None)
-        match = _LOCAL.match(labels[0])
-        if not match:
+        cuda = cuda_version_of(labels[0])
+        if cuda is None:
             raise UsageError(f"local version label '{labels[0]}' is neither cpu nor cuXY")
-        major, minor = int(match.group("major")), match.group("minor")
+        major, minor = int(cuda.split(".")[0]), cuda.split(".")[1]
         runtime = "system" if "sys" in labels else "pypi"
         tokens = []
         for label in labels[1:]:

@@ -10,11 +10,13 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 
+from .serve import DEFAULTS
+
 
 def check(environ: Mapping[str, str], timeout: float = 4.0) -> tuple[bool, str]:
     """Ask the server on loopback for its models; (healthy, what was seen)."""
-    port = environ.get("PORT") or "8000"
-    alias = environ.get("MODEL_ALIAS") or "/models/llama-2-7b-chat.bin"
+    port = environ.get("PORT") or DEFAULTS["PORT"]
+    alias = environ.get("MODEL_ALIAS") or DEFAULTS["MODEL_ALIAS"]
     url = f"http://127.0.0.1:{port}/v1/models"
     headers = {"Authorization": f"Bearer {environ['API_KEY']}"} if environ.get("API_KEY") else {}
     try:
