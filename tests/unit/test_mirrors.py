@@ -104,24 +104,25 @@ def test_user_profile_path_that_does_not_exist(tmp_path: Path) -> None:
     assert str(missing) in info.value.message
 
 
-def test_profile_with_non_url_value_names_file_and_key(tmp_path: Path) -> None:
-    path = tmp_path / "bad.toml"
-    path.write_text('debian-security = "mirrors.example.com/debian-security"\n')
+def _profile_error(path: Path, text: str) -> str:
+    """The message loading a profile holding ``text`` fails with; it always names the file."""
+    path.write_text(text)
     with pytest.raises(MirrorError) as info:
         mirrors.load_profile(str(path))
     assert str(path) in info.value.message
-    assert "key 'debian-security'" in info.value.message
-    assert "is not an http(s) or file URL" in info.value.message
+    return info.value.message
+
+
+def test_profile_with_non_url_value_names_file_and_key(tmp_path: Path) -> None:
+    message = _profile_error(tmp_path / "bad.toml", 'debian-security = "mirrors.example.com/debian-security"\n')
+    assert "key 'debian-security'" in message
+    assert "is not an http(s) or file URL" in message
 
 
 def test_profile_with_unknown_key_names_file_key_and_suggestion(tmp_path: Path) -> None:
-    path = tmp_path / "typo.toml"
-    path.write_text('pipy = "https://pypi.example/simple/"\n')
-    with pytest.raises(MirrorError) as info:
-        mirrors.load_profile(str(path))
-    assert str(path) in info.value.message
-    assert "key 'pipy'" in info.value.message
-    assert 'did you mean "pypi"?' in info.value.message
+    message = _profile_error(tmp_path / "typo.toml", 'pipy = "https://pypi.example/simple/"\n')
+    assert "key 'pipy'" in message
+    assert 'did you mean "pypi"?' in message
 
 
 def test_profile_value_of_wrong_type(tmp_path: Path) -> None:
