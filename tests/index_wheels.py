@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from llamawheel.wheelfile import Entry, write_wheel
+from llamawheel.wheel.wheelfile import Entry, write_wheel
 
 LLAMA_REQUIRES = ("typing-extensions>=4.5.0", "diskcache>=5.6.1", 'PyYAML>=5.1 ; extra == "server"')
 

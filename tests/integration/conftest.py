@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from llamawheel import paths
+from llamawheel.core import paths
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "cublas_probe"

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from llamawheel import paths
-from llamawheel.elf import read_elf
+from llamawheel.core import paths
+from llamawheel.wheel.elf import read_elf
 
 from .conftest import FIXTURE, llamawheel
 

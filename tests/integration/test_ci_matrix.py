@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from llamawheel import paths, recipes
+from llamawheel.core import paths
+from llamawheel.recipe import catalog as recipes
 
 from .conftest import ROOT, llamawheel
 

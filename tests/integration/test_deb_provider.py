@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from llamawheel import recipes
-from llamawheel.errors import DownloadError
-from llamawheel.mirrors import MirrorProfile
-from llamawheel.recipes import AptSource
+from llamawheel.core.errors import DownloadError
+from llamawheel.mirror.profiles import MirrorProfile
+from llamawheel.recipe import catalog as recipes
+from llamawheel.recipe.catalog import AptSource
 from llamawheel.toolchain.deb import AptSession
 
 from .conftest import FIXTURE, llamawheel

@@ -93,7 +93,7 @@ def test_saved_archive_is_an_oci_archive_with_its_checksum(built: Built) -> None
     assert index["manifests"][0]["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
     assert index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"] == (
         "localhost/llamawheel-api:cpu")  # what docker/compose.yaml asks for once loaded
-    assert not list(built.archive.parent.glob(".*.partial"))
+    assert not list(built.archive.parent.glob(".partial-*"))
 
 
 def test_the_saved_archive_loads_back_under_the_name_compose_uses(built: Built) -> None:

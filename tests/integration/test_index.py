@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from llamawheel.index_pages import parse_links
+from llamawheel.publish.index_pages import parse_links
 
 from ..index_wheels import make_wheel
 from .conftest import ROOT, llamawheel

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from llamawheel import mirrors, recipes, sdist
+from llamawheel.build import sdist
+from llamawheel.mirror import profiles as mirrors
+from llamawheel.recipe import catalog as recipes
 
 from .conftest import ROOT, llamawheel
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from llamawheel import recipes
-from llamawheel.errors import ToolchainError
+from llamawheel.core.errors import ToolchainError
+from llamawheel.recipe import catalog as recipes
 from llamawheel.toolchain import hostcc
 
 from .conftest import llamawheel

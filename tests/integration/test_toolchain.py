@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from llamawheel.elf import read_elf_file
+from llamawheel.wheel.elf import read_elf_file
 
 from .conftest import llamawheel
 

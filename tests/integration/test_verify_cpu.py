@@ -18,11 +18,12 @@ import gguf
 import numpy as np
 import pytest
 
-from llamawheel import paths
-from llamawheel.verify_diagnose import WheelFacts, missing_library
-from llamawheel.verify_runner import compare_runs
-from llamawheel.verify_static import Expectations, verify_wheel
-from llamawheel.wheelfile import Entry, WheelName, dist_info_dir, read_entries, write_wheel
+from llamawheel.core import paths
+from llamawheel.verify.diagnose import WheelFacts, missing_library
+from llamawheel.verify.portable.verify_runner import compare_runs
+from llamawheel.verify.static import Expectations, verify_wheel
+from llamawheel.wheel.distmeta import WheelName
+from llamawheel.wheel.wheelfile import Entry, dist_info_dir, read_entries, write_wheel
 
 from .conftest import cached_wheels, llamawheel
 
@@ -56,7 +57,7 @@ def _relabel(wheel: Path, local: str, out_dir: Path, edit: dict[str, bytes] | No
             data = "\n".join(f"Version: {version}" if line.startswith("Version:") else line
                              for line in data.decode().split("\n")).encode()
         moved.append(Entry(entry_name, data, e.mode))
-    path = out_dir / WheelName(name.distribution, version, name.python, name.abi, name.platform).filename
+    path = out_dir / name.with_(version=version).filename
     write_wheel(moved, path)
     return path
 

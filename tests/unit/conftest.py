@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from llamawheel import archs
-from llamawheel.wheelfile import Entry, write_wheel
+from llamawheel.recipe import archs
+from llamawheel.wheel.wheelfile import Entry, write_wheel
 
 from .helpers import METADATA, RAW_WHEEL_NAME, WHEEL, find_system_libz
 

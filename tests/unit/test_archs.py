@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from llamawheel import archs
-from llamawheel.archs import ArchTarget
-from llamawheel.errors import UsageError
-from llamawheel.recipes import load_recipe
+from llamawheel.core.errors import UsageError
+from llamawheel.recipe import archs
+from llamawheel.recipe.archs import ArchTarget
+from llamawheel.recipe.catalog import load_recipe
 
 from .helpers import RECIPES_DIR
 
@@ -122,12 +122,3 @@ def test_requests_for_one_arch_are_merged_and_sorted() -> None:
     targets = select("120,86-virtual,86")
     assert targets == (ArchTarget("86", sass=True, ptx=True), ArchTarget("120"))
     assert archs.cmake_value(targets) == "86;120-real"
-
-
-def test_local_label() -> None:
-    default = CUDA13.default_targets()
-    assert archs.local_label(select(None), default) == ""
-    assert archs.local_label(select("default"), default) == ""
-    assert archs.local_label(select("86"), default) == "sm86"
-    assert archs.local_label(select("89,90+ptx"), default) == "sm89.sm90.ptx90"
-    assert archs.local_label(select("86-virtual"), default) == "ptx86"

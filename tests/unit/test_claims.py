@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from llamawheel import archs
-from llamawheel.errors import UsageError
-from llamawheel.options import resolve
-from llamawheel.pipeline import _source
-from llamawheel.recipes import cpu_recipe
-from llamawheel.verify_static import Expectations
+from llamawheel.build.options import resolve
+from llamawheel.build.planning import _source
+from llamawheel.core.errors import UsageError
+from llamawheel.recipe import archs
+from llamawheel.recipe.catalog import cpu_recipe
+from llamawheel.verify.static import Expectations
 
 
 def test_unlabelled_wheel_can_be_checked_against_an_explicit_claim() -> None:

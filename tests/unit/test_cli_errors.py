@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from llamawheel import cli, pipeline
-from llamawheel.recipes import load_recipe
+from llamawheel.core.errors import WheelError
+from llamawheel.recipe.catalog import load_recipe
 
 from .helpers import MIRRORS_DIR, RECIPES_DIR
 
@@ -113,7 +114,7 @@ def test_verify_static_not_a_zip(capsys: pytest.CaptureFixture[str], tmp_path: P
     bogus = tmp_path / "llama_cpp_python-0.3.36+cu130-cp311-cp311-linux_x86_64.whl"
     bogus.write_text("this is not a zip archive")
     code, _, err = run(capsys, "verify-static", str(bogus))
-    assert code == 8
+    assert code == WheelError.exit_code == 14
     assert "is not a valid wheel (not a zip archive)" in err
 
 

@@ -6,8 +6,9 @@ import struct
 
 import pytest
 
-from llamawheel import elf, repair
-from llamawheel.elf import ElfInfo, FatbinEntry
+from llamawheel import repair
+from llamawheel.wheel import elf
+from llamawheel.wheel.elf import ElfInfo, FatbinEntry
 
 from .helpers import find_system_libz
 

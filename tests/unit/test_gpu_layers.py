@@ -19,7 +19,7 @@ import pytest
 
 from llamawheel.runtime import gpu_layers
 from llamawheel.runtime.gpu_layers import GgufError, GpuMemory, ModelLayout, auto_layers, plan, read_layout
-from llamawheel.tiny_model import ModelShape, Vocabulary, write_model
+from llamawheel.verify.portable.tiny_model import ModelShape, Vocabulary, write_model
 
 from .gguf_files import EMBD, VOCAB, model_tensors, write_gguf
 

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from llamawheel import cli, image, image_engine, index, mirrors, pipeline
+from llamawheel import cli, image, pipeline
+from llamawheel.image import engine as image_engine
+from llamawheel.mirror import profiles as mirrors
+from llamawheel.publish import index
 
 from ..index_wheels import make_wheel
 
@@ -143,6 +146,6 @@ def test_no_engine_at_all_says_what_to_install(
 def test_runtime_pins_follow_the_cuda_minor_the_wheel_was_built_with(
     tmp_path: Path, version: str, pins: tuple[str, ...]
 ) -> None:
-    from llamawheel import closure
+    from llamawheel.publish import closure
 
     assert closure.runtime_pins(make_wheel(tmp_path, version=version)) == pins

@@ -16,9 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from llamawheel import cli, closure, distmeta, index, index_carry, index_check, recipes
-from llamawheel.errors import IndexCheckError, PublishError, UsageError
-from llamawheel.index_pages import IndexedFile, parse_links, project_page, root_page
+from llamawheel import cli
+from llamawheel.core.errors import IndexCheckError, PublishError, UsageError
+from llamawheel.publish import closure, index, index_carry, index_check
+from llamawheel.publish.index_pages import IndexedFile, parse_links, project_page, root_page
+from llamawheel.recipe import catalog as recipes
+from llamawheel.recipe.variant import index_name
+from llamawheel.wheel import distmeta
 
 from ..index_wheels import make_wheel
 
@@ -123,7 +127,7 @@ def test_root_page_lists_projects_sorted() -> None:
     [("cu130.sm90", "cu130"), ("cu130", "cu130"), ("cpu", "cpu"), ("cu124.sm86.sys", "cu124"), ("CU130.sm90", "cu130")],
 )
 def test_variant_is_the_first_label_of_the_local_version(local: str, variant: str) -> None:
-    assert distmeta.variant_of(local, "x.whl") == variant
+    assert index_name(local) == variant
 
 
 def test_wheel_without_local_version_is_refused(built: Path, root: Path) -> None:

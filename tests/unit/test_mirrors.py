@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from llamawheel import mirrors
-from llamawheel.errors import MirrorError
+from llamawheel.core.errors import MirrorError
+from llamawheel.mirror import profiles as mirrors
 
 from .helpers import MIRRORS_DIR
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from llamawheel import options
-from llamawheel.errors import UsageError
+from llamawheel.build import options
+from llamawheel.core.errors import UsageError
 
 
 def test_defaults() -> None:

@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from llamawheel import archs, options, pipeline, recipes, verify_static
-from llamawheel.errors import UsageError
+from llamawheel.build import options, planning
+from llamawheel.core.errors import UsageError
+from llamawheel.recipe import archs
+from llamawheel.recipe import catalog as recipes
 from llamawheel.toolchain import CudaRoot
+from llamawheel.verify import static as verify_static
 
 from .helpers import RECIPES_DIR, ROOT
 
@@ -17,8 +20,8 @@ CUDA13 = recipes.load_recipe(RECIPES_DIR / "cuda-13.toml")
 CPU = recipes.load_recipe(RECIPES_DIR / "cpu.toml")
 
 
-def plan_cuda(minor: str = "13.0", **cli: object) -> pipeline.Plan:
-    return pipeline.plan_cuda(CUDA13, CUDA13.minors[minor], options.resolve(cli))
+def plan_cuda(minor: str = "13.0", **cli: object) -> planning.Plan:
+    return planning.plan_cuda(CUDA13, CUDA13.minors[minor], options.resolve(cli))
 
 
 def cuda_root(tmp_path: Path) -> CudaRoot:
@@ -58,7 +61,7 @@ def test_local_version_of_the_gpu_on_this_machine(monkeypatch: pytest.MonkeyPatc
 
 
 def test_cpu_plan() -> None:
-    plan = pipeline.plan_cpu(CPU, options.resolve({}))
+    plan = planning.plan_cpu(CPU, options.resolve({}))
     assert plan.local_version == "cpu"
     assert plan.targets == ()
     assert plan.describe() == f"llama-cpp-python {CPU.llama_cpp_python.version} for the CPU"
@@ -76,7 +79,7 @@ def test_plan_uses_the_chosen_mirror() -> None:
 
 def test_cmake_args_for_a_cuda_plan(tmp_path: Path) -> None:
     root = cuda_root(tmp_path)
-    args = pipeline.cmake_args_for(plan_cuda(arch="86"), root)
+    args = planning.cmake_args_for(plan_cuda(arch="86"), root)
     assert args[: len(CUDA13.cmake_args)] == list(CUDA13.cmake_args)
     assert "-DGGML_CUDA=ON" in args
     assert f"-DCMAKE_CUDA_COMPILER={tmp_path}/cuda-13.0/bin/nvcc" in args
@@ -85,33 +88,33 @@ def test_cmake_args_for_a_cuda_plan(tmp_path: Path) -> None:
 
 
 def test_cmake_args_for_the_default_archs(tmp_path: Path) -> None:
-    args = pipeline.cmake_args_for(plan_cuda(), cuda_root(tmp_path))
+    args = planning.cmake_args_for(plan_cuda(), cuda_root(tmp_path))
     assert "-DCMAKE_CUDA_ARCHITECTURES=75-real;80-real;86-real;89-real;90-real;100-real;120" in args
 
 
 def test_user_cmake_args_come_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CMAKE_ARGS", "-DGGML_CUDA_FORCE_MMQ=ON  -DEXTRA='two words'")
-    args = pipeline.cmake_args_for(plan_cuda(arch="86"), cuda_root(tmp_path))
+    args = planning.cmake_args_for(plan_cuda(arch="86"), cuda_root(tmp_path))
     assert args[-2:] == ["-DGGML_CUDA_FORCE_MMQ=ON", "-DEXTRA=two words"]
     assert "-DCMAKE_CUDA_ARCHITECTURES=86-real" in args[:-2]
 
 
 def test_cmake_args_for_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CMAKE_ARGS", "-DGGML_AVX512=ON")
-    args = pipeline.cmake_args_for(pipeline.plan_cpu(CPU, options.resolve({})), None)
+    args = planning.cmake_args_for(planning.plan_cpu(CPU, options.resolve({})), None)
     assert args == [*CPU.cmake_args, "-DGGML_AVX512=ON"]
     assert not any("CUDA" in a for a in args)
 
 
 def test_source_is_the_recipe_pin_by_default() -> None:
-    assert pipeline._source(CUDA13, options.resolve({})) == CUDA13.llama_cpp_python
+    assert planning._source(CUDA13, options.resolve({})) == CUDA13.llama_cpp_python
     pinned = CUDA13.llama_cpp_python.version
-    assert pipeline._source(CUDA13, options.resolve({"llama_cpp_python": pinned})) == CUDA13.llama_cpp_python
+    assert planning._source(CUDA13, options.resolve({"llama_cpp_python": pinned})) == CUDA13.llama_cpp_python
 
 
 def test_unpinned_version_needs_a_sha256() -> None:
     with pytest.raises(UsageError) as info:
-        pipeline._source(CUDA13, options.resolve({"llama_cpp_python": "0.3.1"}))
+        planning._source(CUDA13, options.resolve({"llama_cpp_python": "0.3.1"}))
     assert "llama-cpp-python 0.3.1 is not pinned by cuda-13.toml" in info.value.message
     assert info.value.tip is not None
     assert "--sdist-sha256" in info.value.tip
@@ -120,23 +123,23 @@ def test_unpinned_version_needs_a_sha256() -> None:
 
 def test_unpinned_version_with_a_sha256() -> None:
     sha = "AB" * 32
-    source = pipeline._source(CUDA13, options.resolve({"llama_cpp_python": "0.3.1", "sdist_sha256": sha}))
+    source = planning._source(CUDA13, options.resolve({"llama_cpp_python": "0.3.1", "sdist_sha256": sha}))
     assert (source.name, source.version, source.sha256) == ("llama-cpp-python", "0.3.1", sha.lower())
 
 
 def test_local_source_tree(tmp_path: Path) -> None:
     fixture = ROOT / "tests" / "fixtures" / "cublas_probe"
-    source = pipeline._source(CUDA13, options.resolve({"source": fixture}))
+    source = planning._source(CUDA13, options.resolve({"source": fixture}))
     assert (source.name, source.version) == ("cublas_probe", "0.1.0")
     with pytest.raises(UsageError, match=r"no pyproject\.toml there"):
-        pipeline._source(CUDA13, options.resolve({"source": tmp_path}))
+        planning._source(CUDA13, options.resolve({"source": tmp_path}))
 
 
 def test_estimate_grows_with_architectures() -> None:
-    one = pipeline.estimate_seconds(plan_cuda(arch="86").targets, 2)
-    default = pipeline.estimate_seconds(plan_cuda().targets, 2)
+    one = planning.estimate_seconds(plan_cuda(arch="86").targets, 2)
+    default = planning.estimate_seconds(plan_cuda().targets, 2)
     assert one < default
-    assert pipeline.estimate_seconds(plan_cuda(arch="86").targets, 4) == one / 2
+    assert planning.estimate_seconds(plan_cuda(arch="86").targets, 4) == one / 2
 
 
 # verification reads the claim back from the label a plan gives the wheel

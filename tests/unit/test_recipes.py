@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from llamawheel import recipes
-from llamawheel.errors import RecipeError, UsageError
+from llamawheel.core.errors import RecipeError, UsageError
+from llamawheel.recipe import catalog as recipes
 
 from .helpers import RECIPES_DIR
 

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from llamawheel import cli, elf, repair, verify_static
-from llamawheel.errors import RepairError
-from llamawheel.wheelfile import WheelName, metadata, read_entries
+from llamawheel import cli, repair
+from llamawheel.core.errors import RepairError
+from llamawheel.verify import static as verify_static
+from llamawheel.wheel import distmeta, elf
+from llamawheel.wheel.distmeta import WheelName
 
 from .helpers import patched
 
@@ -82,10 +84,10 @@ def test_metadata_version_and_requirements(repaired: repair.RepairedWheel) -> No
     assert "Version: 1.0+cu130.sm86\n" in text
     assert "Version: 1.0\n" not in text
     assert "Requires-Dist: nvidia-cublas>=13.0,<14\n" in text
-    meta = metadata(read_entries(repaired.path))
-    assert meta["Name"] == ["pkg"]
-    assert meta["Version"] == ["1.0+cu130.sm86"]
-    assert meta["Requires-Dist"] == ["nvidia-cublas>=13.0,<14"]
+    meta = distmeta.read(repaired.path)
+    assert meta.get_all("Name") == ["pkg"]
+    assert meta.metadata_version == "1.0+cu130.sm86"
+    assert meta.requires_dist == ("nvidia-cublas>=13.0,<14",)
 
 
 def test_wheel_file_carries_the_new_tag(repaired: repair.RepairedWheel) -> None:

@@ -14,8 +14,9 @@ import gguf
 import numpy as np
 import pytest
 
-from llamawheel import cli, tiny_model
-from llamawheel.tiny_model import PRESETS, ModelShape, Vocabulary, write_model
+from llamawheel import cli
+from llamawheel.verify.portable import tiny_model
+from llamawheel.verify.portable.tiny_model import PRESETS, ModelShape, Vocabulary, write_model
 
 TOKENS = [b"<unk>", b"<s>", b"</s>", "▁über".encode(), b"\xe2\x96\x81the", *[f"tok{i}".encode() for i in range(59)]]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llamawheel.verify_diagnose import (
+from llamawheel.verify.diagnose import (
     DeviceFacts,
     WheelFacts,
     arch_mismatch,
@@ -15,7 +15,7 @@ from llamawheel.verify_diagnose import (
     missing_library,
     runs_on,
 )
-from llamawheel.verify_static import Report
+from llamawheel.verify.static import Report
 
 NAME = "llama_cpp_python-0.3.36+cu130.sm86-py3-none-manylinux_2_35_x86_64.whl"
 SM86 = WheelFacts(NAME, 13, 13, frozenset({86}), frozenset(), "pypi",

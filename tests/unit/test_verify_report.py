@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 
 from llamawheel import cli
-from llamawheel.errors import GpuChecksSkipped, RuntimeCheckError, VerifyError
-from llamawheel.verify import judge
-from llamawheel.verify_diagnose import WheelFacts
-from llamawheel.verify_static import Report
-from llamawheel.wheelfile import Entry, write_wheel
+from llamawheel.core.errors import GpuChecksSkipped, RuntimeCheckError, VerifyError
+from llamawheel.verify.diagnose import WheelFacts
+from llamawheel.verify.prove import judge
+from llamawheel.verify.static import Report
+from llamawheel.wheel.wheelfile import Entry, write_wheel
 
 CUDA_WHEEL = Path("llama_cpp_python-0.3.36+cu130.sm86-py3-none-manylinux_2_35_x86_64.whl")
 CPU_WHEEL = Path("llama_cpp_python-0.3.36+cpu-py3-none-manylinux_2_35_x86_64.whl")

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from llamawheel import verify_runner
-from llamawheel.verify_runner import (
+from llamawheel.verify.portable import verify_runner
+from llamawheel.verify.portable.verify_runner import (
     FAIL,
     NA,
     PASS,

@@ -1,92 +1,26 @@
 """CUDA toolchains: a plain CUDA root (``bin/nvcc``, ``include/``, ``lib64/``, ``nvvm/``,
 ``targets/x86_64-linux/{include,lib}``) that CMake's FindCUDAToolkit accepts.
 
-A *provider* makes one for a recipe's CUDA minor. Each implements `Provider`:
-``pypi`` (NVIDIA's wheels, this module's `pypi`); ``deb`` and ``system`` fit the same
-interface. Roots live under the cache (``paths.toolchains_dir()``), are made in a
-temporary folder and renamed into place only when complete, and are reused while the
-recipe's pins are unchanged.
+A *provider* makes one (`root.CudaRoot`) for a recipe's CUDA minor. Each implements `Provider`:
+``pypi`` (NVIDIA's wheels), ``deb`` (apt packages) and ``system`` (an installed toolkit). Roots live
+under the cache (``paths.toolchains_dir()``), are made in a temporary folder and renamed into place
+only when complete, and are reused while the recipe's pins are unchanged.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
-from llamawheel.errors import ToolchainError
-from llamawheel.mirrors import MirrorProfile
-from llamawheel.recipes import CudaMinor
+from llamawheel.core.errors import ToolchainError
+from llamawheel.mirror.profiles import MirrorProfile
+from llamawheel.recipe.catalog import CudaMinor
+from llamawheel.toolchain.deb import DebProvider
+from llamawheel.toolchain.pypi import PypiProvider
+from llamawheel.toolchain.root import MARKER, CudaRoot
+from llamawheel.toolchain.system import SystemProvider
 
-MARKER = "llamawheel-toolchain.json"
-
-
-@dataclass(frozen=True)
-class CudaRoot:
-    path: Path
-    version: str
-    provider: str
-    origin: str
-    """Where it came from, in words: "NVIDIA PyPI wheels (default mirror)"."""
-    nvcc_version: str
-    download_bytes: int
-    size_bytes: int
-
-    @property
-    def nvcc(self) -> Path:
-        return self.path / "bin" / "nvcc"
-
-    def cmake_args(self) -> list[str]:
-        return [f"-DCMAKE_CUDA_COMPILER={self.nvcc}", f"-DCUDAToolkit_ROOT={self.path}"]
-
-    def env(self) -> dict[str, str]:
-        return {"CUDA_HOME": str(self.path), "CUDA_PATH": str(self.path), "CUDACXX": str(self.nvcc)}
-
-    def to_json(self) -> dict[str, object]:
-        data = asdict(self)
-        data["path"] = str(self.path)
-        return data
-
-    @classmethod
-    def from_marker(cls, root: Path) -> CudaRoot:
-        data = json.loads((root / MARKER).read_text())
-        return cls(
-            path=root,
-            version=data["version"],
-            provider=data["provider"],
-            origin=data["origin"],
-            nvcc_version=data["nvcc_version"],
-            download_bytes=int(data["download_bytes"]),
-            size_bytes=int(data["size_bytes"]),
-        )
-
-
-def seal(tmp: Path, final: Path, version: str, provider: str, origin: str, nvcc_version: str,
-         download_bytes: int, started: float, extra: dict[str, object]) -> CudaRoot:
-    """Describe the finished root in ``tmp`` (which becomes ``final``) and write its marker last:
-    a root without a marker is never trusted."""
-    import json
-    import time
-
-    from llamawheel.toolchain.assemble import tree_size
-
-    root = CudaRoot(path=final, version=version, provider=provider, origin=origin, nvcc_version=nvcc_version,
-                    download_bytes=download_bytes, size_bytes=tree_size(tmp))
-    marker = root.to_json() | extra | {"seconds": round(time.monotonic() - started, 1)}
-    (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-    return root
-
-
-def announce(root: CudaRoot, started: float) -> None:
-    import time
-
-    from llamawheel import log
-
-    log.info(
-        f"CUDA {root.version} ready at {root.path}: downloaded {log.human_size(root.download_bytes)}, "
-        f"{log.human_size(root.size_bytes)} unpacked, in {log.human_time(time.monotonic() - started)}"
-    )
+__all__ = ["CudaRoot", "Provider", "cached_roots", "provider_for"]
 
 
 class Provider(Protocol):
@@ -104,10 +38,6 @@ def provider_for(minor: CudaMinor, choice: str = "auto") -> Provider:
     recipe's provider. ``pypi``, ``deb``, ``system``: that one (pypi and deb only where the
     recipe says how).
     """
-    from llamawheel.toolchain.deb import DebProvider
-    from llamawheel.toolchain.pypi import PypiProvider
-    from llamawheel.toolchain.system import SystemProvider
-
     if choice == "auto":
         root, _ = SystemProvider().explain(minor)
         if root is not None:

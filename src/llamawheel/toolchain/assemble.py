@@ -7,7 +7,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from llamawheel.errors import ToolchainError
+from llamawheel.core.errors import ToolchainError
 
 # file in the root -> what provides it (for the error message)
 REQUIRED = {

@@ -23,13 +23,15 @@ import time
 import urllib.request
 from pathlib import Path
 
-from llamawheel import atomic, log, mirrors, paths
-from llamawheel.errors import DownloadError, ToolchainError
-from llamawheel.mirrors import MirrorProfile
-from llamawheel.proc import CommandFailed, run_streamed
-from llamawheel.recipes import AptSource, CudaMinor, DebPackage
-from llamawheel.toolchain import MARKER, CudaRoot, announce, seal
+from llamawheel.core import fileio as atomic
+from llamawheel.core import log, paths
+from llamawheel.core.errors import DownloadError, ToolchainError
+from llamawheel.core.proc import CommandFailed, run_streamed
+from llamawheel.mirror import profiles as mirrors
+from llamawheel.mirror.profiles import MirrorProfile
+from llamawheel.recipe.catalog import AptSource, CudaMinor, DebPackage
 from llamawheel.toolchain.assemble import check_complete, lay_out
+from llamawheel.toolchain.root import MARKER, CudaRoot, announce, seal
 
 _GET = re.compile(r"^(Get|Hit|Ign|Err):\d+\s")
 

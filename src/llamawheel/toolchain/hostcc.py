@@ -10,9 +10,9 @@ import re
 import shutil
 import subprocess
 
-from llamawheel import log
-from llamawheel.errors import ToolchainError
-from llamawheel.recipes import CudaMinor
+from llamawheel.core import log
+from llamawheel.core.errors import ToolchainError
+from llamawheel.recipe.catalog import CudaMinor
 
 
 def gcc_major(compiler: str) -> int | None:

@@ -14,12 +14,14 @@ import time
 import zipfile
 from pathlib import Path
 
-from llamawheel import atomic, log, paths, pipfetch
-from llamawheel.errors import ToolchainError
-from llamawheel.mirrors import MirrorProfile
-from llamawheel.recipes import CudaMinor
-from llamawheel.toolchain import MARKER, CudaRoot, announce, seal
+from llamawheel.core import fileio as atomic
+from llamawheel.core import log, paths
+from llamawheel.core.errors import ToolchainError
+from llamawheel.mirror import pipfetch
+from llamawheel.mirror.profiles import MirrorProfile
+from llamawheel.recipe.catalog import CudaMinor
 from llamawheel.toolchain.assemble import check_complete, lay_out
+from llamawheel.toolchain.root import MARKER, CudaRoot, announce, seal
 
 
 def pins_key(minor: CudaMinor) -> str:

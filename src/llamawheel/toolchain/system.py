@@ -11,12 +11,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from llamawheel import log
-from llamawheel.errors import ToolchainError
-from llamawheel.mirrors import MirrorProfile
-from llamawheel.recipes import CudaMinor
-from llamawheel.toolchain import CudaRoot
+from llamawheel.core import log
+from llamawheel.core.errors import ToolchainError
+from llamawheel.mirror.profiles import MirrorProfile
+from llamawheel.recipe.catalog import CudaMinor
 from llamawheel.toolchain.assemble import check_complete
+from llamawheel.toolchain.root import CudaRoot
 
 
 @dataclass(frozen=True)

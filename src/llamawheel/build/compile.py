@@ -1,0 +1,197 @@
+"""Compiling a wheel: scikit-build-core through ``pip wheel``, with CMake/ninja, a
+compile cache (ccache, else sccache) for C, C++ and CUDA, parallelism bounded by
+memory as well as cores, and the ninja step count shown as it goes."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llamawheel.core import log, paths
+from llamawheel.core.errors import BuildError
+from llamawheel.core.proc import CommandFailed, run_streamed
+
+_STEP = re.compile(r"^\[(\d+)/(\d+)\] ")
+# nvcc on llama.cpp's largest template instances peaks near 3 GB; a C++ job needs far less.
+MEMORY_PER_JOB = {"cuda": 3.0e9, "cpu": 1.2e9}
+
+
+def available_memory() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 * 1024**3
+
+
+def default_jobs(kind: str) -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    by_memory = int(available_memory() // MEMORY_PER_JOB.get(kind, 2e9))
+    return max(1, min(cores, by_memory))
+
+
+def find_compile_cache() -> Path | None:
+    for name in ("ccache", "sccache"):
+        found = shutil.which(name)
+        if found:
+            return Path(found)
+    return None
+
+
+@dataclass
+class CacheStats:
+    tool: str
+    hits: int = 0
+    misses: int = 0
+
+    def describe(self) -> str:
+        total = self.hits + self.misses
+        if not total:
+            return f"{self.tool}: no cacheable compiles seen"
+        return f"{self.tool}: {self.hits} of {total} compiles served from cache ({100 * self.hits // total}%)"
+
+
+def _ccache_stats(tool: Path, env: dict[str, str]) -> tuple[int, int]:
+    if tool.name != "ccache":
+        return 0, 0
+    out = subprocess.run([str(tool), "--print-stats"], capture_output=True, text=True, env={**os.environ, **env}).stdout
+    stats = dict(line.split("\t", 1) for line in out.splitlines() if "\t" in line)
+    hits = int(stats.get("direct_cache_hit", 0)) + int(stats.get("preprocessed_cache_hit", 0))
+    misses = int(stats.get("cache_miss", 0))
+    return hits, misses
+
+
+@dataclass
+class BuildRequest:
+    source: Path
+    """An unpacked source tree (it is built in place)."""
+    work: Path
+    """A folder of this build's own: the CMake tree and the raw wheel go there."""
+    cmake_args: list[str]
+    jobs: int
+    kind: str = "cpu"
+    env: dict[str, str] = field(default_factory=dict)
+    log_file: Path | None = None
+
+
+@dataclass
+class BuildResult:
+    wheel: Path
+    seconds: float
+    steps: int
+    cache: CacheStats | None
+    jobs: int
+    log_file: Path | None
+    cmake_args: list[str] = field(default_factory=list)
+
+    def manifest_fields(self) -> dict[str, Any]:
+        return {
+            "cmake_args": self.cmake_args,
+            "build": {
+                "jobs": self.jobs,
+                "steps": self.steps,
+                "compile_cache": self.cache.describe() if self.cache else "none",
+                "cache_hits": self.cache.hits if self.cache else 0,
+                "cache_misses": self.cache.misses if self.cache else 0,
+                "host": f"{platform.system()} {platform.machine()}",
+            },
+        }
+
+
+class Progress:
+    """Prints ninja's ``[n/m]`` as a line every few seconds, with a rough estimate."""
+
+    def __init__(self, every: float = 15.0) -> None:
+        self.every = every
+        self.start = time.monotonic()
+        self.last = 0.0
+        self.steps = 0
+        self.total = 0
+
+    def __call__(self, line: str) -> None:
+        match = _STEP.match(line.lstrip())
+        if not match:
+            return
+        self.steps, self.total = int(match.group(1)), int(match.group(2))
+        now = time.monotonic()
+        if now - self.last < self.every and self.steps != self.total:
+            return
+        self.last = now
+        elapsed = now - self.start
+        pct = 100 * self.steps // max(self.total, 1)
+        eta = ""
+        if 0 < self.steps < self.total and elapsed > 30:
+            eta = f", roughly {log.human_time(elapsed / self.steps * (self.total - self.steps))} left"
+        log.info(f"compiling [{self.steps}/{self.total}] {pct}%, {log.human_time(elapsed)} elapsed{eta}")
+
+
+def build_wheel(req: BuildRequest) -> BuildResult:
+    """Compile ``req.source`` into one wheel under ``req.work/raw``."""
+    tree = req.work / "tree"
+    raw = req.work / "raw"
+    for d in (tree, raw):
+        if d.exists():
+            shutil.rmtree(d)
+    raw.mkdir(parents=True)
+    env = {
+        **req.env,
+        "CMAKE_ARGS": shlex.join(req.cmake_args),
+        "CMAKE_BUILD_PARALLEL_LEVEL": str(req.jobs),
+        "FORCE_CMAKE": "1",
+    }
+    cache_tool = find_compile_cache()
+    cache: CacheStats | None = None
+    if cache_tool:
+        launcher = str(cache_tool)
+        env["CMAKE_ARGS"] += " " + shlex.join(
+            [f"-DCMAKE_{lang}_COMPILER_LAUNCHER={launcher}" for lang in ("C", "CXX", "CUDA")] + ["-DGGML_CCACHE=OFF"]
+        )
+        env.update(
+            CCACHE_DIR=str(paths.compile_cache_dir()),
+            CCACHE_BASEDIR=str(req.work),
+            CCACHE_MAXSIZE=os.environ.get("CCACHE_MAXSIZE", "20G"),
+            CCACHE_SLOPPINESS="time_macros,include_file_mtime,include_file_ctime",
+            CCACHE_NOHASHDIR="1",
+            SCCACHE_DIR=str(paths.compile_cache_dir() / "sccache"),
+        )
+        cache = CacheStats(cache_tool.name)
+        # counted as a difference, so that builds sharing the store do not reset each other's numbers
+        before = _ccache_stats(cache_tool, env)
+        log.info(f"compile cache: {cache_tool.name} at {paths.compile_cache_dir()}")
+    else:
+        log.warn("no ccache or sccache on PATH: every compile runs cold (apt-get install ccache)")
+    cmd = [
+        sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(raw),
+        "-C", f"build-dir={tree}", "-C", "cmake.build-type=Release", str(req.source),
+    ]
+    progress = Progress()
+    start = time.monotonic()
+    log.info(f"building with {req.jobs} parallel job(s); full log: {req.log_file}")
+    try:
+        run_streamed(cmd, env=env, log_file=req.log_file, on_line=progress, keep=60)
+    except CommandFailed as exc:
+        raise BuildError(
+            f"the build failed after {log.human_time(time.monotonic() - start)}\n{exc.describe()}",
+            f"the full log is {req.log_file}",
+        ) from None
+    seconds = time.monotonic() - start
+    wheels = sorted(raw.glob("*.whl"))
+    if len(wheels) != 1:
+        raise BuildError(f"expected one wheel in {raw}, found {[w.name for w in wheels]}")
+    if cache_tool and cache:
+        hits, misses = _ccache_stats(cache_tool, env)
+        cache.hits, cache.misses = hits - before[0], misses - before[1]
+        log.info(cache.describe())
+    log.info(f"compiled {progress.steps} steps in {log.human_time(seconds)}")
+    return BuildResult(wheels[0], seconds, progress.steps, cache, req.jobs, req.log_file, list(req.cmake_args))

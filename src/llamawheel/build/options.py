@@ -1,0 +1,68 @@
+"""Build options, resolved in one place and one order:
+built-in defaults < recipe < mirror profile < ``LLAMAWHEEL_*`` environment < command line."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from llamawheel.core.errors import UsageError
+
+RUNTIME_MODES = ("pypi", "system")
+TOOLCHAIN_CHOICES = ("auto", "pypi", "deb", "system")
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    mirror: str = "default"
+    """Mirror profile name or path (``LLAMAWHEEL_MIRROR``)."""
+    arch: str | None = None
+    """GPU architectures (``LLAMAWHEEL_ARCH``); None: native with a GPU, else the recipe's default."""
+    jobs: int | None = None
+    """Parallel compile jobs (``LLAMAWHEEL_JOBS``); None: bounded by cores and memory."""
+    llama_cpp_python: str | None = None
+    """llama-cpp-python version (``LLAMAWHEEL_LLAMA_CPP_PYTHON``); None: the recipe's pin."""
+    sdist_sha256: str | None = None
+    """sha256 of that version's sdist; required when the version is not the recipe's."""
+    source: Path | None = None
+    """Build this local source tree instead of the pinned sdist (a patched checkout, a test fixture)."""
+    out: Path | None = None
+    """Output folder for the wheel and its manifest (``LLAMAWHEEL_OUT``); None: ``wheels/``."""
+    toolchain: str = "auto"
+    """Toolchain provider: auto (the recipe's), pypi, deb, system (``LLAMAWHEEL_TOOLCHAIN``)."""
+    runtime: str = "pypi"
+    """Where the wheel finds cudart/cuBLAS: NVIDIA's PyPI wheels (``pypi``) or the system (``system``)."""
+    verify: bool = True
+    """Run static verification after the build."""
+
+
+def _env_overrides() -> dict[str, object]:
+    out: dict[str, object] = {}
+    for f in fields(BuildOptions):
+        value = os.environ.get(f"LLAMAWHEEL_{f.name.upper()}")
+        if value is None or f.name == "verify":
+            continue
+        if f.name == "jobs":
+            try:
+                out[f.name] = int(value)
+            except ValueError:
+                raise UsageError(f"LLAMAWHEEL_JOBS={value!r} is not a whole number") from None
+        elif f.name in ("out", "source"):
+            out[f.name] = Path(value)
+        else:
+            out[f.name] = value
+    return out
+
+
+def resolve(cli: dict[str, object]) -> BuildOptions:
+    """Merge defaults, environment and command line (only values the user gave)."""
+    merged: dict[str, object] = {**_env_overrides(), **{k: v for k, v in cli.items() if v is not None}}
+    opts = BuildOptions(**merged)  # type: ignore[arg-type]
+    if opts.runtime not in RUNTIME_MODES:
+        raise UsageError(f"--runtime {opts.runtime}: choose one of {', '.join(RUNTIME_MODES)}")
+    if opts.toolchain not in TOOLCHAIN_CHOICES:
+        raise UsageError(f"--toolchain {opts.toolchain}: choose one of {', '.join(TOOLCHAIN_CHOICES)}")
+    if opts.jobs is not None and opts.jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    return opts

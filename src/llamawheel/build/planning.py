@@ -1,0 +1,151 @@
+"""Planning a build: recipe + mirror profile + options -> a `Plan` (what to build, for which
+architectures, from which source, with which host compiler), checked before anything is downloaded."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from llamawheel.build.compile import default_jobs
+from llamawheel.build.options import BuildOptions
+from llamawheel.core import log, paths
+from llamawheel.core.errors import UsageError
+from llamawheel.mirror.profiles import MirrorProfile, load_profile
+from llamawheel.recipe import archs
+from llamawheel.recipe.catalog import CudaMinor, Recipe, Sdist
+from llamawheel.recipe.variant import Variant
+from llamawheel.toolchain import CudaRoot, hostcc
+
+# Measured on a 2-core machine (FACTS.md): the CPU part of the build, and one CUDA architecture.
+CPU_PART_SECONDS_2CORES = 560.0
+PER_ARCH_SECONDS_2CORES = 2380.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    recipe: Recipe
+    minor: CudaMinor | None
+    targets: tuple[archs.ArchTarget, ...]
+    mirror: MirrorProfile
+    source: Sdist
+    options: BuildOptions
+    host_compiler: str | None = None
+    """A g++-N for nvcc when the default g++ is newer than the CUDA version accepts."""
+
+    @property
+    def variant(self) -> Variant:
+        return Variant.for_build(
+            self.minor.version if self.minor else None, self.targets, self.recipe.default_targets(),
+            self.options.runtime == "system",
+        )
+
+    @property
+    def local_version(self) -> str:
+        """The variant label the wheel's version carries: ``cu130.sm86``, ``cpu``."""
+        return self.variant.label
+
+    @property
+    def output_dir(self) -> Path:
+        """Where the wheel and its manifest go: ``--out``, else ``wheels/``."""
+        return (self.options.out or paths.wheels_dir()).resolve()
+
+    def manifest_fields(self) -> dict[str, Any]:
+        minor = self.minor
+        return {
+            "variant": self.local_version,
+            "recipe": {"name": self.recipe.name, "file": self.recipe.path.name},
+            "cuda": None if minor is None else {
+                "version": minor.version,
+                "packages": [f"{p.name}=={p.version}" for p in minor.packages],
+            },
+            "architectures": [t.cmake() for t in self.targets],
+            "cmake_architectures": archs.cmake_value(self.targets) if self.targets else None,
+            "runtime": self.options.runtime if minor else "none",
+            "requires": list(minor.runtime_requires) if minor and self.options.runtime == "pypi" else [],
+            "mirror": {"name": self.mirror.name, "pypi": self.mirror.pypi_index() or "pip's own default"},
+        }
+
+    def describe(self) -> str:
+        if self.minor is None:
+            return f"{self.source.name} {self.source.version} for the CPU"
+        return (
+            f"{self.source.name} {self.source.version} for CUDA {self.minor.version}, "
+            f"{', '.join(str(t) for t in self.targets)}"
+        )
+
+
+def estimate_seconds(targets: tuple[archs.ArchTarget, ...], jobs: int) -> float:
+    weight = sum(1.0 if t.sass else 0.0 for t in targets) + sum(0.5 for t in targets if t.ptx)
+    return (CPU_PART_SECONDS_2CORES + PER_ARCH_SECONDS_2CORES * weight) * 2 / max(jobs, 1)
+
+
+def _source(recipe: Recipe, opts: BuildOptions) -> Sdist:
+    if opts.source is not None:
+        pyproject = opts.source / "pyproject.toml"
+        if not pyproject.is_file():
+            raise UsageError(f"--source {opts.source}: no pyproject.toml there")
+        project = tomllib.loads(pyproject.read_text()).get("project", {})
+        return Sdist(str(project.get("name", opts.source.name)), str(project.get("version", "local")), "")
+    pinned = recipe.llama_cpp_python
+    version = opts.llama_cpp_python or pinned.version
+    if version == pinned.version:
+        return pinned
+    if not opts.sdist_sha256:
+        raise UsageError(
+            f"llama-cpp-python {version} is not pinned by {recipe.path.name} (it pins {pinned.version}), "
+            "and every download is checked against a sha256",
+            f"pass --sdist-sha256 with the sha256 of llama_cpp_python-{version}.tar.gz as your index lists it",
+        )
+    sha = opts.sdist_sha256.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", sha):
+        raise UsageError(f"--sdist-sha256 {opts.sdist_sha256!r} is not a sha256 (64 hex digits)")
+    return Sdist(pinned.name, version, sha)
+
+
+def plan_cuda(recipe: Recipe, minor: CudaMinor, opts: BuildOptions) -> Plan:
+    mirror = load_profile(opts.mirror)
+    gpus = archs.detect_native()
+    targets = archs.select(opts.arch, recipe.default_archs, recipe.supported_for(minor), minor.version, gpus)
+    plan = Plan(recipe, minor, targets, mirror, _source(recipe, opts), opts, hostcc.choose(minor))
+    if opts.arch is None:
+        jobs = opts.jobs or default_jobs("cuda")
+        if gpus:
+            log.info(f"--arch not given: building for the GPU(s) on this machine: {', '.join(gpus)}")
+        else:
+            log.info(
+                f"--arch not given and no GPU visible: building the recipe's default list, {len(targets)} "
+                f"architectures ({', '.join(str(t) for t in targets)}). With {jobs} job(s) here expect roughly "
+                f"{log.human_time(estimate_seconds(targets, jobs))} for a cold build; "
+                "pass --arch 86 (say) to build for one GPU in a fraction of that"
+            )
+    return plan
+
+
+def plan_cpu(recipe: Recipe, opts: BuildOptions) -> Plan:
+    if opts.arch:
+        raise UsageError("--arch applies to CUDA builds only")
+    return Plan(recipe, None, (), load_profile(opts.mirror), _source(recipe, opts), opts)
+
+
+def cmake_args_for(plan: Plan, root: CudaRoot | None) -> list[str]:
+    """The recipe's flags, the toolchain's, the architectures, then any CMAKE_ARGS the user set."""
+    args = list(plan.recipe.cmake_args)
+    if root is not None:
+        args += [*root.cmake_args(), f"-DCMAKE_CUDA_ARCHITECTURES={archs.cmake_value(plan.targets)}"]
+        if plan.host_compiler:
+            args.append(f"-DCMAKE_CUDA_HOST_COMPILER={plan.host_compiler}")
+    user_args = os.environ.get("CMAKE_ARGS", "").strip()
+    if user_args:
+        log.info(f"adding CMAKE_ARGS from your environment (recorded in the manifest): {user_args}")
+        args += shlex.split(user_args)
+    return args

@@ -1,0 +1,73 @@
+"""The ``image`` command: argument parsing and output only; the work is done in `image`."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+
+from llamawheel.core import log, paths
+from llamawheel.core.errors import UsageError
+from llamawheel.image.engine import SAVE_FORMATS
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``image`` to the top-level subcommands."""
+    p = sub.add_parser("image", help="build the slim API image for llama-gpt from the private index")
+    p.add_argument("--variant", default="cpu", help="the index variant to install: cpu, cu130, cu124 ... (default cpu)")
+    p.add_argument("--index", type=Path, help="index folder (default: wheels/)")
+    p.add_argument("--wheel-version", help="the llama-cpp-python version to install (default: the newest published)")
+    p.add_argument("--mirror", help="mirror profile: the apt mirror for the base, the registry mirror for --base")
+    p.add_argument("--engine", help="docker, podman or buildah (default: the first that works here)")
+    p.add_argument("--base", help="base image reference, or 'registry' for Debian's slim image through the profile's"
+                                  " registry mirror (default: made from the apt mirror with mmdebstrap)")
+    p.add_argument("--refresh-base", action="store_true", help="make the mmdebstrap base again (security updates)")
+    p.add_argument("--save", type=Path, metavar="FILE", help="also write the image as an OCI archive (+ .sha256)")
+    p.add_argument("--save-format", choices=SAVE_FORMATS, default="oci",
+                   help="oci (default) or docker: a Docker archive keeps the image's health check")
+    p.add_argument("--context-only", type=Path, metavar="DIR",
+                   help="write the build context to DIR and print the build command, without building")
+
+
+def _cmd_image(args: argparse.Namespace) -> int:
+    from llamawheel import image
+    from llamawheel.image import engine as image_engine
+    from llamawheel.mirror import profiles as mirrors
+
+    mirror = mirrors.load_profile(args.mirror)
+    index_root = (args.index or paths.wheels_dir()).resolve()
+    if args.context_only:
+        wheel = image.chosen_wheel(index_root, args.variant, args.wheel_version)
+        if wheel is None:
+            known = ", ".join(image.variants_in(index_root)) or "none"
+            raise UsageError(f"the {args.variant} index in {index_root} has no llama-cpp-python wheel"
+                             f" (variants there: {known})", "publish one first: llamawheel publish wheels/*.whl")
+        dest = args.context_only.resolve()
+        if dest.exists():
+            raise UsageError(f"{dest} already exists", "pass a folder that does not exist yet")
+        image.write_context(wheel, dest, image.pip_wheel(mirror))
+        base = args.base if args.base and args.base != "registry" else image.registry_base(mirror)
+        build = ["docker", "build", "-t", image.tags_for(wheel)[0]]
+        for key, value in image.build_args(base, mirror, wheel).items():
+            build += ["--build-arg", f"{key}={value}"]
+        print(f"wrote the build context for llama-cpp-python {wheel.version} to {dest}; build it with:")
+        print(f"    {shlex.join([*build, str(dest)])}")
+        print("(podman build and buildah bud take the same arguments; add --format docker to keep the health check)")
+        return 0
+    engine = image_engine.find(args.engine)
+    wheel = image.ensure_wheel(index_root, args.variant, mirror, args.wheel_version)
+    base = image.registry_base(mirror) if args.base == "registry" else args.base
+    result = image.build(engine, wheel, mirror, base=base, refresh_base=args.refresh_base, save=args.save,
+                         save_format=args.save_format)
+    target = image.size_target_mb(wheel.variant)
+    print(f"built {', '.join(result.tags)} with {engine.name}")
+    print(f"    size {log.human_size(result.size)} uncompressed (target: under {target} MB)")
+    print(f"    manifest {result.manifest_path}")
+    if result.archive is not None:
+        print(f"    archive {result.archive} (sha256 {result.archive_sha256})")
+        print("    on the offline machine: sha256sum -c " + result.archive.name + ".sha256 && podman load -i "
+              + result.archive.name + "   (or docker load -i)")
+    return 0
+
+
+COMMANDS = {"image": _cmd_image}

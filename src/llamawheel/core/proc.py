@@ -1,0 +1,66 @@
+"""Running subprocesses with their output streamed, logged and kept for errors."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from llamawheel.core.errors import LlamawheelError
+
+
+class CommandFailed(Exception):
+    def __init__(self, cmd: Sequence[str], returncode: int, tail: list[str]) -> None:
+        self.cmd = list(cmd)
+        self.returncode = returncode
+        self.tail = tail
+        super().__init__(f"{shlex.join(self.cmd)} exited with {returncode}")
+
+    def describe(self) -> str:
+        indented = "\n".join("    " + line for line in self.tail)
+        return f"command: {shlex.join(self.cmd)}\nreturn code: {self.returncode}\noutput (last lines):\n{indented}"
+
+
+def run_streamed(
+    cmd: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    log_file: Path | None = None,
+    on_line: Callable[[str], None] | None = None,
+    keep: int = 80,
+) -> list[str]:
+    """Run ``cmd``; each output line goes to ``log_file`` and ``on_line``.
+
+    Returns the last ``keep`` lines; raises `CommandFailed` on a non-zero exit.
+    """
+    full_env = {**os.environ, **(env or {})}
+    tail: deque[str] = deque(maxlen=keep)
+    log = log_file.open("a", encoding="utf-8") if log_file else None
+    try:
+        if log:
+            log.write(f"$ {shlex.join(cmd)}\n")
+        proc = subprocess.Popen(
+            list(cmd), env=full_env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, errors="replace", bufsize=1,
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            tail.append(line)
+            if log:
+                log.write(line + "\n")
+            if on_line:
+                on_line(line)
+        code = proc.wait()
+    except FileNotFoundError as exc:
+        raise LlamawheelError(f"cannot run {cmd[0]}: {exc}") from None
+    finally:
+        if log:
+            log.close()
+    if code != 0:
+        raise CommandFailed(cmd, code, list(tail))
+    return list(tail)

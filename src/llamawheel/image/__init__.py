@@ -1,0 +1,356 @@
+"""``llamawheel image``: the slim runtime image that the stock llama-gpt UI uses as its API.
+
+    private index (wheels/<variant>/)  ->  build context  ->  engine build (docker/Containerfile)  ->  image
+                                                                        \\-> --save: OCI archive + .sha256
+
+The base is Debian bookworm with python3 and nothing else, made from the apt mirror with mmdebstrap (no
+registry needed) and kept in the engine's store under a name that says what it was made from, so later
+builds reuse it; or any image a registry (mirror) serves (``--base``). The wheel and its closure come
+from the private index only, checked against the sha256 in its pages. If the variant has no wheel in
+the index yet, it is built and published first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from packaging.version import Version
+
+from llamawheel import __version__, pipeline
+from llamawheel.build import options, planning
+from llamawheel.core import fileio, log, paths
+from llamawheel.core.errors import ImageError, UsageError
+from llamawheel.core.proc import CommandFailed, run_streamed
+from llamawheel.image.engine import Engine
+from llamawheel.mirror import profiles
+from llamawheel.mirror.profiles import MirrorProfile
+from llamawheel.publish import closure, index
+from llamawheel.recipe import catalog
+from llamawheel.recipe.variant import cuda_version_of
+
+IMAGE_REPOSITORY = "localhost/llamawheel-api"
+BASE_REPOSITORY = "localhost/llamawheel-base"
+SUITE = "bookworm"
+BASE_PACKAGES = ("python3-minimal", "libpython3.11-stdlib", "libstdc++6")
+"""What the runtime needs beyond Debian's essential set: Python and the C++ runtime llama.cpp links."""
+BASE_EXCLUDES = ("/usr/share/man/*", "/usr/share/doc/*", "/usr/share/locale/*", "/usr/share/info/*")
+MERGED_USR_HOOKS = Path("/usr/share/mmdebstrap/hooks/merged-usr")
+"""mmdebstrap's hook that merges /usr itself, so the usrmerge package (and the perl it pulls) stays out."""
+RUNTIME_FILES = ("__init__.py", "serve.py", "health.py", "gpu_layers.py")
+REGISTRY_BASE = "library/debian:bookworm-slim"
+SIZE_TARGETS_MB = {"cpu": 300, "cuda": 1200}
+"""Uncompressed size targets (measured by scripts/image-size.py, not by a test)."""
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    tags: tuple[str, ...]
+    size: int
+    manifest: dict[str, Any]
+    manifest_path: Path
+    archive: Path | None = None
+    archive_sha256: str = ""
+
+
+def size_target_mb(variant: str) -> int:
+    return SIZE_TARGETS_MB["cpu" if variant == "cpu" else "cuda"]
+
+
+# ----------------------------------------------------------------------------- the base
+
+
+def _debian_sources(mirror: MirrorProfile) -> list[str]:
+    """apt lines for the base: the profile's Debian mirror, else this machine's apt configuration."""
+    system = profiles.system_apt_uris()
+    debian = mirror.debian or next((u for u in system if "security" not in u and "ubuntu" not in u), "")
+    security = mirror.debian_security or next((u for u in system if "security" in u and "ubuntu" not in u), "")
+    if not debian:
+        raise ImageError(
+            f"the mirror profile '{mirror.name}' has no Debian URL and this machine's apt has none either",
+            'add debian = "https://..." to a profile (llamawheel mirrors list), or pass --base IMAGE',
+        )
+    lines = [f"deb {debian} {SUITE} main", f"deb {debian} {SUITE}-updates main"]
+    if security:
+        lines.append(f"deb {security} {SUITE}-security main")
+    else:
+        log.warn("no Debian security mirror configured: the base gets no security updates")
+    return lines
+
+
+def base_recipe() -> dict[str, Any]:
+    """Everything that decides what the base holds (not where it came from: every package is checked
+    against the archive's signed index, so a mirror cannot change it)."""
+    return {"suite": SUITE, "variant": "essential", "include": list(BASE_PACKAGES), "exclude": list(BASE_EXCLUDES),
+            "merged-usr": "hook"}
+
+
+def base_ref() -> str:
+    key = hashlib.sha256(json.dumps(base_recipe(), sort_keys=True).encode()).hexdigest()[:12]
+    return f"{BASE_REPOSITORY}:{SUITE}-{key}"
+
+
+def make_base(engine: Engine, mirror: MirrorProfile, refresh: bool = False) -> tuple[str, float]:
+    """The base image (made with mmdebstrap, or reused from the engine's store); returns (ref, seconds)."""
+    ref = base_ref()
+    if not refresh and engine.has_image(ref):
+        log.info(f"base {ref}: reusing the one in {engine.name}'s store (--refresh-base makes it again)")
+        return ref, 0.0
+    exe = shutil.which("mmdebstrap")
+    if exe is None:
+        raise ImageError("mmdebstrap is not installed: it makes the base from the apt mirror",
+                         "apt-get install mmdebstrap; or use a registry (mirror) image: --base REGISTRY/"
+                         + REGISTRY_BASE)
+    started = time.monotonic()
+    sources = _debian_sources(mirror)
+    log.info(f"making the base: Debian {SUITE} ({', '.join(BASE_PACKAGES)}) with mmdebstrap from {mirror.name}"
+             " apt mirror (about 20 s)")
+    work = paths.cache_dir() / "images"
+    work.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="base-", dir=work) as tmp:
+        tarball = Path(tmp) / "rootfs.tar"
+        cmd = [exe, "--variant=essential", f"--include={','.join(BASE_PACKAGES)}", "--format=tar"]
+        if MERGED_USR_HOOKS.is_dir():
+            cmd.append(f"--hook-dir={MERGED_USR_HOOKS}")
+        cmd += [f"--dpkgopt=path-exclude={p}" for p in BASE_EXCLUDES]
+        cmd += ["--customize-hook=rm -rf $1/var/cache/apt/* $1/var/lib/apt/lists/*", SUITE, str(tarball), *sources]
+        try:
+            run_streamed(cmd, log_file=work / "base.log", on_line=_show_mmdebstrap)
+        except CommandFailed as exc:
+            raise ImageError(f"mmdebstrap could not make the base\n{exc.describe()}",
+                             f"check the apt mirror (llamawheel mirrors check {mirror.name}); full log:"
+                             f" {work / 'base.log'}") from None
+        engine.import_rootfs(tarball, ref, {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"})
+    seconds = time.monotonic() - started
+    log.info(f"base {ref}: {log.human_size(engine.size(ref))}, made in {log.human_time(seconds)}")
+    return ref, seconds
+
+
+def _show_mmdebstrap(line: str) -> None:
+    if line.startswith(("I: success", "E: ", "W: ")) or "downloading packages" in line or "installing" in line:
+        log.info("mmdebstrap: " + line.strip())
+
+
+# ----------------------------------------------------------------------------- the context
+
+
+@dataclass(frozen=True)
+class IndexedWheel:
+    """The llama-cpp-python wheel the image installs, as the variant's index lists it."""
+
+    variant: str
+    version: str
+    name: str
+    sha256: str
+    index: Path
+
+
+def chosen_wheel(index_root: Path, variant: str, version: str | None = None) -> IndexedWheel | None:
+    """The llama-cpp-python wheel of ``variant`` in the index: ``version``, else the newest published."""
+    vdir = index_root / variant
+    if not (vdir / "simple").exists():
+        return None
+    state = index.load_state(vdir)
+    wheels = [f for f in state.files if f.project == "llama-cpp-python" and f.direct]
+    if version:
+        wheels = [f for f in wheels if f.version == version]
+        if not wheels:
+            known = sorted({f.version for f in state.files if f.project == "llama-cpp-python"})
+            raise UsageError(f"--wheel-version {version}: the {variant} index has {', '.join(known) or 'none'}")
+    if not wheels:
+        return None
+    best = max(wheels, key=lambda f: Version(f.version))
+    return IndexedWheel(variant, best.version, best.name, best.sha256, vdir)
+
+
+def pip_wheel(mirror: MirrorProfile) -> Path:
+    """pip itself, as a wheel, to run at build time (cached: later builds need no network for it)."""
+    folder = paths.cache_dir() / "images" / "pip"
+    found = sorted(folder.glob("pip-*.whl"))
+    if found:
+        return found[-1]
+    folder.mkdir(parents=True, exist_ok=True)
+    index = mirror.pypi_index() or "pip's configured index"
+    log.info(f"fetching pip (run once at image build time, never installed) from {index}")
+    with tempfile.TemporaryDirectory(prefix="pip-", dir=folder) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--progress-bar", "off",
+               "--dest", tmp, "pip"]
+        try:
+            run_streamed(cmd, env=mirror.pip_env())
+        except CommandFailed as exc:
+            raise ImageError(f"could not fetch pip from {index}\n{exc.describe()}",
+                             f"check the index (llamawheel mirrors check {mirror.name})") from None
+        (wheel,) = Path(tmp).glob("pip-*.whl")
+        return Path(shutil.move(str(wheel), folder / wheel.name))
+
+
+def _link_tree(source: Path, dest: Path) -> None:
+    """Copy ``source`` to ``dest`` with hard links where the file system allows (the wheels are big)."""
+
+    def link(src: str, dst: str) -> object:
+        try:
+            os.link(src, dst)
+            return dst
+        except OSError:
+            return shutil.copy2(src, dst)
+
+    shutil.copytree(source, dest, copy_function=link)
+
+
+def write_context(wheel: IndexedWheel, dest: Path, pip: Path) -> None:
+    """The build context: the Containerfile, the variant's index, pip, the runtime package, and the
+    constraints that keep NVIDIA's runtime wheels at the release the wheel was built against."""
+    dest.mkdir(parents=True)
+    shutil.copy2(paths.containerfile(), dest / "Containerfile")
+    shutil.copytree((wheel.index / "simple").resolve(), dest / "index" / "simple")
+    _link_tree(wheel.index / "files", dest / "index" / "files")
+    (dest / "pip").mkdir()
+    shutil.copy2(pip, dest / "pip" / pip.name)
+    pins = closure.runtime_pins(wheel.index / "files" / wheel.sha256 / wheel.name)
+    (dest / "constraints.txt").write_text("".join(f"{p}\n" for p in pins))
+    (dest / "runtime").mkdir()
+    for name in RUNTIME_FILES:
+        shutil.copy2(paths.runtime_dir() / name, dest / "runtime" / name)
+
+
+# ----------------------------------------------------------------------------- build
+
+
+def tags_for(wheel: IndexedWheel) -> tuple[str, ...]:
+    """``llamawheel-api:cu130`` (the variant's latest) and ``llamawheel-api:0.3.36-cu130.sm90``."""
+    exact = re.sub(r"[^A-Za-z0-9_.-]", "-", wheel.version.replace("+", "-"))
+    return f"{IMAGE_REPOSITORY}:{wheel.variant}", f"{IMAGE_REPOSITORY}:{exact}"
+
+
+def build_args(base: str, mirror: MirrorProfile, wheel: IndexedWheel) -> dict[str, str]:
+    args = {"BASE_IMAGE": base, "REQUIREMENT": f"llama-cpp-python[server]=={wheel.version}"}
+    if mirror.debian:
+        args["APT_MIRROR"] = mirror.debian
+    return args
+
+
+def registry_base(mirror: MirrorProfile) -> str:
+    """Debian's slim image through the profile's registry mirror (Docker Hub when it has none)."""
+    return f"{mirror.registry.rstrip('/') or 'docker.io'}/{REGISTRY_BASE}"
+
+
+def _show_build(line: str) -> None:
+    if re.match(r"^(STEP \d+/\d+|\[\d+/\d+\]|Step \d+/\d+|#\d+ \[|COMMIT|Successfully|llama_cpp \d)", line.strip()):
+        log.info(line.strip())
+
+
+def build(
+    engine: Engine,
+    wheel: IndexedWheel,
+    mirror: MirrorProfile,
+    *,
+    base: str | None = None,
+    refresh_base: bool = False,
+    save: Path | None = None,
+    save_format: str = "oci",
+) -> ImageResult:
+    """Build the image for ``wheel``; with ``save``, also write it as an OCI (or Docker) archive with its
+    sha256."""
+    started = time.monotonic()
+    if base is None:
+        base_image, base_seconds = make_base(engine, mirror, refresh_base)
+        base_from = f"mmdebstrap {SUITE} from the apt mirror ({mirror.name})"
+    else:
+        base_image, base_seconds = base, 0.0
+        base_from = "registry"
+    tags = tags_for(wheel)
+    work = paths.cache_dir() / "images"
+    work.mkdir(parents=True, exist_ok=True)
+    log_file = work / f"build-{wheel.variant}.log"
+    log_file.unlink(missing_ok=True)
+    pip = pip_wheel(mirror)
+    replaced = {engine.image_id(t) for t in tags}  # "" for a name not there yet
+    with tempfile.TemporaryDirectory(prefix=f"context-{wheel.variant}-", dir=work) as tmp:
+        context = Path(tmp) / "context"
+        write_context(wheel, context, pip)
+        log.info(f"building {tags[0]} with {engine.name}: llama-cpp-python {wheel.version} from {wheel.index}")
+        t = time.monotonic()
+        engine.build(context, tags, build_args(base_image, mirror, wheel), log_file, _show_build)
+        build_seconds = time.monotonic() - t
+    new_id = engine.image_id(tags[0])
+    for old in replaced - {new_id, ""}:
+        engine.remove(old)  # the previous build under these names (kept if another name or container uses it)
+    size = engine.size(tags[0])
+    target = size_target_mb(wheel.variant)
+    verdict = "within" if size <= target * 1_000_000 else "OVER"
+    log.info(f"image {tags[0]}: {log.human_size(size)} uncompressed ({verdict} the {target} MB target),"
+             f" built in {log.human_time(time.monotonic() - started)}")
+    manifest: dict[str, Any] = {
+        "image": tags[0], "tags": list(tags), "image_id": new_id, "engine": engine.name,
+        "variant": wheel.variant, "llama_cpp_python": wheel.version, "wheel": wheel.name,
+        "wheel_sha256": wheel.sha256, "index": str(wheel.index), "base": base_image, "base_from": base_from,
+        "base_recipe": base_recipe() if base is None else None, "size_bytes": size,
+        "size_target_bytes": target * 1_000_000, "seconds": {"base": round(base_seconds, 1),
+                                                             "build": round(build_seconds, 1),
+                                                             "total": round(time.monotonic() - started, 1)},
+        "user": "1000:1000", "port": 8000, "llamawheel": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    archive_sha = ""
+    if save is not None:
+        archive_sha = save_archive(engine, tags[0], save, save_format)
+        manifest["archive"] = {"file": save.name, "format": f"{save_format}-archive", "sha256": archive_sha,
+                               "size_bytes": save.stat().st_size}
+    manifest_path = (save.with_name(save.name + ".json") if save is not None
+                     else work / f"llamawheel-api-{wheel.variant}.json")
+    fileio.write_file(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
+    return ImageResult(tags, size, manifest, manifest_path, save, archive_sha)
+
+
+def save_archive(engine: Engine, ref: str, out: Path, fmt: str = "oci") -> str:
+    """Write ``ref`` to ``out`` as an OCI (or Docker) archive and ``out``.sha256 beside it; returns the sha256."""
+    out = out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log.info(f"saving {ref} to {out} ({'OCI' if fmt == 'oci' else 'Docker'} archive)")
+    with fileio.new_file(out) as partial:
+        partial.unlink()  # the engine writes the archive itself, and some refuse to overwrite a file
+        engine.save(ref, partial, fmt)
+        digest = fileio.sha256_of(partial)
+    fileio.write_file(out.with_name(out.name + ".sha256"), f"{digest}  {out.name}\n".encode())
+    log.info(f"wrote {out} ({log.human_size(out.stat().st_size)}) and {out.name}.sha256")
+    return digest
+
+
+def ensure_wheel(index_root: Path, variant: str, mirror: MirrorProfile, version: str | None) -> IndexedWheel:
+    """The variant's wheel from the index; when there is none yet, build it and publish it first."""
+    found = chosen_wheel(index_root, variant, version)
+    if found is not None:
+        return found
+    if version:
+        raise UsageError(f"the {variant} index has no llama-cpp-python {version}")
+    log.info(f"the {variant} index in {index_root} has no llama-cpp-python wheel: building and publishing one first")
+    opts = options.resolve({"mirror": mirror.name if mirror.name in profiles.available() else str(mirror.path),
+                            "out": index_root})
+    if variant == "cpu":
+        plan = planning.plan_cpu(catalog.cpu_recipe(), opts)
+    else:
+        version = cuda_version_of(variant)
+        if version is None:
+            raise UsageError(f"--variant {variant}: not cpu or cuXY (cu130, cu124, cu118)")
+        recipe, minor = catalog.find_cuda(version)
+        plan = planning.plan_cuda(recipe, minor, opts)
+    wheel = pipeline.run(plan)
+    index.publish([wheel], index_root=index_root, mirror=mirror)
+    found = chosen_wheel(index_root, variant)
+    if found is None:
+        raise ImageError(f"published {wheel.name} but the {variant} index still lists no llama-cpp-python wheel")
+    return found
+
+
+def variants_in(index_root: Path) -> Sequence[str]:
+    return sorted(p.name for p in index_root.iterdir() if (p / "simple").exists()) if index_root.is_dir() else []

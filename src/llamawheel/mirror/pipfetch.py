@@ -1,0 +1,70 @@
+"""Downloads through pip, so that pip's own configuration and the mirror profile apply,
+with every file checked against a pinned sha256."""
+
+from __future__ import annotations
+
+import re
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from llamawheel.core import log
+from llamawheel.core.errors import DownloadError
+from llamawheel.core.proc import CommandFailed, run_streamed
+from llamawheel.mirror.profiles import MirrorProfile
+
+_SHOWN = re.compile(r"^\s*(Collecting|Downloading|Saved|Successfully|File was already)")
+
+
+def download(
+    requirement_lines: Sequence[str],
+    dest: Path,
+    mirror: MirrorProfile,
+    *,
+    binary: bool,
+) -> list[Path]:
+    """``pip download --require-hashes`` the given ``name==version --hash=...`` lines into ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        req = Path(tmp) / "requirements.txt"
+        req.write_text("\n".join(requirement_lines) + "\n")
+        cmd = [
+            sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes",
+            "--progress-bar", "off", "-d", str(dest), "-r", str(req),
+        ]
+        # Only the pinned projects are forced to wheels or to sources: a sdist's build
+        # backend (installed by pip to read its metadata) may still come as a wheel.
+        names = ",".join(line.split("==")[0].strip() for line in requirement_lines)
+        cmd += [f"--only-binary={names}"] if binary else [f"--no-binary={names}"]
+        before = set(dest.iterdir())
+        try:
+            run_streamed(cmd, env=mirror.pip_env(), on_line=_show)
+        except CommandFailed as exc:
+            raise _explain(exc, mirror) from None
+    return sorted(set(dest.iterdir()) - before) or sorted(dest.iterdir())
+
+
+def _show(line: str) -> None:
+    if _SHOWN.match(line):
+        log.info("pip: " + line.strip())
+
+
+def _explain(exc: CommandFailed, mirror: MirrorProfile) -> DownloadError:
+    text = "\n".join(exc.tail)
+    index = mirror.pypi_index() or "pip's default index"
+    if "DO NOT MATCH THE HASHES" in text or ("hash" in text.lower() and "mismatch" in text.lower()):
+        return DownloadError(
+            f"a file from {index} does not match its pinned sha256: refusing to use it\n{exc.describe()}",
+            "the mirror served a different file than the recipe pins; try another --mirror, "
+            "or clear pip's cache (pip cache purge) if a download was cut short",
+        )
+    if re.search(r"No matching distribution|Could not find a version", text):
+        return DownloadError(
+            f"{index} does not offer a pinned package\n{exc.describe()}",
+            "the mirror may lag behind PyPI: try another --mirror or the default profile",
+        )
+    return DownloadError(
+        f"download from {index} failed\n{exc.describe()}",
+        f"check that {index} is reachable (llamawheel mirrors check {mirror.name}) or choose another --mirror",
+    )

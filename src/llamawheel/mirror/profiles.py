@@ -1,0 +1,179 @@
+"""Mirror profiles: where pip, uv, apt and image pulls fetch from.
+
+A profile is a TOML file in ``mirrors/`` (or any path a user passes). Every URL is
+optional; an empty one means "leave that client as this machine configured it".
+The ``default`` profile is all empty: pip and apt keep their own configuration.
+A mirror can make a build slower or fail, never change what is built: every
+download is checked against a pinned hash.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from llamawheel.core import datafile as tomlcheck
+from llamawheel.core import paths
+from llamawheel.core.errors import MirrorError, did_you_mean
+
+UPSTREAMS = ("pypi", "debian", "debian-security", "ubuntu", "cuda-apt", "registry")
+
+
+@dataclass(frozen=True)
+class MirrorProfile:
+    name: str
+    path: Path
+    description: str = ""
+    pypi: str = ""
+    """A PEP 503 simple index, used by pip (PIP_INDEX_URL) and uv (UV_DEFAULT_INDEX)."""
+    debian: str = ""
+    """Base URL of a Debian archive mirror (holds dists/bookworm, dists/trixie)."""
+    debian_security: str = ""
+    ubuntu: str = ""
+    cuda_apt: str = ""
+    """A mirror of NVIDIA's CUDA apt repository (the folder that holds ubuntu2404/, debian12/ ...)."""
+    registry: str = ""
+    """A container registry mirror for base image pulls (host[/prefix])."""
+
+    def urls(self) -> dict[str, str]:
+        return {key: getattr(self, key.replace("-", "_")) for key in UPSTREAMS}
+
+    def pypi_index(self) -> str:
+        """The index pip will really use: this profile's, else pip's own configuration."""
+        return self.pypi or pip_configured_index()
+
+    def pip_env(self) -> dict[str, str]:
+        """Environment for pip subprocesses; empty for the default profile."""
+        return {"PIP_INDEX_URL": self.pypi} if self.pypi else {}
+
+    def uv_env(self) -> dict[str, str]:
+        """Environment for uv, which does not read pip's configuration."""
+        index = self.pypi_index()
+        return {"UV_DEFAULT_INDEX": index} if index else {}
+
+
+def _profile(path: Path, name: str) -> MirrorProfile:
+    doc = tomlcheck.load(path, MirrorError)
+    doc.allow("description", *UPSTREAMS)
+    values = {key.replace("-", "_"): doc.text(key, "") for key in UPSTREAMS}
+    for key, url in values.items():
+        if url and key != "registry" and not url.startswith(("http://", "https://", "file://")):
+            raise doc.fail(key.replace("_", "-"), f"'{url}' is not an http(s) or file URL")
+    return MirrorProfile(name=name, path=path, description=doc.text("description", ""), **values)
+
+
+def available() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(paths.mirrors_dir().glob("*.toml"))}
+
+
+def load_profile(name_or_path: str | None) -> MirrorProfile:
+    """Load a shipped profile by name, or a user's profile by path."""
+    choice = name_or_path or os.environ.get("LLAMAWHEEL_MIRROR") or "default"
+    known = available()
+    if choice in known:
+        return _profile(known[choice], choice)
+    candidate = Path(choice).expanduser()
+    if candidate.suffix == ".toml" or os.sep in choice:
+        if not candidate.is_file():
+            raise MirrorError(f"mirror profile file {candidate} does not exist")
+        return _profile(candidate, candidate.stem)
+    raise MirrorError(
+        f"unknown mirror profile '{choice}'{did_you_mean(choice, known)}",
+        f"known profiles: {', '.join(known)}; or pass the path of your own .toml profile",
+    )
+
+
+def pip_configured_index() -> str:
+    """pip's own index URL from its environment or configuration, '' if it uses its built-in default."""
+    if os.environ.get("PIP_INDEX_URL"):
+        return os.environ["PIP_INDEX_URL"]
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    for line in out.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip().endswith(".index-url"):
+            return value.strip().strip("'\"")
+    return ""
+
+
+def system_apt_uris() -> list[str]:
+    """The archive URLs this machine's apt is configured with."""
+    uris: list[str] = []
+    etc = Path("/etc/apt")
+    for f in [etc / "sources.list", *sorted((etc / "sources.list.d").glob("*"))]:
+        if not f.is_file():
+            continue
+        for line in f.read_text(errors="replace").splitlines():
+            line = line.strip()
+            if line.startswith("deb ") or line.startswith("deb-src "):
+                parts = [p for p in line.split() if not p.startswith("[")]
+                if len(parts) > 1:
+                    uris.append(parts[1])
+            elif line.startswith("URIs:"):
+                uris.extend(line.split()[1:])
+    return list(dict.fromkeys(uris))
+
+
+@dataclass(frozen=True)
+class Probe:
+    upstream: str
+    url: str
+    ok: bool
+    detail: str
+    seconds: float
+
+
+# What to fetch below each upstream's base URL: a small file that proves it serves what we need.
+PROBE_PATHS = {
+    "pypi": "pip/",
+    "debian": "dists/bookworm/Release",
+    "debian-security": "dists/bookworm-security/Release",
+    "ubuntu": "dists/noble/Release",
+    "registry": "v2/",
+}
+
+
+def probe(upstream: str, url: str, timeout: float = 5.0) -> Probe:
+    """Fetch a small file below ``url`` once (first bytes only) and time it."""
+    if upstream == "registry" and "://" not in url:
+        url = f"https://{url}"
+    kind = upstream.split(" ")[0]
+    if kind in PROBE_PATHS:
+        url = url.rstrip("/") + "/" + PROBE_PATHS[kind]
+    start = time.monotonic()
+    try:
+        req = urllib.request.Request(url, headers={"User-Agent": "llamawheel-mirror-check"})
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            resp.read(512)
+            status = f"HTTP {resp.status}"
+        ok = True
+    except urllib.error.HTTPError as exc:
+        # A registry answers 401 on /v2/ when it is alive; anything else is a failure.
+        ok = upstream == "registry" and exc.code == 401
+        status = f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        ok, status = False, f"unreachable: {reason}"
+    return Probe(upstream, url, ok, status, time.monotonic() - start)
+
+
+def check(profile: MirrorProfile, timeout: float = 5.0) -> list[Probe]:
+    """Probe every URL the profile (or, for empty entries of ``default``, this machine) uses."""
+    targets: list[tuple[str, str]] = [(k, v) for k, v in profile.urls().items() if v]
+    if profile.name == "default":
+        index = pip_configured_index()
+        if index:
+            targets.append(("pypi (pip config)", index))
+        targets.extend(("apt (system)", uri) for uri in system_apt_uris())
+    return [probe(kind, url, timeout) for kind, url in targets]
+

@@ -1,0 +1,161 @@
+"""The build pipeline: a `Plan` -> toolchain -> source -> compile -> repair -> verify -> manifest.
+
+Each step takes the previous one's artifact; the result is a wheel with a JSON manifest beside it
+that says exactly what is in it and how it was built. Every step's result describes itself for
+the manifest (``manifest_fields()``), so the manifest module names no stage.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llamawheel import __version__, repair
+from llamawheel.build import sdist
+from llamawheel.build.compile import BuildRequest, BuildResult, build_wheel, default_jobs
+from llamawheel.build.planning import Plan, cmake_args_for
+from llamawheel.core import log, paths
+from llamawheel.pipeline import manifest
+from llamawheel.toolchain import CudaRoot, provider_for
+from llamawheel.verify.static import Expectations, Report, verify_wheel
+
+
+@dataclass
+class _Timings:
+    """How long each step took, in the manifest's ``durations_seconds``."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.seconds[name] = time.monotonic() - started
+
+
+def tool_versions(root: CudaRoot | None) -> dict[str, str]:
+    """The first line of each build tool's ``--version``, for the manifest."""
+
+    def first_line(cmd: list[str]) -> str:
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout
+            return out.strip().splitlines()[0] if out.strip() else ""
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    versions = {
+        "llamawheel": __version__,
+        "python": platform.python_version(),
+        "cmake": first_line(["cmake", "--version"]),
+        "gcc": first_line(["gcc", "--version"]),
+        "ninja": first_line(["ninja", "--version"]),
+        "ccache": first_line(["ccache", "--version"]),
+    }
+    if root:
+        versions["nvcc"] = root.nvcc_version
+    return {k: v for k, v in versions.items() if v}
+
+
+def work_dir(plan: Plan) -> Path:
+    """This variant's own build folder in the cache (source tree, CMake tree, raw wheel, log)."""
+    return paths.builds_dir() / f"{plan.source.name}-{plan.local_version}"
+
+
+def provision_toolchain(plan: Plan) -> CudaRoot | None:
+    if plan.minor is None:
+        return None
+    return provider_for(plan.minor, plan.options.toolchain).provision(plan.minor, plan.mirror)
+
+
+def prepare_source(plan: Plan, work: Path) -> tuple[Path, dict[str, Any]]:
+    """A fresh source tree for this build (the pinned sdist unpacked, or a copy of ``--source``), and the
+    manifest's description of it."""
+    local = plan.options.source
+    if local is not None:
+        log.info(f"building the local source tree {local} instead of the pinned sdist")
+        shutil.rmtree(work / "src", ignore_errors=True)
+        return Path(shutil.copytree(local, work / "src", symlinks=True)), sdist.describe(plan.source, None, local)
+    archive = sdist.fetch(plan.source, plan.mirror)
+    return sdist.unpack(archive, work / "src"), sdist.describe(plan.source, archive, None)
+
+
+def compile_source(plan: Plan, root: CudaRoot | None, source_dir: Path, work: Path) -> BuildResult:
+    env: dict[str, str] = {}
+    if root is not None:
+        env.update(root.env())
+        env["PATH"] = f"{root.path / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"
+    env.update(plan.mirror.pip_env())
+    kind = "cpu" if root is None else "cuda"
+    log_file = work / "build.log"
+    log_file.unlink(missing_ok=True)
+    request = BuildRequest(source_dir, work, cmake_args_for(plan, root), plan.options.jobs or default_jobs(kind),
+                           kind, env, log_file)
+    return build_wheel(request)
+
+
+def repair_built(plan: Plan, built: BuildResult) -> repair.RepairedWheel:
+    cuda = plan.minor is not None
+    spec = repair.RepairSpec(
+        local_version=plan.local_version,
+        runtime=plan.options.runtime if cuda else "none",
+        runtime_rpath=plan.recipe.runtime_rpath if cuda else (),
+        requires=plan.minor.runtime_requires if (plan.minor and plan.options.runtime == "pypi") else (),
+    )
+    return repair.repair_wheel(built.wheel, plan.output_dir, spec)
+
+
+def verify_repaired(plan: Plan, wheel: Path) -> Report:
+    """Static verification; a wheel that fails it is renamed ``.rejected``, never left where pip would take it."""
+    expect = Expectations.for_plan(plan.minor, plan.targets, plan.options.runtime, plan.recipe)
+    report = verify_wheel(wheel, expect)
+    print(report.render())
+    if not report.ok:
+        rejected = wheel.with_name(wheel.name + ".rejected")
+        os.replace(wheel, rejected)
+        log.warn(f"the wheel failed verification; kept for inspection as {rejected}")
+    report.raise_if_failed()
+    return report
+
+
+def run(plan: Plan) -> Path:
+    """Run every step; returns the repaired, verified wheel (its manifest beside it)."""
+    timings = _Timings()
+    started = time.monotonic()
+    log.info(f"building {plan.describe()} (variant {plan.local_version}, {plan.mirror.name} mirror)")
+    work = work_dir(plan)
+    with timings.step("toolchain"):
+        root = provision_toolchain(plan)
+    if root is None:
+        timings.seconds.pop("toolchain")
+    with timings.step("source"):
+        source_dir, source = prepare_source(plan, work)
+    built = compile_source(plan, root, source_dir, work)
+    timings.seconds["compile"] = built.seconds
+    with timings.step("repair"):
+        repaired = repair_built(plan, built)
+    report = None
+    if plan.options.verify:
+        with timings.step("verify"):
+            report = verify_repaired(plan, repaired.path)
+    timings.seconds["total"] = time.monotonic() - started
+    durations = {"durations_seconds": {k: round(v, 1) for k, v in timings.seconds.items()}}
+    tools = {"tools": tool_versions(root)}
+    manifest.write(repaired.path, manifest.compose(repaired.path, plan, root, source, built, repaired,
+                                                   report or {"verify_static": None}, durations, tools))
+    shutil.rmtree(work / "src", ignore_errors=True)
+    log.info(
+        f"done in {log.human_time(timings.seconds['total'])}: {repaired.path} "
+        f"({log.human_size(repaired.path.stat().st_size)}, the plain build was "
+        f"{log.human_size(built.wheel.stat().st_size)})"
+    )
+    return repaired.path

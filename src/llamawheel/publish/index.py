@@ -1,0 +1,387 @@
+"""The private wheel index: one static PEP 503 tree per variant (``cu130``, ``cpu``), holding the
+published wheels and every wheel they need at install time, so that
+``pip install --index-url file:///.../wheels/cu130/simple "llama-cpp-python[server]"`` works offline.
+
+Layout of an index folder (``wheels/`` by default)::
+
+    index.html                          the variants, and the exact pip command for each
+    .publish.lock                       publishers take it in turn (fcntl), bundling too
+    cu130/
+      files/<sha256>/<wheel>            the content store: written once (temp file + rename), never overwritten
+      files/<sha256>/<wheel>.metadata   the wheel's METADATA (PEP 658/714)
+      files/<sha256>/<wheel>.json       the build manifest, when the wheel had one beside it
+      .generation-<time>-<id>/          one complete set of pages (+ .llamawheel.json, what they list)
+      simple -> .generation-<time>-<id> the index pip reads: a symlink, swapped with os.replace
+
+How a publish stays safe when it is killed at any point: a wheel reaches the store under a temporary
+name and is renamed into place only when complete and hashed; a store entry is named by its sha256, so a
+file the current pages list is never rewritten (not even by ``--force``); the new pages are written into
+a fresh generation folder, and only the rename of a new symlink over ``simple`` makes them visible. Until
+that rename pip sees the previous generation, which lists only complete files; after it, the new one.
+What a killed run leaves behind (a temporary file, an unlisted store entry, an unused generation) is
+listed by ``index check`` as an orphan and removed by the next publish. Generations sit beside
+``simple`` so that ``../../files`` means the same folder whether a path is resolved as a URL or on disk.
+
+This module publishes; `index_pages` renders the pages, `index_check` verifies an index and
+`index_carry` bundles, serves and uploads it; `closure` fetches the dependencies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from llamawheel.core import fileio, log, paths
+from llamawheel.core.errors import PublishError, UsageError
+from llamawheel.mirror import profiles
+from llamawheel.mirror.profiles import MirrorProfile
+from llamawheel.publish import closure
+from llamawheel.publish.index_pages import (
+    IndexedFile,
+    VariantState,
+    install_commands,
+    project_page,
+    root_page,
+    top_page,
+)
+from llamawheel.recipe import catalog
+from llamawheel.wheel import distmeta
+
+STATE_FILE = ".llamawheel.json"
+GENERATION_PREFIX = ".generation-"
+SWAP_PREFIX = ".swap-"
+INCOMING_PREFIX = ".incoming-"
+
+
+# ----------------------------------------------------------------------------- reading an index
+
+
+def variant_dirs(root: Path) -> list[Path]:
+    """The variant folders of an index folder (or ``root`` itself when it is one variant's folder)."""
+    if _has_pages(root):
+        return [root]
+    if not root.is_dir():
+        return []
+    return sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and _has_pages(d))
+
+
+def _has_pages(folder: Path) -> bool:
+    simple = folder / "simple"
+    return simple.is_symlink() or simple.is_dir()
+
+
+def load_state(vdir: Path) -> VariantState:
+    """What the current pages of ``vdir`` list (nothing yet when the variant has never been published)."""
+    simple = vdir / "simple"
+    if not _has_pages(vdir):
+        return VariantState(vdir.name)
+    if not simple.exists():
+        raise PublishError(
+            f"{simple} points to {os.readlink(simple)}, which is missing",
+            f"run llamawheel index check {vdir.parent}; to start this variant afresh, remove {vdir}",
+        )
+    state_file = simple / STATE_FILE
+    try:
+        return VariantState.from_json(state_file.read_text())
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PublishError(
+            f"{state_file} cannot be read ({exc}): {vdir} is not an index that llamawheel wrote",
+            "publish into another folder with --index DIR, or move this one away",
+        ) from None
+
+
+def python_versions_for(variant: str) -> tuple[str, ...]:
+    """The Python versions the recipe behind ``variant`` names (``cu130`` -> cuda-13, ``cpu`` -> cpu)."""
+    for recipe in catalog.all_recipes().values():
+        if (recipe.kind == "cpu" and variant == "cpu") or any(m.tag == variant for m in recipe.minors.values()):
+            return recipe.python_versions
+    raise PublishError(
+        f"no recipe builds the variant '{variant}', so the Python versions to fetch dependencies for are unknown",
+        "name them with --python-version 3.12 (repeat it for several), or publish with --no-closure",
+    )
+
+
+@contextmanager
+def publish_lock(root: Path) -> Iterator[None]:
+    """One publisher (or bundler) at a time per index folder; the others wait."""
+    root.mkdir(parents=True, exist_ok=True)
+
+    def waiting() -> None:
+        log.info(f"another publish to {root} is running: waiting for it to finish")
+
+    with fileio.locked(root / ".publish", on_wait=waiting):
+        yield
+
+
+# ----------------------------------------------------------------------------- publishing
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    path: Path
+    meta: distmeta.WheelMetadata
+    sha256: str
+    size: int
+    direct: bool
+
+    @classmethod
+    def of(cls, path: Path, direct: bool) -> _Candidate:
+        return cls(path, distmeta.read(path), fileio.sha256_of(path), path.stat().st_size, direct)
+
+    def indexed(self) -> IndexedFile:
+        extras = tuple(e for e in closure.EXTRAS if e in self.meta.provides_extra) if self.direct else ()
+        return IndexedFile(
+            name=self.path.name, project=self.meta.project, version=self.meta.version, sha256=self.sha256,
+            size=self.size, metadata_sha256=hashlib.sha256(self.meta.raw).hexdigest(),
+            requires_python=self.meta.requires_python, direct=self.direct, extras=extras,
+        )
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """What one publish did to one variant."""
+
+    variant: str
+    index_url: str
+    state: VariantState
+    added: tuple[str, ...] = ()
+    replaced: tuple[str, ...] = ()
+    unchanged: tuple[str, ...] = ()
+    commands: tuple[str, ...] = ()
+
+
+def publish(
+    wheels: Sequence[Path],
+    *,
+    index_root: Path | None = None,
+    mirror: MirrorProfile | None = None,
+    force: bool = False,
+    with_closure: bool = True,
+    python_versions: Sequence[str] | None = None,
+) -> list[PublishResult]:
+    """Add ``wheels`` (and, unless ``with_closure`` is false, everything they need) to their variants' indexes.
+
+    The same file again is a no-op; a different file under a published name is refused unless ``force``.
+    ``python_versions`` overrides the recipe's list of Python versions to fetch dependencies for.
+    """
+    root = (index_root or paths.wheels_dir()).resolve()
+    profile = mirror or profiles.load_profile(None)
+    groups: dict[str, list[Path]] = {}
+    for wheel in wheels:
+        if wheel.suffix != ".whl" or not wheel.is_file():
+            raise UsageError(f"{wheel}: no such wheel file", "pass paths of .whl files (wheels/*.whl)")
+        groups.setdefault(_variant_of(distmeta.read(wheel)), []).append(wheel.resolve())
+    if not groups:
+        raise UsageError("no wheels to publish", "build one first (llamawheel build 13 --arch 86) or pass paths")
+    results = []
+    with publish_lock(root):
+        for variant, group in groups.items():
+            results.append(_publish_variant(root, variant, group, profile, force, with_closure, python_versions))
+        write_top_page(root)
+    return results
+
+
+def _variant_of(meta: distmeta.WheelMetadata) -> str:
+    if not meta.local:
+        raise PublishError(
+            f"{meta.filename} has no local version label (+cu130, +cpu): cannot tell which variant index it belongs to",
+            "publish wheels that llamawheel built (llamawheel build 13 / cpu), whose version says what they are",
+        )
+    if not meta.variant:
+        raise PublishError(f"{meta.filename}: local version label '{meta.local}' does not start with a usable"
+                           " variant name")
+    return meta.variant
+
+
+def _publish_variant(
+    root: Path,
+    variant: str,
+    wheels: list[Path],
+    mirror: MirrorProfile,
+    force: bool,
+    with_closure: bool,
+    python_versions: Sequence[str] | None,
+) -> PublishResult:
+    vdir = root / variant
+    vdir.mkdir(exist_ok=True)
+    simple = vdir / "simple"
+    if simple.exists() and not simple.is_symlink():
+        raise PublishError(
+            f"{simple} is a plain folder (an unpacked bundle?), not the link llamawheel publishes through",
+            "publish on the machine that holds the original index and bundle it again, or pass another --index",
+        )
+    current = load_state(vdir)
+    _sweep(vdir, current)
+    found = _dedupe([_Candidate.of(w, direct=True) for w in wheels])
+    if with_closure and not force:
+        _refuse_conflicts(current, found, force)  # before a long download, not only after it
+    pythons = tuple(current.python_versions)
+    incoming = Path(tempfile.mkdtemp(prefix=INCOMING_PREFIX, dir=vdir))
+    try:
+        if with_closure:
+            wanted = tuple(python_versions or python_versions_for(variant))
+            pythons = tuple(sorted({*pythons, *wanted}, key=lambda v: [int(x) for x in v.split(".")]))
+            for n, c in enumerate(list(found)):
+                fetched = closure.fetch(
+                    c.path, extras=c.indexed().extras, python_versions=wanted, dest=incoming / str(n), mirror=mirror,
+                    constraints=closure.runtime_pins(c.path),
+                )
+                found += [_Candidate.of(p, direct=False) for p in fetched]
+            found = _dedupe(found)
+        _refuse_conflicts(current, found, force)
+        files = {f.name: f for f in current.files}
+        added, replaced, unchanged = [], [], []
+        for c in found:
+            new = c.indexed()
+            old = files.get(new.name)
+            if old is None:
+                added.append(new.name)
+            elif old.sha256 != new.sha256:
+                replaced.append(new.name)
+            else:
+                new = replace(old, direct=old.direct or new.direct, extras=old.extras or new.extras)
+                if new == old:
+                    unchanged.append(new.name)
+                else:
+                    added.append(new.name)
+            files[new.name] = new
+        for c in found:
+            _store(vdir, c, files[c.path.name])
+        state = VariantState(variant, tuple(files.values()), pythons)
+        if added or replaced or state.python_versions != current.python_versions:
+            generation = _write_generation(vdir, state)
+            _swap(vdir, generation)
+            _sweep(vdir, state)
+        else:
+            log.info(f"{variant}: nothing new, every file is already published")
+    finally:
+        shutil.rmtree(incoming, ignore_errors=True)
+    url = f"{root.as_uri()}/{variant}/simple"
+    return PublishResult(
+        variant, url, state, tuple(sorted(added)), tuple(sorted(replaced)), tuple(sorted(unchanged)),
+        tuple(install_commands(state, url)),
+    )
+
+
+def _dedupe(found: list[_Candidate]) -> list[_Candidate]:
+    out: dict[str, _Candidate] = {}
+    for c in found:
+        seen = out.get(c.path.name)
+        if seen is not None and seen.sha256 != c.sha256:
+            raise PublishError(
+                f"two different files are both named {c.path.name}: {seen.path} and {c.path}",
+                "a file name must always mean the same bytes; publish one of them",
+            )
+        if seen is None or (c.direct and not seen.direct):
+            out[c.path.name] = c
+    return list(out.values())
+
+
+def _refuse_conflicts(current: VariantState, found: list[_Candidate], force: bool) -> None:
+    published = {f.name: f for f in current.files}
+    clashes = [c for c in found if c.path.name in published and published[c.path.name].sha256 != c.sha256]
+    if not clashes or force:
+        for c in clashes:
+            log.warn(f"replacing {c.path.name} (sha256 {published[c.path.name].sha256[:12]}… -> {c.sha256[:12]}…)")
+        return
+    lines = "\n".join(
+        f"    {c.path.name}: published {published[c.path.name].sha256}, this file {c.sha256}" for c in clashes
+    )
+    raise PublishError(
+        f"{len(clashes)} file(s) are already published under the same name with other contents:\n{lines}",
+        "a published name must always mean the same bytes (pip caches and hash-pinned requirements rely on it): "
+        "give the new build another local version, or pass --force to replace the published file",
+    )
+
+
+def _store(vdir: Path, c: _Candidate, entry: IndexedFile) -> None:
+    """Put ``c`` (and its METADATA, and its build manifest) into the content store, unless already there."""
+    folder = vdir / entry.store_path.rsplit("/", 1)[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    final = vdir / entry.store_path
+    if not (final.is_file() and final.stat().st_size == c.size and fileio.sha256_of(final) == c.sha256):
+        # New, or a damaged copy of the same file (index check names those): rewriting it with the bytes
+        # its link's hash names is safe, a reader sees the damaged file or the right one.
+        log.info(f"{vdir.name}: storing {c.path.name} ({log.human_size(c.size)})")
+        if c.direct:
+            try:
+                fileio.copy_file(c.path, final, c.sha256, durable=True)
+            except fileio.ChangedWhileCopying:
+                raise PublishError(f"{c.path} changed while it was being published", "publish it again") from None
+        else:  # fetched into this variant's .incoming-* folder: complete, on the same file system
+            fileio.move_file(c.path, final, durable=True)
+    extras = {final.name + ".metadata": c.meta.raw}
+    manifest = c.path.with_name(c.path.name + ".json")
+    if c.direct and manifest.is_file():
+        extras[final.name + ".json"] = manifest.read_bytes()
+    for name, data in extras.items():
+        target = folder / name
+        if not (target.is_file() and target.read_bytes() == data):
+            fileio.write_file(target, data, durable=True)
+    fileio.fsync_dir(folder)
+
+
+def _write_generation(vdir: Path, state: VariantState) -> Path:
+    """Write every page of ``state`` into a fresh generation folder (nobody reads it until `_swap`)."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    generation = Path(tempfile.mkdtemp(prefix=f"{GENERATION_PREFIX}{stamp}-", dir=vdir))
+    os.chmod(generation, 0o755)
+    projects = state.projects()
+    pages = {"index.html": root_page(projects), STATE_FILE: state.to_json()}
+    for project, files in projects.items():
+        pages[f"{project}/index.html"] = project_page(project, files)
+    for rel, text in pages.items():
+        target = generation / rel
+        target.parent.mkdir(exist_ok=True)
+        fileio.write_file(target, text.encode(), durable=True)
+    for folder in {generation, *(generation / p for p in projects)}:
+        fileio.fsync_dir(folder)
+    return generation
+
+
+def _swap(vdir: Path, generation: Path) -> None:
+    """Make ``generation`` the index pip sees: one rename of a new symlink over ``simple``."""
+    link = vdir / f"{SWAP_PREFIX}{secrets.token_hex(4)}"
+    os.symlink(generation.name, link)
+    os.replace(link, vdir / "simple")
+    fileio.fsync_dir(vdir)
+
+
+def _sweep(vdir: Path, state: VariantState) -> None:
+    """Remove what the current pages do not use: old generations, leftovers of killed runs, replaced files."""
+    simple = vdir / "simple"
+    current = os.readlink(simple) if simple.is_symlink() else None
+    for entry in vdir.iterdir():
+        name = entry.name
+        if name.startswith(SWAP_PREFIX):
+            entry.unlink(missing_ok=True)
+        elif (name.startswith(GENERATION_PREFIX) and name != current) or name.startswith(INCOMING_PREFIX):
+            shutil.rmtree(entry, ignore_errors=True)
+    keep: dict[str, set[str]] = {}
+    for f in state.files:
+        keep.setdefault(f.sha256, set()).update({f.name, f.name + ".metadata", f.name + ".json"})
+    store = vdir / "files"
+    for folder in store.iterdir() if store.is_dir() else []:
+        if not folder.is_dir():
+            folder.unlink(missing_ok=True)
+            continue
+        if folder.name not in keep:
+            shutil.rmtree(folder, ignore_errors=True)
+            continue
+        for item in folder.iterdir():
+            if item.name not in keep[folder.name]:
+                item.unlink(missing_ok=True)
+
+
+def write_top_page(root: Path) -> None:
+    """The index folder's ``index.html``: every variant and the pip command for it."""
+    states = [load_state(v) for v in variant_dirs(root) if v != root]
+    fileio.write_file(root / "index.html", top_page(states, root.resolve().as_uri()).encode(), durable=True)

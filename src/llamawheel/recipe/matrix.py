@@ -1,0 +1,51 @@
+"""The CI build matrix (CUDA minor x architectures x variant), computed from the recipes.
+
+``llamawheel ci-matrix`` prints it as JSON for a GitHub Actions ``strategy.matrix.include``;
+``.github/workflows/wheels.yml`` builds every entry in parallel.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llamawheel.recipe import archs
+from llamawheel.recipe.catalog import Recipe
+from llamawheel.recipe.variant import Variant
+
+
+def matrix(
+    recipes: dict[str, Recipe], arch_sets: list[str] | None = None, lines: list[str] | None = None,
+    runtimes: tuple[str, ...] = ("pypi",),
+) -> list[dict[str, Any]]:
+    """One entry per buildable CUDA minor, architecture set and runtime mode, plus the CPU wheel.
+
+    ``arch_sets`` are ``--arch`` values (``default`` = the recipe's list); each becomes its own
+    wheel variant (``cu124`` for the default, ``cu124.sm86`` for ``86``).
+    """
+    sets = arch_sets or ["default"]
+    entries: list[dict[str, Any]] = []
+    for recipe in recipes.values():
+        if recipe.kind == "cpu":
+            if not lines or "cpu" in lines:
+                entries.append({"session": "build-cpu", "target": "cpu", "cuda": "", "arch": "",
+                                "variant": "cpu", "runtime": "", "provider": "", "gcc": ""})
+            continue
+        line = recipe.name.removeprefix("cuda-")
+        if lines and line not in lines:
+            continue
+        for version, minor in recipe.minors.items():
+            for arch_set in sets:
+                targets = archs.select(arch_set, recipe.default_archs, recipe.supported_for(minor), version, native=[])
+                for runtime in runtimes:
+                    variant = Variant.for_build(version, targets, recipe.default_targets(), runtime == "system").label
+                    entries.append({
+                        "session": f"build-cuda-{version}",
+                        "target": version,
+                        "cuda": version,
+                        "arch": arch_set,
+                        "variant": variant,
+                        "runtime": runtime,
+                        "provider": minor.provider,
+                        "gcc": f"g++-{minor.max_gcc}" if minor.max_gcc < 12 else "",
+                    })
+    return entries
