@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from llamawheel.core import paths
-from llamawheel.recipe import catalog as recipes
+from llamawheel.recipe import catalog
 
 from .conftest import ROOT, llamawheel
 
@@ -23,7 +23,7 @@ def test_matrix_lists_every_minor_and_the_cpu_wheel() -> None:
     result = llamawheel("ci-matrix")
     assert result.returncode == 0, result.stderr
     entries = json.loads(result.stdout)
-    minors = {m for r in recipes.all_recipes().values() for m in r.minors}
+    minors = {m for r in catalog.all_recipes().values() for m in r.minors}
     assert {e["cuda"] for e in entries if e["cuda"]} == minors
     assert any(e["session"] == "build-cpu" for e in entries)
     assert len({e["variant"] for e in entries}) == len(entries)  # no two jobs write the same wheel name

@@ -14,7 +14,7 @@ import pytest
 
 from llamawheel.core.errors import DownloadError
 from llamawheel.mirror.profiles import MirrorProfile
-from llamawheel.recipe import catalog as recipes
+from llamawheel.recipe import catalog
 from llamawheel.recipe.catalog import AptSource
 from llamawheel.toolchain.deb import AptSession
 
@@ -124,7 +124,7 @@ class SignedRepo:
                          keyring="testkey.pub", key_fingerprint=fingerprint or self.fingerprint, layout="nvidia")
 
 
-NVIDIA_MINORS = {v: m for v, m in recipes.find_cuda("12")[0].minors.items() if m.apt and m.apt.upstream == "cuda-apt"}
+NVIDIA_MINORS = {v: m for v, m in catalog.find_cuda("12")[0].minors.items() if m.apt and m.apt.upstream == "cuda-apt"}
 
 
 @pytest.fixture(scope="module")

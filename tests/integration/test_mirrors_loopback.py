@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from llamawheel.build import sdist
-from llamawheel.mirror import profiles as mirrors
-from llamawheel.recipe import catalog as recipes
+from llamawheel.mirror import profiles
+from llamawheel.recipe import catalog
 
 from .conftest import ROOT, llamawheel
 
@@ -109,8 +109,8 @@ def test_unreachable_mirror_is_named(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def genuine_sdist() -> Path:
     """The real llama-cpp-python sdist, fetched through this machine's own pip (and cached)."""
-    recipe = recipes.cpu_recipe()
-    return sdist.fetch(recipe.llama_cpp_python, mirrors.load_profile("default"))
+    recipe = catalog.cpu_recipe()
+    return sdist.fetch(recipe.llama_cpp_python, profiles.load_profile("default"))
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,7 @@ def test_sdist_is_fetched_through_the_profile_mirror(mirror: Mirror, tmp_path: P
     cache = tmp_path / "cache"
     code = (
         "from llamawheel import sdist, recipes, mirrors\n"
-        f"print(sdist.fetch(recipes.cpu_recipe().llama_cpp_python, mirrors.load_profile({str(profile)!r})))\n"
+        f"print(sdist.fetch(catalog.cpu_recipe().llama_cpp_python, profiles.load_profile({str(profile)!r})))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                             env=_isolated_pip_env(cache), timeout=600)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from llamawheel.core.errors import ToolchainError
-from llamawheel.recipe import catalog as recipes
+from llamawheel.recipe import catalog
 from llamawheel.toolchain import hostcc
 
 from .conftest import llamawheel
@@ -62,7 +62,7 @@ def test_auto_prefers_a_complete_installed_toolkit(installed_toolkit: Path) -> N
 
 
 def test_cuda_11_8_gets_an_accepted_host_compiler() -> None:
-    _, minor = recipes.find_cuda("11.8")
+    _, minor = catalog.find_cuda("11.8")
     default = hostcc.gcc_major("g++")
     if default is not None and default <= 11:
         assert hostcc.choose(minor) is None
@@ -75,7 +75,7 @@ def test_cuda_11_8_gets_an_accepted_host_compiler() -> None:
 
 
 def test_no_accepted_compiler_says_what_to_install() -> None:
-    _, minor = recipes.find_cuda("11.8")
+    _, minor = catalog.find_cuda("11.8")
     ancient = dataclasses.replace(minor, max_gcc=4)
     with pytest.raises(ToolchainError) as err:
         hostcc.choose(ancient)

@@ -11,7 +11,7 @@ import pytest
 
 from llamawheel import cli, image, pipeline
 from llamawheel.image import engine as image_engine
-from llamawheel.mirror import profiles as mirrors
+from llamawheel.mirror import profiles
 from llamawheel.publish import index
 
 from ..index_wheels import make_wheel
@@ -53,20 +53,20 @@ def test_tags_and_build_arguments_pin_the_exact_wheel(wheels: Path) -> None:
     chosen = image.chosen_wheel(wheels, "cu130")
     assert chosen is not None
     assert image.tags_for(chosen) == ("localhost/llamawheel-api:cu130", "localhost/llamawheel-api:0.3.36-cu130.sm90")
-    tsinghua = mirrors.load_profile("tsinghua")
+    tsinghua = profiles.load_profile("tsinghua")
     args = image.build_args("localhost/llamawheel-base:x", tsinghua, chosen)
     assert args == {"BASE_IMAGE": "localhost/llamawheel-base:x",
                     "REQUIREMENT": "llama-cpp-python[server]==0.3.36+cu130.sm90",
                     "APT_MIRROR": tsinghua.debian}
-    assert "APT_MIRROR" not in image.build_args("b", mirrors.load_profile("default"), chosen)
+    assert "APT_MIRROR" not in image.build_args("b", profiles.load_profile("default"), chosen)
 
 
 def test_the_registry_base_goes_through_the_profiles_registry_mirror(tmp_path: Path) -> None:
     own = tmp_path / "mine.toml"
     own.write_text('registry = "hub.example.internal/proxy"\n')
-    assert image.registry_base(mirrors.load_profile(str(own))) == (
+    assert image.registry_base(profiles.load_profile(str(own))) == (
         "hub.example.internal/proxy/library/debian:bookworm-slim")
-    assert image.registry_base(mirrors.load_profile("default")) == "docker.io/library/debian:bookworm-slim"
+    assert image.registry_base(profiles.load_profile("default")) == "docker.io/library/debian:bookworm-slim"
 
 
 def test_the_base_name_says_what_it_was_made_from() -> None:

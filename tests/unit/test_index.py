@@ -20,7 +20,7 @@ from llamawheel import cli
 from llamawheel.core.errors import IndexCheckError, PublishError, UsageError
 from llamawheel.publish import closure, index, index_carry, index_check
 from llamawheel.publish.index_pages import IndexedFile, parse_links, project_page, root_page
-from llamawheel.recipe import catalog as recipes
+from llamawheel.recipe import catalog
 from llamawheel.recipe.variant import index_name
 from llamawheel.wheel import distmeta
 
@@ -148,9 +148,9 @@ def test_wheels_go_to_their_variant_folders(root: Path, built: Path) -> None:
 
 
 def test_python_versions_come_from_the_recipe_of_the_variant() -> None:
-    cuda13 = recipes.all_recipes()["cuda-13"]
+    cuda13 = catalog.all_recipes()["cuda-13"]
     assert index.python_versions_for("cu130") == cuda13.python_versions
-    assert index.python_versions_for("cpu") == recipes.cpu_recipe().python_versions
+    assert index.python_versions_for("cpu") == catalog.cpu_recipe().python_versions
     with pytest.raises(PublishError, match="no recipe builds the variant 'cu999'"):
         index.python_versions_for("cu999")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from llamawheel.core.errors import MirrorError
-from llamawheel.mirror import profiles as mirrors
+from llamawheel.mirror import profiles
 
 from .helpers import MIRRORS_DIR
 
@@ -24,12 +24,12 @@ NAMED = [p for p in SHIPPED if p.stem != "default"]
 
 def test_shipped_profiles_include_default_and_mirrors() -> None:
     assert {p.stem for p in SHIPPED} >= {"default", "aliyun", "tsinghua", "ustc"}
-    assert set(mirrors.available()) == {p.stem for p in SHIPPED}
+    assert set(profiles.available()) == {p.stem for p in SHIPPED}
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
 def test_every_shipped_profile_loads(path: Path) -> None:
-    profile = mirrors.load_profile(path.stem)
+    profile = profiles.load_profile(path.stem)
     assert profile.name == path.stem
     assert profile.path.resolve() == path.resolve()
     assert profile.description, f"{path.name} has no description for 'llamawheel mirrors list'"
@@ -39,23 +39,23 @@ def test_every_shipped_profile_loads(path: Path) -> None:
 
 
 def test_default_profile_changes_nothing_for_pip() -> None:
-    profile = mirrors.load_profile("default")
+    profile = profiles.load_profile("default")
     assert profile.pip_env() == {}
     assert all(url == "" for url in profile.urls().values())
 
 
 def test_no_name_means_default() -> None:
-    assert mirrors.load_profile(None).name == "default"
+    assert profiles.load_profile(None).name == "default"
 
 
 def test_no_name_follows_llamawheel_mirror(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLAMAWHEEL_MIRROR", "ustc")
-    assert mirrors.load_profile(None).name == "ustc"
+    assert profiles.load_profile(None).name == "ustc"
 
 
 def test_default_profile_uv_follows_pip_index_url(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PIP_INDEX_URL", "file:///srv/simple/")
-    profile = mirrors.load_profile("default")
+    profile = profiles.load_profile("default")
     assert profile.pip_env() == {}
     assert profile.uv_env() == {"UV_DEFAULT_INDEX": "file:///srv/simple/"}
 
@@ -66,18 +66,18 @@ def test_named_profile_points_pip_and_uv_at_its_index(path: Path, monkeypatch: p
     monkeypatch.setenv("PIP_INDEX_URL", "file:///somewhere/else/")
     pypi = tomllib.loads(path.read_text())["pypi"]
     assert pypi.startswith("https://")
-    profile = mirrors.load_profile(path.stem)
+    profile = profiles.load_profile(path.stem)
     assert profile.pip_env() == {"PIP_INDEX_URL": pypi}
     assert profile.uv_env() == {"UV_DEFAULT_INDEX": pypi}
 
 
 def test_tsinghua_index() -> None:
-    assert mirrors.load_profile("tsinghua").pip_env() == {"PIP_INDEX_URL": "https://pypi.tuna.tsinghua.edu.cn/simple/"}
+    assert profiles.load_profile("tsinghua").pip_env() == {"PIP_INDEX_URL": "https://pypi.tuna.tsinghua.edu.cn/simple/"}
 
 
 def test_unknown_profile_suggests_the_close_name() -> None:
     with pytest.raises(MirrorError) as info:
-        mirrors.load_profile("tsinghau")
+        profiles.load_profile("tsinghau")
     assert info.value.exit_code == 4
     assert "unknown mirror profile 'tsinghau'" in info.value.message
     assert 'did you mean "tsinghua"?' in info.value.message
@@ -90,7 +90,7 @@ def test_user_profile_by_path(tmp_path: Path) -> None:
     path = tmp_path / "corp.toml"
     path.write_text('description = "our proxy"\npypi = "https://pypi.corp.example/simple/"\n'
                     'registry = "registry.corp.example/hub"\n')
-    profile = mirrors.load_profile(str(path))
+    profile = profiles.load_profile(str(path))
     assert profile.name == "corp"
     assert profile.pip_env() == {"PIP_INDEX_URL": "https://pypi.corp.example/simple/"}
     assert profile.uv_env() == {"UV_DEFAULT_INDEX": "https://pypi.corp.example/simple/"}
@@ -100,7 +100,7 @@ def test_user_profile_by_path(tmp_path: Path) -> None:
 def test_user_profile_path_that_does_not_exist(tmp_path: Path) -> None:
     missing = tmp_path / "nosuch.toml"
     with pytest.raises(MirrorError, match="does not exist") as info:
-        mirrors.load_profile(str(missing))
+        profiles.load_profile(str(missing))
     assert str(missing) in info.value.message
 
 
@@ -108,13 +108,13 @@ def _profile_error(path: Path, text: str) -> str:
     """The message loading a profile holding ``text`` fails with; it always names the file."""
     path.write_text(text)
     with pytest.raises(MirrorError) as info:
-        mirrors.load_profile(str(path))
+        profiles.load_profile(str(path))
     assert str(path) in info.value.message
     return info.value.message
 
 
 def test_profile_with_non_url_value_names_file_and_key(tmp_path: Path) -> None:
-    message = _profile_error(tmp_path / "bad.toml", 'debian-security = "mirrors.example.com/debian-security"\n')
+    message = _profile_error(tmp_path / "bad.toml", 'debian-security = "profiles.example.com/debian-security"\n')
     assert "key 'debian-security'" in message
     assert "is not an http(s) or file URL" in message
 
@@ -129,4 +129,4 @@ def test_profile_value_of_wrong_type(tmp_path: Path) -> None:
     path = tmp_path / "typed.toml"
     path.write_text("pypi = 8080\n")
     with pytest.raises(MirrorError, match=r"key 'pypi': must be a string, not int"):
-        mirrors.load_profile(str(path))
+        profiles.load_profile(str(path))

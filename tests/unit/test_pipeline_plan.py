@@ -9,15 +9,14 @@ import pytest
 
 from llamawheel.build import options, planning
 from llamawheel.core.errors import UsageError
-from llamawheel.recipe import archs
-from llamawheel.recipe import catalog as recipes
+from llamawheel.recipe import archs, catalog
 from llamawheel.toolchain import CudaRoot
 from llamawheel.verify import static as verify_static
 
 from .helpers import RECIPES_DIR, ROOT
 
-CUDA13 = recipes.load_recipe(RECIPES_DIR / "cuda-13.toml")
-CPU = recipes.load_recipe(RECIPES_DIR / "cpu.toml")
+CUDA13 = catalog.load_recipe(RECIPES_DIR / "cuda-13.toml")
+CPU = catalog.load_recipe(RECIPES_DIR / "cpu.toml")
 
 
 def plan_cuda(minor: str = "13.0", **cli: object) -> planning.Plan:

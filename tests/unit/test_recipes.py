@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from llamawheel.core.errors import RecipeError, UsageError
-from llamawheel.recipe import catalog as recipes
+from llamawheel.recipe import catalog
 
 from .helpers import RECIPES_DIR
 
@@ -25,7 +25,7 @@ def test_the_shipped_recipes_include_cuda_13_and_cpu() -> None:
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
 def test_every_shipped_recipe_loads(path: Path) -> None:
-    recipe = recipes.load_recipe(path)
+    recipe = catalog.load_recipe(path)
     assert recipe.name == path.stem
     assert recipe.path == path
     assert recipe.kind in ("cuda", "cpu")
@@ -54,9 +54,9 @@ def test_every_shipped_recipe_loads(path: Path) -> None:
 
 def test_shipped_recipes_all_resolve_through_find_cuda() -> None:
     for path in SHIPPED:
-        recipe = recipes.load_recipe(path)
+        recipe = catalog.load_recipe(path)
         for version in recipe.minors:
-            found, minor = recipes.find_cuda(version, RECIPES_DIR)
+            found, minor = catalog.find_cuda(version, RECIPES_DIR)
             assert (found.name, minor.version) == (recipe.name, version)
 
 
@@ -71,7 +71,7 @@ def _write_variant(tmp_path: Path, old: str, new: str, *, name: str = "cuda-13.t
 
 def _load_error(path: Path) -> RecipeError:
     with pytest.raises(RecipeError) as info:
-        recipes.load_recipe(path)
+        catalog.load_recipe(path)
     assert info.value.exit_code == 3
     assert str(path) in info.value.message
     return info.value
@@ -115,7 +115,7 @@ def test_package_with_non_hex_sha256_fails_naming_the_key(tmp_path: Path, bad: s
 
 
 def test_sdist_sha256_must_be_hex(tmp_path: Path) -> None:
-    sdist_sha = recipes.load_recipe(CUDA13).llama_cpp_python.sha256
+    sdist_sha = catalog.load_recipe(CUDA13).llama_cpp_python.sha256
     path = _write_variant(tmp_path, f'sha256 = "{sdist_sha}"', 'sha256 = "TODO"')
     err = _load_error(path)
     assert "key 'llama-cpp-python.sha256'" in err.message
@@ -164,7 +164,7 @@ def test_missing_file_names_the_file(tmp_path: Path) -> None:
 
 def test_find_cuda_unknown_minor_lists_known_versions() -> None:
     with pytest.raises(UsageError) as info:
-        recipes.find_cuda("13.9", RECIPES_DIR)
+        catalog.find_cuda("13.9", RECIPES_DIR)
     assert info.value.exit_code == 2
     assert "unknown CUDA version 13.9" in info.value.message
     assert info.value.tip is not None
@@ -172,18 +172,18 @@ def test_find_cuda_unknown_minor_lists_known_versions() -> None:
     known = info.value.tip.removeprefix("known CUDA versions: ").split(", ")
     assert "13" in known and "13.0" in known
     assert "13.9" not in known
-    assert set(recipes.load_recipe(CUDA13).minors) <= set(known)
+    assert set(catalog.load_recipe(CUDA13).minors) <= set(known)
 
 
 def test_find_cuda_unknown_line_lists_known_versions() -> None:
     with pytest.raises(UsageError) as info:
-        recipes.find_cuda("10.2", RECIPES_DIR)
+        catalog.find_cuda("10.2", RECIPES_DIR)
     assert "unknown CUDA version 10.2" in info.value.message
     assert info.value.tip is not None and "13.0" in info.value.tip
 
 
 def test_find_cuda_line_gives_its_default_minor() -> None:
-    recipe, minor = recipes.find_cuda("13", RECIPES_DIR)
+    recipe, minor = catalog.find_cuda("13", RECIPES_DIR)
     assert recipe.name == "cuda-13"
     assert minor.version == "13.0"
     assert minor.tag == "cu130"
@@ -192,19 +192,19 @@ def test_find_cuda_line_gives_its_default_minor() -> None:
 
 def test_find_cuda_in_another_folder(tmp_path: Path) -> None:
     _write_variant(tmp_path, 'default-minor = "13.0"', 'default-minor = "13.2"')
-    _, minor = recipes.find_cuda("13", tmp_path)
+    _, minor = catalog.find_cuda("13", tmp_path)
     assert minor.version == "13.2"
     assert minor.tag == "cu132"
 
 
 def test_minor_tag() -> None:
-    recipe = recipes.load_recipe(CUDA13)
+    recipe = catalog.load_recipe(CUDA13)
     assert recipe.minors["13.0"].tag == "cu130"
     assert recipe.minors["13.5"].tag == "cu135"
 
 
 def test_cpu_recipe_has_no_cuda_versions() -> None:
-    cpu = recipes.cpu_recipe(RECIPES_DIR)
+    cpu = catalog.cpu_recipe(RECIPES_DIR)
     assert cpu.kind == "cpu"
     with pytest.raises(UsageError, match="builds for the CPU"):
         cpu.minor(None)
@@ -213,11 +213,11 @@ def test_cpu_recipe_has_no_cuda_versions() -> None:
 def test_cpu_recipe_missing_is_reported(tmp_path: Path) -> None:
     shutil.copy(CUDA13, tmp_path / CUDA13.name)
     with pytest.raises(RecipeError, match=r"no recipes/cpu\.toml"):
-        recipes.cpu_recipe(tmp_path)
+        catalog.cpu_recipe(tmp_path)
 
 
 def test_requirement_line_pins_version_and_hash() -> None:
-    nvcc = recipes.load_recipe(CUDA13).minors["13.0"].packages[0]
+    nvcc = catalog.load_recipe(CUDA13).minors["13.0"].packages[0]
     assert nvcc.requirement_line() == f"nvidia-cuda-nvcc==13.0.88 --hash=sha256:{NVCC_SHA}"
 
 
@@ -230,7 +230,7 @@ def test_runtime_pins_must_name_a_runtime_requirement(tmp_path: Path) -> None:
 
 
 def test_runtime_pins_default_to_the_toolchains_own_pins() -> None:
-    _, minor = recipes.find_cuda("13.0")
+    _, minor = catalog.find_cuda("13.0")
     assert minor.runtime_pins == ("nvidia-cuda-runtime==13.0.96", "nvidia-cublas==13.0.2.14")
-    _, deb_minor = recipes.find_cuda("12.4")
+    _, deb_minor = catalog.find_cuda("12.4")
     assert deb_minor.runtime_pins == ("nvidia-cuda-runtime-cu12==12.4.*", "nvidia-cublas-cu12==12.4.*")

@@ -16,8 +16,8 @@ from llamawheel.cli import publish as index_cli
 from llamawheel.cli import verify as verify_cli
 from llamawheel.core import log
 from llamawheel.core.errors import LlamawheelError, MirrorError, UsageError, did_you_mean
-from llamawheel.mirror import profiles as mirrors
-from llamawheel.recipe import catalog as recipes
+from llamawheel.mirror import profiles
+from llamawheel.recipe import catalog
 
 
 def _add_build_options(p: argparse.ArgumentParser) -> None:
@@ -93,9 +93,9 @@ def _cmd_build(args: argparse.Namespace) -> int:
         "runtime": args.runtime, "verify": args.verify,
     })
     if args.target == "cpu":
-        plan = planning.plan_cpu(recipes.cpu_recipe(), opts)
+        plan = planning.plan_cpu(catalog.cpu_recipe(), opts)
     else:
-        recipe, minor = recipes.find_cuda(args.target.removeprefix("cuda-"))
+        recipe, minor = catalog.find_cuda(args.target.removeprefix("cuda-"))
         plan = planning.plan_cuda(recipe, minor, opts)
     wheel = pipeline.run(plan)
     print(wheel)
@@ -119,8 +119,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 def _cmd_mirrors(args: argparse.Namespace) -> int:
     if args.mirrors_command == "list":
-        for name in mirrors.available():
-            profile = mirrors.load_profile(name)
+        for name in profiles.available():
+            profile = profiles.load_profile(name)
             print(f"{name}: {profile.description}")
             urls = {k: v for k, v in profile.urls().items() if v}
             for key, url in urls.items():
@@ -128,12 +128,12 @@ def _cmd_mirrors(args: argparse.Namespace) -> int:
             if not urls:
                 print("    (changes nothing: pip, uv and apt keep this machine's configuration)")
         return 0
-    names = [args.name] if args.name else list(mirrors.available())
+    names = [args.name] if args.name else list(profiles.available())
     failures = 0
     for name in names:
-        profile = mirrors.load_profile(name)
+        profile = profiles.load_profile(name)
         print(f"{profile.name}:")
-        probes = mirrors.check(profile, args.timeout)
+        probes = profiles.check(profile, args.timeout)
         if not probes:
             print("    nothing to probe (pip and apt have no URLs configured)")
         for p in probes:
@@ -149,7 +149,7 @@ def _cmd_mirrors(args: argparse.Namespace) -> int:
 
 
 def _cmd_recipes(_: argparse.Namespace) -> int:
-    for recipe in recipes.all_recipes().values():
+    for recipe in catalog.all_recipes().values():
         if recipe.kind == "cpu":
             print(f"{recipe.name}: {recipe.description}")
             continue
@@ -163,8 +163,8 @@ def _cmd_recipes(_: argparse.Namespace) -> int:
 def _cmd_toolchain(args: argparse.Namespace) -> int:
     from llamawheel.toolchain import provider_for
 
-    _, minor = recipes.find_cuda(args.version)
-    root = provider_for(minor, args.toolchain).provision(minor, mirrors.load_profile(args.mirror))
+    _, minor = catalog.find_cuda(args.version)
+    root = provider_for(minor, args.toolchain).provision(minor, profiles.load_profile(args.mirror))
     print(root.path)
     return 0
 
@@ -174,7 +174,7 @@ def _cmd_ci_matrix(args: argparse.Namespace) -> int:
 
     from llamawheel.recipe.matrix import matrix
 
-    entries = matrix(recipes.all_recipes(), args.arch_sets, args.lines, tuple(args.runtimes or ["pypi"]))
+    entries = matrix(catalog.all_recipes(), args.arch_sets, args.lines, tuple(args.runtimes or ["pypi"]))
     print(json.dumps(entries))
     return 0
 

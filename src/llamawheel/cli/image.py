@@ -32,9 +32,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 def _cmd_image(args: argparse.Namespace) -> int:
     from llamawheel import image
     from llamawheel.image import engine as image_engine
-    from llamawheel.mirror import profiles as mirrors
+    from llamawheel.mirror import profiles
 
-    mirror = mirrors.load_profile(args.mirror)
+    mirror = profiles.load_profile(args.mirror)
     index_root = (args.index or paths.wheels_dir()).resolve()
     if args.context_only:
         wheel = image.chosen_wheel(index_root, args.variant, args.wheel_version)

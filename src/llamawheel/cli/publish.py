@@ -49,13 +49,13 @@ def _python_versions(values: list[str] | None) -> list[str]:
 
 
 def _cmd_publish(args: argparse.Namespace) -> int:
-    from llamawheel.mirror import profiles as mirrors
+    from llamawheel.mirror import profiles
     from llamawheel.publish import index
 
     results = index.publish(
         args.wheels,
         index_root=args.index,
-        mirror=mirrors.load_profile(args.mirror),
+        mirror=profiles.load_profile(args.mirror),
         force=args.force,
         with_closure=args.closure,
         python_versions=_python_versions(args.python_version) or None,

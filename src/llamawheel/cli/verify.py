@@ -41,7 +41,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from llamawheel.mirror import profiles as mirrors
+    from llamawheel.mirror import profiles
     from llamawheel.verify import prove as verify
 
     if args.results is not None and not args.results.is_file():
@@ -54,7 +54,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens, tolerance=args.tolerance, size=args.size,
         vocab=args.vocab, work=args.work, results=args.results, cuda=args.cuda, arch=args.arch, runtime=args.runtime,
     )
-    report = verify.verify(args.wheel, mirrors.load_profile(args.mirror), settings)
+    report = verify.verify(args.wheel, profiles.load_profile(args.mirror), settings)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(report.to_json())
@@ -64,7 +64,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_tiny_model(args: argparse.Namespace) -> int:
-    from llamawheel.mirror import profiles as mirrors
+    from llamawheel.mirror import profiles
     from llamawheel.verify import prove as verify
     from llamawheel.verify.portable import tiny_model
 
@@ -73,7 +73,7 @@ def _cmd_tiny_model(args: argparse.Namespace) -> int:
     problems = shape.problems(args.weight_type)
     if problems:
         raise UsageError("; ".join(problems))
-    vocab_path = args.vocab or verify.sdist_vocabulary(mirrors.load_profile(args.mirror))
+    vocab_path = args.vocab or verify.sdist_vocabulary(profiles.load_profile(args.mirror))
     if not vocab_path.is_file():
         raise UsageError(f"{vocab_path}: no such vocabulary file")
     try:

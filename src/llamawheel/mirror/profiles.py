@@ -18,8 +18,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from llamawheel.core import datafile as tomlcheck
-from llamawheel.core import paths
+from llamawheel.core import datafile, paths
 from llamawheel.core.errors import MirrorError, did_you_mean
 
 UPSTREAMS = ("pypi", "debian", "debian-security", "ubuntu", "cuda-apt", "registry")
@@ -59,7 +58,7 @@ class MirrorProfile:
 
 
 def _profile(path: Path, name: str) -> MirrorProfile:
-    doc = tomlcheck.load(path, MirrorError)
+    doc = datafile.load(path, MirrorError)
     doc.allow("description", *UPSTREAMS)
     values = {key.replace("-", "_"): doc.text(key, "") for key in UPSTREAMS}
     for key, url in values.items():

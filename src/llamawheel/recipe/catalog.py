@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from llamawheel.core import datafile as tomlcheck
-from llamawheel.core import paths
+from llamawheel.core import datafile, paths
 from llamawheel.core.errors import RecipeError, UsageError, did_you_mean
 from llamawheel.recipe import archs, variant
 
@@ -144,7 +143,7 @@ class Recipe:
         return self.minors[key]
 
 
-def _pinned(table: tomlcheck.Table) -> PinnedPackage:
+def _pinned(table: datafile.Table) -> PinnedPackage:
     table.allow("name", "version", "sha256")
     hashes = table.data.get("sha256")
     if isinstance(hashes, str):
@@ -161,7 +160,7 @@ _LAYOUTS = ("debian", "nvidia")
 _UPSTREAMS = ("debian", "ubuntu", "cuda-apt")
 
 
-def _apt(table: tomlcheck.Table) -> AptSource:
+def _apt(table: datafile.Table) -> AptSource:
     table.allow("upstream", "suite", "components", "path", "keyring", "key-fingerprint", "layout")
     upstream = table.text("upstream")
     if upstream not in _UPSTREAMS:
@@ -185,7 +184,7 @@ def _apt(table: tomlcheck.Table) -> AptSource:
     )
 
 
-def _deb(table: tomlcheck.Table) -> DebPackage:
+def _deb(table: datafile.Table) -> DebPackage:
     table.allow("name", "version")
     return DebPackage(table.text("name"), table.text("version"))
 
@@ -195,7 +194,7 @@ def _requirement_name(line: str) -> str:
     return re.split(r"[<>=!~;\s\[]", line, maxsplit=1)[0]
 
 
-def _minor(version: str, table: tomlcheck.Table, line: tomlcheck.Table) -> CudaMinor:
+def _minor(version: str, table: datafile.Table, line: datafile.Table) -> CudaMinor:
     table.allow("provider", "packages", "root", "runtime-requires", "runtime-pins", "apt", "deb-packages", "max-gcc",
                 "supported-archs")
     if not re.fullmatch(r"\d+\.\d+", version):
@@ -236,7 +235,7 @@ def _minor(version: str, table: tomlcheck.Table, line: tomlcheck.Table) -> CudaM
     )
 
 
-def _python_versions(doc: tomlcheck.Table) -> tuple[str, ...]:
+def _python_versions(doc: datafile.Table) -> tuple[str, ...]:
     versions = doc.str_list("python-versions", ["3.10", "3.11", "3.12", "3.13"])
     for v in versions:
         if not re.fullmatch(r"3\.\d+", v):
@@ -246,7 +245,7 @@ def _python_versions(doc: tomlcheck.Table) -> tuple[str, ...]:
 
 def load_recipe(path: Path) -> Recipe:
     """Load and validate one recipe file."""
-    doc = tomlcheck.load(path, RecipeError)
+    doc = datafile.load(path, RecipeError)
     doc.allow("kind", "description", "default-minor", "python-versions", "llama-cpp-python", "build", "cuda", "minors")
     kind = doc.text("kind")
     if kind not in ("cuda", "cpu"):

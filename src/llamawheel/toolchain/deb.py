@@ -23,11 +23,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-from llamawheel.core import fileio as atomic
-from llamawheel.core import log, paths
+from llamawheel.core import fileio, log, paths
 from llamawheel.core.errors import DownloadError, ToolchainError
 from llamawheel.core.proc import CommandFailed, run_streamed
-from llamawheel.mirror import profiles as mirrors
+from llamawheel.mirror import profiles
 from llamawheel.mirror.profiles import MirrorProfile
 from llamawheel.recipe.catalog import AptSource, CudaMinor, DebPackage
 from llamawheel.toolchain.assemble import check_complete, lay_out
@@ -40,10 +39,10 @@ def repo_url(apt: AptSource, mirror: MirrorProfile) -> str:
     """The repository URL: the profile's entry for the upstream, else this machine's apt."""
     base = mirror.urls().get(apt.upstream, "")
     if not base and apt.upstream == "debian":
-        uris = [u for u in mirrors.system_apt_uris() if "security" not in u and "ubuntu" not in u]
+        uris = [u for u in profiles.system_apt_uris() if "security" not in u and "ubuntu" not in u]
         base = uris[0] if uris else ""
     if not base and apt.upstream == "ubuntu":
-        uris = [u for u in mirrors.system_apt_uris() if "ubuntu" in u and "security" not in u]
+        uris = [u for u in profiles.system_apt_uris() if "ubuntu" in u and "security" not in u]
         base = uris[0] if uris else ""
     if not base:
         raise ToolchainError(
@@ -296,7 +295,7 @@ class DebProvider:
         apt = minor.apt
         url = repo_url(apt, mirror)
         root_dir = self.root_dir(minor)
-        with atomic.locked(root_dir):
+        with fileio.locked(root_dir):
             found = self.cached(minor, url)
             if found:
                 log.info(f"CUDA {minor.version} toolchain: reusing {found.path} ({found.origin})")
@@ -306,7 +305,7 @@ class DebProvider:
                 f"provisioning CUDA {minor.version} from {apt.upstream} {where}packages ({mirror.name} mirror: {url})"
             )
             start = time.monotonic()
-            with atomic.new_dir(root_dir) as tmp:
+            with fileio.new_dir(root_dir) as tmp:
                 session = AptSession(tmp / ".apt", url, apt)
                 session.update()
                 resolved = session.resolve(minor.deb_packages)

@@ -14,8 +14,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from llamawheel.core import fileio as atomic
-from llamawheel.core import log, paths
+from llamawheel.core import fileio, log, paths
 from llamawheel.core.errors import ToolchainError
 from llamawheel.mirror import pipfetch
 from llamawheel.mirror.profiles import MirrorProfile
@@ -69,14 +68,14 @@ class PypiProvider:
         if not minor.root:
             raise ToolchainError(f"recipe entry for CUDA {minor.version} has no 'root' for the pypi provider")
         root_dir = self.root_dir(minor)
-        with atomic.locked(root_dir):
+        with fileio.locked(root_dir):
             found = self.cached(minor)
             if found:
                 log.info(f"CUDA {minor.version} toolchain: reusing {found.path} ({found.origin})")
                 return found
             log.info(f"provisioning CUDA {minor.version} from NVIDIA's PyPI wheels ({mirror.name} mirror)")
             start = time.monotonic()
-            with atomic.new_dir(root_dir) as tmp:
+            with fileio.new_dir(root_dir) as tmp:
                 downloads = tmp / ".downloads"
                 wheels = pipfetch.download(
                     [p.requirement_line() for p in minor.packages], downloads, mirror, binary=True

@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from llamawheel.build import sdist
-from llamawheel.core import fileio as atomic
-from llamawheel.core import log, paths
+from llamawheel.core import fileio, log, paths
 from llamawheel.core.errors import (
     DownloadError,
     GpuChecksSkipped,
@@ -30,7 +29,7 @@ from llamawheel.core.errors import (
 )
 from llamawheel.core.proc import CommandFailed, run_streamed
 from llamawheel.mirror.profiles import MirrorProfile
-from llamawheel.recipe import catalog as recipes
+from llamawheel.recipe import catalog
 from llamawheel.verify.diagnose import DeviceFacts, Diagnosis, WheelFacts, before_run, from_run_text
 from llamawheel.verify.portable import tiny_model, verify_runner
 from llamawheel.verify.portable.verify_runner import FAIL, PASS, SKIP, Check, render_checks, verdict
@@ -126,7 +125,7 @@ class VerifyReport:
 
 def sdist_vocabulary(mirror: MirrorProfile) -> Path:
     """The llama-spm vocabulary GGUF from the recipe's llama-cpp-python sdist (cached beside the sdists)."""
-    source = recipes.cpu_recipe().llama_cpp_python
+    source = catalog.cpu_recipe().llama_cpp_python
     final = paths.models_dir() / f"ggml-vocab-llama-spm-{source.version}.gguf"
     if final.is_file():
         return final
@@ -138,7 +137,7 @@ def sdist_vocabulary(mirror: MirrorProfile) -> Path:
                                 "pass a vocabulary GGUF with --vocab PATH")
         extracted = tar.extractfile(member)
         assert extracted is not None
-        atomic.write_file(final, extracted.read())
+        fileio.write_file(final, extracted.read())
     return final
 
 
