@@ -1,37 +1,32 @@
 """Nox sessions for llamawheel. Each is a few lines that call the package.
 
+    nox                                     # unit tests (each supported Python installed here) and lint
+    nox -s integration                      # real downloads, compilers, servers, images (30 min cold)
     nox -s build-cuda-13 -- --arch 86       # the line's default minor (13.0)
     nox -s build-cuda-13.2 -- --mirror tsinghua
     nox -s build-cpu
-    nox -s tests
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
 import nox
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+ROOT = Path(__file__).parent
+sys.path.insert(0, str(ROOT / "src"))  # the build sessions come from the recipes, read (and checked) by the package
+
+from llamawheel.recipe import catalog, matrix  # noqa: E402
 
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = ["tests", "lint"]
 
-ROOT = Path(__file__).parent
-
-
-def _cuda_lines() -> dict[str, tuple[str, list[str]]]:
-    """{"13": ("13.0", ["13.0", "13.1", ...])}: each line's default minor and all its minors."""
-    lines = {}
-    for path in sorted(ROOT.glob("recipes/cuda-*.toml")):
-        data = tomllib.loads(path.read_text())
-        lines[path.stem.removeprefix("cuda-")] = (data.get("default-minor", ""), list(data.get("minors", {})))
-    return lines
+SUPPORTED_PYTHONS = ("3.10", "3.11", "3.12", "3.13")
+INSTALLED_PYTHONS = [v for v in SUPPORTED_PYTHONS if shutil.which(f"python{v}")] or [None]
+"""The unit tests run on each supported Python this machine has (only those: CI machines have one or two)."""
 
 
 def _build(session: nox.Session, target: str) -> None:
@@ -39,14 +34,12 @@ def _build(session: nox.Session, target: str) -> None:
     session.run("llamawheel", "build", target, *session.posargs)
 
 
-for _line, (_default, _minors) in _cuda_lines().items():
-    for _target in (_line, *_minors):
-        def _session(session: nox.Session, target: str = _target) -> None:
-            _build(session, target)
+for _name, _target, _doc in matrix.build_sessions(catalog.all_recipes(ROOT / "recipes")):
+    def _session(session: nox.Session, target: str = _target) -> None:
+        _build(session, target)
 
-        _what = f"CUDA {_default} (the {_line}.x default)" if _target == _line else f"CUDA {_target}"
-        _session.__doc__ = f"Build a {_what} wheel; after --: --arch 86, --mirror NAME, --jobs N, --out DIR."
-        nox.session(name=f"build-cuda-{_target}", default=False, tags=["build"])(_session)
+    _session.__doc__ = _doc
+    nox.session(name=_name, default=False, tags=["build"])(_session)
 
 
 @nox.session(name="build-cpu", default=False, tags=["build"])
@@ -110,16 +103,24 @@ def ci_matrix(session: nox.Session) -> None:
     session.run("llamawheel", "ci-matrix", *session.posargs)
 
 
-@nox.session
+@nox.session(python=INSTALLED_PYTHONS)
 def tests(session: nox.Session) -> None:
-    """Unit and integration tests (real pip, real nvcc); add -- --run-slow for the full llama-cpp-python build."""
+    """Unit tests: no network, no compiler, under a minute."""
     session.install(".[test]")
-    session.run("pytest", *session.posargs)
+    session.run("pytest", "tests/unit", *session.posargs)
+
+
+@nox.session(default=False)
+def integration(session: nox.Session) -> None:
+    """Integration tests (real pip, apt, nvcc, servers, images); -- --run-slow adds a full CUDA llama build."""
+    session.install(".[test]")
+    session.run("pytest", "tests/integration", *session.posargs)
 
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff and mypy --strict."""
+    """ruff, mypy --strict, and the import layers (stages import only earlier stages)."""
     session.install(".[lint]")
-    session.run("ruff", "check", "src", "tests", "noxfile.py")
+    session.run("ruff", "check", "src", "tests", "scripts", "noxfile.py")
     session.run("mypy")
+    session.run("lint-imports")

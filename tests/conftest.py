@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+
+INTEGRATION = Path(__file__).parent / "integration"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -11,10 +15,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Everything under tests/integration is marked `integration` (real pip, apt, compilers, servers), so that
+    # `-m integration` and `-m "not integration"` select what they say.
+    for item in items:
+        if INTEGRATION in item.path.parents:
+            item.add_marker(pytest.mark.integration)
     if config.getoption("--run-slow"):
         return
     skip = pytest.mark.skip(
-        reason="slow: a full llama-cpp-python build; run with --run-slow (nox -s tests -- --run-slow)"
+        reason="slow: a full llama-cpp-python build; run with --run-slow (nox -s integration -- --run-slow)"
     )
     for item in items:
         if "slow" in item.keywords:

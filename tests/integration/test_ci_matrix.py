@@ -31,11 +31,13 @@ def test_matrix_lists_every_minor_and_the_cpu_wheel() -> None:
 
 def test_arch_sets_become_variants() -> None:
     result = llamawheel("ci-matrix", "--line", "12", "--arch-set", "86", "--arch-set", "89,90")
+    assert result.returncode == 0, result.stderr
     entries = json.loads(result.stdout)
     assert {e["variant"] for e in entries if e["cuda"] == "12.4"} == {"cu124.sm86", "cu124.sm89.sm90"}
-    nox_sessions = subprocess.run(["nox", "-l"], capture_output=True, text=True, cwd=ROOT).stdout
+    nox = subprocess.run(["nox", "-l"], capture_output=True, text=True, cwd=ROOT)
+    assert nox.returncode == 0, f"nox -l failed ({nox.returncode}):\n{nox.stderr}"
     for e in entries:
-        assert e["session"] in nox_sessions
+        assert e["session"] in nox.stdout
 
 
 @pytest.fixture(scope="module")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
+import os
 import shutil
 import subprocess
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,8 +18,8 @@ import pytest
 from llamawheel.core.errors import DownloadError
 from llamawheel.mirror.profiles import MirrorProfile
 from llamawheel.recipe import catalog
-from llamawheel.recipe.catalog import AptSource
-from llamawheel.toolchain.deb import AptSession
+from llamawheel.recipe.model import AptSource
+from llamawheel.toolchain.deb import AptSession, fetch_pinned_key
 
 from .conftest import FIXTURE, llamawheel
 from .test_mirrors_loopback import Mirror, _profile
@@ -64,6 +67,35 @@ def _gpg(home: Path, *args: str, stdin: str | None = None) -> str:
                           capture_output=True, text=True, check=True).stdout
 
 
+@contextlib.contextmanager
+def _gpg_home(home: Path) -> Iterator[Path]:
+    """A GnuPG home of its own; the gpg-agent that gpg starts for it (a daemon: it outlives gpg and the test)
+    is stopped on the way out."""
+    home.mkdir(mode=0o700)
+    try:
+        yield home
+    finally:
+        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], capture_output=True, check=False)
+
+
+def _gpg_agents_naming(folder: Path, wait: float = 5.0) -> list[str]:
+    """The command lines of running gpg-agent processes that name ``folder`` (their --homedir under it), read
+    from /proc; waits up to ``wait`` seconds for them to go (an agent told to stop exits a moment later)."""
+    deadline = time.monotonic() + wait
+    while True:
+        found = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                args = [os.fsdecode(a) for a in cmdline.read_bytes().split(b"\0") if a]
+            except OSError:  # it ended meanwhile
+                continue
+            if args and Path(args[0]).name == "gpg-agent" and any(str(folder) in a for a in args[1:]):
+                found.append(" ".join(args))
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
 def _fake_deb(folder: Path, name: str, version: str) -> Path:
     root = folder / f"{name}_{version}"
     (root / "DEBIAN").mkdir(parents=True)
@@ -91,8 +123,12 @@ class SignedRepo:
         self.mirror = Mirror(base / "www")
         repo = self.mirror.root / "debian12" / "x86_64"
         repo.mkdir(parents=True)
-        home = base / "gnupg"
-        home.mkdir(mode=0o700)
+        self.gnupg = base / "gnupg"
+        with _gpg_home(self.gnupg) as home:
+            self._sign(repo, home, packages)
+        self.mirror.thread.start()
+
+    def _sign(self, repo: Path, home: Path, packages: dict[str, list[str]]) -> None:
         _gpg(home, "--passphrase", "", "--quick-gen-key", "llamawheel test repo <repo@llamawheel.invalid>",
              "rsa2048", "sign", "never")
         listing = _gpg(home, "--with-colons", "--fingerprint")
@@ -117,7 +153,6 @@ class SignedRepo:
         (repo / "Release").write_text("\n".join(lines) + "\n")
         _gpg(home, "--local-user", self.fingerprint, "--clearsign", "-o", str(repo / "InRelease"),
              str(repo / "Release"))
-        self.mirror.thread.start()
 
     def source(self, fingerprint: str | None = None) -> AptSource:
         return AptSource(upstream="cuda-apt", suite="/", components=(), path="debian12/x86_64/",
@@ -168,13 +203,32 @@ def test_repository_key_with_another_fingerprint_is_refused(signed_repo: SignedR
 def test_unsigned_index_is_refused(signed_repo: SignedRepo, tmp_path: Path) -> None:
     """apt's signature check stays on: a Release signed by another key fails update."""
     other = tmp_path / "other.gpg"
-    home = tmp_path / "gnupg"
-    home.mkdir(mode=0o700)
-    _gpg(home, "--passphrase", "", "--quick-gen-key", "someone else <x@llamawheel.invalid>", "rsa2048", "sign", "never")
-    other.write_bytes(subprocess.run(["gpg", "--homedir", str(home), "--export"], capture_output=True).stdout)
+    with _gpg_home(tmp_path / "gnupg") as home:
+        _gpg(home, "--passphrase", "", "--quick-gen-key", "someone else <x@llamawheel.invalid>", "rsa2048", "sign",
+             "never")
+        other.write_bytes(subprocess.run(["gpg", "--homedir", str(home), "--export"], capture_output=True).stdout)
+    assert not _gpg_agents_naming(home)
     source = AptSource(upstream="cuda-apt", suite="/", components=(), path="debian12/x86_64/",
                        keyring=str(other), key_fingerprint="", layout="nvidia")
     session = AptSession(tmp_path / "apt", f"{signed_repo.mirror.url}/debian12/x86_64/", source)
     with pytest.raises(DownloadError, match="not signed by the recipe's key"):
         session.update()
     assert not list((tmp_path / "apt" / "lists").glob("*Packages*"))  # nothing from it was accepted
+
+
+@pytest.mark.parametrize("pinned", ["right", "wrong"])
+def test_fetching_the_key_leaves_no_gpg_agent(pinned: str, signed_repo: SignedRepo, tmp_path: Path) -> None:
+    """gpg starts a gpg-agent for the temporary GnuPG home; it must be stopped, whether the key is accepted or not."""
+    url = f"{signed_repo.mirror.url}/debian12/x86_64/testkey.pub"
+    if pinned == "right":
+        keyring = fetch_pinned_key(url, signed_repo.fingerprint, tmp_path)
+        assert keyring == tmp_path / "repository-key.gpg" and keyring.stat().st_size > 0
+    else:
+        with pytest.raises(DownloadError, match="the recipe pins 0000"):
+            fetch_pinned_key(url, "0" * 40, tmp_path)
+    assert not _gpg_agents_naming(tmp_path)
+    assert not list(tmp_path.glob("gnupg-*"))  # the temporary home is gone too
+
+
+def test_signing_the_repository_left_no_gpg_agent(signed_repo: SignedRepo) -> None:
+    assert not _gpg_agents_naming(signed_repo.gnupg)

@@ -142,3 +142,22 @@ def test_argparse_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
         cli.main(["build"])
     assert info.value.code == 2
     assert "target" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("target", [["cpu"], ["13", "--arch", "90"]], ids=["cpu", "cuda"])
+def test_out_naming_a_file_is_refused_before_anything_starts(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                              target: list[str]) -> None:
+    """Tried as a new user would: ``--out /etc/passwd`` used to compile for minutes and fail at the end."""
+    a_file = tmp_path / "passwd"
+    a_file.write_text("root:x:0:0\n")
+    code, _, err = run(capsys, "build", *target, "--out", str(a_file))
+    assert code == 2
+    assert f"--out {a_file}: that is a file, not a folder" in err
+    assert a_file.read_text() == "root:x:0:0\n"
+
+
+def test_out_where_nothing_can_be_written_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "build", "cpu", "--out", "/proc/llamawheel-wheels")
+    assert code == 2
+    assert "--out /proc/llamawheel-wheels: cannot write there" in err
+    assert "TIP pass a folder you can write to" in err

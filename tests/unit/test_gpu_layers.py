@@ -8,6 +8,7 @@ last one down, each with its KV cache.
 from __future__ import annotations
 
 import ast
+import ctypes
 import os
 import struct
 import sys
@@ -254,10 +255,41 @@ def test_command_line_names_a_bad_model(tmp_path: Path, capsys: pytest.CaptureFi
     assert f"error: {path}: not a GGUF file" in capsys.readouterr().err
 
 
-def test_free_gpu_memory_is_none_here_without_an_nvidia_driver() -> None:
-    """This machine has no NVIDIA driver, so no libnvidia-ml.so.1; where one is, the numbers must make sense."""
+def _nvml_gpus() -> int | None:
+    """How many GPUs NVML sees, looked up the way free_gpu_memory does (ctypes, libnvidia-ml.so.1);
+    None when the library is not there (no NVIDIA driver)."""
+    try:
+        lib = ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        return None
+    if lib.nvmlInit_v2() != 0:
+        return 0
+    try:
+        count = ctypes.c_uint()
+        return count.value if lib.nvmlDeviceGetCount_v2(ctypes.byref(count)) == 0 else 0
+    finally:
+        lib.nvmlShutdown()
+
+
+NVML_GPUS = _nvml_gpus()
+
+
+@pytest.mark.skipif(bool(NVML_GPUS), reason=f"NVML sees {NVML_GPUS} NVIDIA GPU(s) here: not the no-GPU case")
+def test_free_gpu_memory_is_none_without_an_nvidia_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No libnvidia-ml.so.1 (no driver), or NVML sees no device: no GPU, every layer on the CPU."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)  # so that NVML is really asked
+    assert gpu_layers.free_gpu_memory() is None
+    assert gpu_layers.auto_layers(Path("/nonexistent.gguf"), 512) == (0, gpu_layers.NO_GPU)
+
+
+@pytest.mark.skipif(not NVML_GPUS, reason="no NVIDIA GPU here (libnvidia-ml.so.1 missing, or it sees no device)")
+def test_free_gpu_memory_of_a_real_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     found = gpu_layers.free_gpu_memory()
-    assert found is None or 0 <= found.free_bytes <= found.total_bytes
+    assert found is not None, "NVML sees a GPU but free_gpu_memory() returned None"
+    assert found.name.strip()
+    assert 0 < found.free_bytes <= found.total_bytes
+    assert found.total_bytes >= 256 * MIB
 
 
 def test_cuda_visible_devices_picks_the_nvml_index(monkeypatch: pytest.MonkeyPatch) -> None:

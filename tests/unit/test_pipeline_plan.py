@@ -27,11 +27,31 @@ def cuda_root(tmp_path: Path) -> CudaRoot:
     return CudaRoot(tmp_path / "cuda-13.0", "13.0", "pypi", "test", "", 0, 0)
 
 
-def test_detection_is_stubbed(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[str] = []
-    monkeypatch.setattr(archs, "detect_native", lambda: calls.append("called") or [])
-    plan_cuda()
-    assert calls == ["called"]
+def test_without_arch_or_gpu_the_plan_is_the_recipes_default_list(capsys: pytest.CaptureFixture[str]) -> None:
+    """The unit tests' conftest makes detection answer "no GPU"."""
+    plan = plan_cuda()
+    assert plan.targets == CUDA13.default_targets()
+    assert [t.sm for t in plan.targets] == ["75", "80", "86", "89", "90", "100", "120"]
+    err = capsys.readouterr().err
+    assert "--arch not given and no GPU visible: building the recipe's default list, 7 architectures (" in err
+    assert "pass --arch 86 (say) to build for one GPU" in err
+
+
+def test_without_arch_the_plan_is_every_gpu_on_this_machine(monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(archs, "detect_native", lambda: ["86", "90"])
+    plan = plan_cuda()
+    assert plan.targets == (archs.ArchTarget("86"), archs.ArchTarget("90"))
+    assert plan.local_version == "cu130.sm86.sm90"
+    assert "--arch not given: building for the GPU(s) on this machine: 86, 90" in capsys.readouterr().err
+
+
+def test_arch_wins_over_the_gpu_on_this_machine(monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(archs, "detect_native", lambda: ["89"])
+    assert plan_cuda(arch="86").targets == (archs.ArchTarget("86"),)
+    assert plan_cuda(arch="default").targets == CUDA13.default_targets()
+    assert "--arch not given" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -3,18 +3,21 @@ and the closest valid spelling."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
 
 import pytest
 
+from llamawheel.core.compat import tomllib
 from llamawheel.core.errors import RecipeError, UsageError
 from llamawheel.recipe import catalog
 
 from .helpers import RECIPES_DIR
 
-SHIPPED = sorted(RECIPES_DIR.glob("*.toml"))
+SHIPPED = catalog.recipe_files(RECIPES_DIR)
+DEFAULTS = RECIPES_DIR / "defaults.toml"
 CUDA13 = RECIPES_DIR / "cuda-13.toml"
 NVCC_SHA = "56fe502eb77625a12f25172caa3cdddb4e4c8ba2c8c17dba44b164761b380f03"
 
@@ -66,6 +69,7 @@ def _write_variant(tmp_path: Path, old: str, new: str, *, name: str = "cuda-13.t
     assert text.count(old) >= count, f"the shipped recipe no longer contains {old!r}: update this test"
     out = tmp_path / name
     out.write_text(text.replace(old, new, count))
+    shutil.copy(DEFAULTS, tmp_path / DEFAULTS.name)
     return out
 
 
@@ -116,10 +120,66 @@ def test_package_with_non_hex_sha256_fails_naming_the_key(tmp_path: Path, bad: s
 
 def test_sdist_sha256_must_be_hex(tmp_path: Path) -> None:
     sdist_sha = catalog.load_recipe(CUDA13).llama_cpp_python.sha256
-    path = _write_variant(tmp_path, f'sha256 = "{sdist_sha}"', 'sha256 = "TODO"')
+    recipe = _write_variant(tmp_path, "", "")
+    defaults = tmp_path / DEFAULTS.name
+    defaults.write_text(DEFAULTS.read_text().replace(f'sha256 = "{sdist_sha}"', 'sha256 = "TODO"'))
+    with pytest.raises(RecipeError) as info:
+        catalog.load_recipe(recipe)
+    assert str(defaults) in info.value.message  # the file the mistake is in, not the recipe that uses it
+    assert "key 'llama-cpp-python.sha256'" in info.value.message
+    assert "'TODO' is not a lowercase hex sha256" in info.value.message
+
+
+def test_defaults_are_shared_and_a_recipe_can_replace_them(tmp_path: Path) -> None:
+    shipped = catalog.load_recipe(CUDA13)
+    assert shipped.llama_cpp_python == catalog.cpu_recipe(RECIPES_DIR).llama_cpp_python
+    assert "llama-cpp-python" not in CUDA13.read_text()  # one pin, in defaults.toml
+    assert shipped.cmake_args[-2:] == ("-DGGML_CUDA=ON", "-DGGML_CUDA_NO_VMM=ON")  # the recipe's own come last
+    assert "-DGGML_NATIVE=OFF" in shipped.cmake_args  # from defaults.toml
+    path = _write_variant(tmp_path, 'kind = "cuda"', 'kind = "cuda"\npython-versions = ["3.12"]')
+    assert catalog.load_recipe(path).python_versions == ("3.12",)
+
+
+def test_without_defaults_a_recipe_must_pin_the_sdist_itself(tmp_path: Path) -> None:
+    path = tmp_path / CUDA13.name
+    shutil.copy(CUDA13, path)
     err = _load_error(path)
-    assert "key 'llama-cpp-python.sha256'" in err.message
-    assert "'TODO' is not a lowercase hex sha256" in err.message
+    assert "key 'llama-cpp-python'" in err.message and "is missing" in err.message
+
+
+def test_unknown_key_in_defaults_names_defaults_toml(tmp_path: Path) -> None:
+    recipe = _write_variant(tmp_path, "", "")
+    defaults = tmp_path / DEFAULTS.name
+    defaults.write_text(DEFAULTS.read_text().replace("python-versions", "python-version"))
+    with pytest.raises(RecipeError) as info:
+        catalog.load_recipe(recipe)
+    assert str(defaults) in info.value.message
+    assert 'did you mean "python-versions"?' in info.value.message
+
+
+def test_the_published_schema_is_the_one_the_dataclasses_give() -> None:
+    published = json.loads((RECIPES_DIR / catalog.SCHEMA_FILE).read_text())
+    assert published == catalog.schema(), "recipes/recipe.schema.json is stale: llamawheel recipes --schema > it"
+
+
+def test_the_schema_knows_every_key_a_shipped_recipe_uses() -> None:
+    schema = catalog.schema()
+
+    def keys_ok(data: object, node: dict[str, object], where: str) -> None:
+        if not isinstance(data, dict):
+            return
+        props = node.get("properties")
+        extra = node.get("additionalProperties")
+        for key, value in data.items():
+            sub = props.get(key) if isinstance(props, dict) else (extra if isinstance(extra, dict) else None)
+            assert isinstance(sub, dict), f"{where}{key} is not in the schema"
+            items = sub.get("items")
+            for item in value if isinstance(value, list) and isinstance(items, dict) else []:
+                keys_ok(item, items, f"{where}{key}[].")
+            keys_ok(value, sub, f"{where}{key}.")
+
+    for path in [*SHIPPED, DEFAULTS]:
+        keys_ok(tomllib.loads(path.read_text()), schema, f"{path.name}: ")
 
 
 def test_default_minor_must_be_listed(tmp_path: Path) -> None:
@@ -212,6 +272,7 @@ def test_cpu_recipe_has_no_cuda_versions() -> None:
 
 def test_cpu_recipe_missing_is_reported(tmp_path: Path) -> None:
     shutil.copy(CUDA13, tmp_path / CUDA13.name)
+    shutil.copy(DEFAULTS, tmp_path / DEFAULTS.name)
     with pytest.raises(RecipeError, match=r"no recipes/cpu\.toml"):
         catalog.cpu_recipe(tmp_path)
 

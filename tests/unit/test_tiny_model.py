@@ -159,14 +159,35 @@ def test_command_line_refuses_a_bad_shape(vocab_file: Path, tmp_path: Path, caps
     assert not (tmp_path / "x.gguf").exists()
 
 
-def test_runs_as_a_standalone_script(vocab_file: Path, tmp_path: Path) -> None:
-    """The file alone, run by path, with the package not importable: what a GPU machine without llamawheel does."""
+def _python_without_llamawheel(folder: Path) -> Path:
+    """A fresh virtual environment that sees numpy and gguf (a .pth naming the folders they are installed in,
+    where gguf's own dependencies are too) and not llamawheel: the editable install is a finder that a .pth in
+    the dev environment's site-packages starts, and the .pth files of a folder merely put on sys.path never run."""
     import subprocess
     import sys
 
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True, capture_output=True)
+    python = folder / "bin" / "python"
+    site = subprocess.run([str(python), "-I", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    needed = sorted({str(Path(module.__file__).parent.parent) for module in (gguf, np)})
+    (Path(site) / "numpy-and-gguf.pth").write_text("".join(f"{d}\n" for d in needed))
+    return python
+
+
+def test_runs_as_a_standalone_script(vocab_file: Path, tmp_path: Path) -> None:
+    """The file alone, copied and run by path by a Python that cannot import llamawheel: what a GPU machine
+    without llamawheel does."""
+    import shutil
+    import subprocess
+
+    python = _python_without_llamawheel(tmp_path / "venv")
+    probe = subprocess.run([str(python), "-I", "-c", "import gguf, numpy; import llamawheel"],
+                           capture_output=True, text=True, cwd=tmp_path)
+    assert probe.returncode == 1 and "No module named 'llamawheel'" in probe.stderr, probe.stderr
+    script = Path(shutil.copy(tiny_model.__file__, tmp_path / "tiny_model.py"))
     out = tmp_path / "script.gguf"
-    script = Path(tiny_model.__file__)
-    res = subprocess.run([sys.executable, "-I", str(script), str(out), "--vocab", str(vocab_file)],
+    res = subprocess.run([str(python), "-I", str(script), str(out), "--vocab", str(vocab_file)],
                          capture_output=True, text=True, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert _sha(out) == _sha(write_model(tmp_path / "api.gguf", Vocabulary.read(vocab_file)))

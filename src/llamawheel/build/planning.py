@@ -6,23 +6,19 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
 from llamawheel.build.compile import default_jobs
 from llamawheel.build.options import BuildOptions
 from llamawheel.core import log, paths
+from llamawheel.core.compat import tomllib
 from llamawheel.core.errors import UsageError
 from llamawheel.mirror.profiles import MirrorProfile, load_profile
 from llamawheel.recipe import archs
-from llamawheel.recipe.catalog import CudaMinor, Recipe, Sdist
+from llamawheel.recipe.model import CudaMinor, Recipe, Sdist
 from llamawheel.recipe.variant import Variant
 from llamawheel.toolchain import CudaRoot, hostcc
 
@@ -95,7 +91,8 @@ def _source(recipe: Recipe, opts: BuildOptions) -> Sdist:
         if not pyproject.is_file():
             raise UsageError(f"--source {opts.source}: no pyproject.toml there")
         project = tomllib.loads(pyproject.read_text()).get("project", {})
-        return Sdist(str(project.get("name", opts.source.name)), str(project.get("version", "local")), "")
+        return Sdist(name=str(project.get("name", opts.source.name)), version=str(project.get("version", "local")),
+                     sha256="")
     pinned = recipe.llama_cpp_python
     version = opts.llama_cpp_python or pinned.version
     if version == pinned.version:
@@ -109,10 +106,28 @@ def _source(recipe: Recipe, opts: BuildOptions) -> Sdist:
     sha = opts.sdist_sha256.strip().lower()
     if not re.fullmatch(r"[0-9a-f]{64}", sha):
         raise UsageError(f"--sdist-sha256 {opts.sdist_sha256!r} is not a sha256 (64 hex digits)")
-    return Sdist(pinned.name, version, sha)
+    return Sdist(name=pinned.name, version=version, sha256=sha)
+
+
+def check_output_dir(folder: Path, option: str = "--out") -> Path:
+    """The output folder, made if missing and proven writable now, before any download or compile (a build
+    that fails only when it writes its wheel has wasted half an hour)."""
+    folder = folder.expanduser().resolve()
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{option} {folder}: that is a file, not a folder", f"pass a folder for the wheels, e.g. "
+                                                                          f"{option} {folder.parent / 'wheels'}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{option} {folder}: cannot write there ({exc.strerror or exc})",
+                         f"pass a folder you can write to with {option} DIR") from None
+    return folder
 
 
 def plan_cuda(recipe: Recipe, minor: CudaMinor, opts: BuildOptions) -> Plan:
+    check_output_dir(opts.out or paths.wheels_dir())
     mirror = load_profile(opts.mirror)
     gpus = archs.detect_native()
     targets = archs.select(opts.arch, recipe.default_archs, recipe.supported_for(minor), minor.version, gpus)
@@ -134,6 +149,7 @@ def plan_cuda(recipe: Recipe, minor: CudaMinor, opts: BuildOptions) -> Plan:
 def plan_cpu(recipe: Recipe, opts: BuildOptions) -> Plan:
     if opts.arch:
         raise UsageError("--arch applies to CUDA builds only")
+    check_output_dir(opts.out or paths.wheels_dir())
     return Plan(recipe, None, (), load_profile(opts.mirror), _source(recipe, opts), opts)
 
 

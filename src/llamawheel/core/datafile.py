@@ -3,17 +3,12 @@ that name the file, the key and the closest valid spelling."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from llamawheel.core.compat import tomllib
 from llamawheel.core.errors import LlamawheelError, did_you_mean
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 
 class Table:

@@ -72,9 +72,8 @@ def size_target_mb(variant: str) -> int:
 
 def _debian_sources(mirror: MirrorProfile) -> list[str]:
     """apt lines for the base: the profile's Debian mirror, else this machine's apt configuration."""
-    system = profiles.system_apt_uris()
-    debian = mirror.debian or next((u for u in system if "security" not in u and "ubuntu" not in u), "")
-    security = mirror.debian_security or next((u for u in system if "security" in u and "ubuntu" not in u), "")
+    debian = mirror.apt_url("debian")
+    security = mirror.apt_url("debian-security")
     if not debian:
         raise ImageError(
             f"the mirror profile '{mirror.name}' has no Debian URL and this machine's apt has none either",

@@ -14,7 +14,14 @@ from llamawheel.core.errors import DownloadError
 from llamawheel.core.proc import CommandFailed, run_streamed
 from llamawheel.mirror.profiles import MirrorProfile
 
-_SHOWN = re.compile(r"^\s*(Collecting|Downloading|Saved|Successfully|File was already)")
+_SHOWN = re.compile(r"^\s*(Collecting|Downloading|Processing|Saved|Successfully|File was already|ERROR)")
+
+
+def show_pip_line(line: str) -> None:
+    """The lines of pip's output worth a user's eye (what is fetched, what is installed, errors), as
+    ``llamawheel: pip: ...``; the rest goes only to logs. Every pip llamawheel runs is shown this way."""
+    if _SHOWN.match(line):
+        log.info("pip: " + line.strip())
 
 
 def download(
@@ -39,15 +46,10 @@ def download(
         cmd += [f"--only-binary={names}"] if binary else [f"--no-binary={names}"]
         before = set(dest.iterdir())
         try:
-            run_streamed(cmd, env=mirror.pip_env(), on_line=_show)
+            run_streamed(cmd, env=mirror.pip_env(), on_line=show_pip_line)
         except CommandFailed as exc:
             raise _explain(exc, mirror) from None
     return sorted(set(dest.iterdir()) - before) or sorted(dest.iterdir())
-
-
-def _show(line: str) -> None:
-    if _SHOWN.match(line):
-        log.info("pip: " + line.strip())
 
 
 def _explain(exc: CommandFailed, mirror: MirrorProfile) -> DownloadError:

@@ -12,9 +12,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +39,17 @@ class MirrorProfile:
 
     def urls(self) -> dict[str, str]:
         return {key: getattr(self, key.replace("-", "_")) for key in UPSTREAMS}
+
+    def apt_url(self, upstream: str) -> str:
+        """The archive URL apt uses for ``upstream`` (``debian``, ``debian-security``, ``ubuntu``, ``cuda-apt``):
+        this profile's, else the one this machine's apt is configured with (none for ``cuda-apt``); '' if neither."""
+        own: str = self.urls().get(upstream, "")
+        if own or upstream == "cuda-apt":
+            return own
+        system = system_apt_uris()
+        security = upstream.endswith("-security")
+        ubuntu = upstream.startswith("ubuntu")
+        return next((u for u in system if ("security" in u) == security and ("ubuntu" in u) == ubuntu), "")
 
     def pypi_index(self) -> str:
         """The index pip will really use: this profile's, else pip's own configuration."""
@@ -121,58 +129,3 @@ def system_apt_uris() -> list[str]:
             elif line.startswith("URIs:"):
                 uris.extend(line.split()[1:])
     return list(dict.fromkeys(uris))
-
-
-@dataclass(frozen=True)
-class Probe:
-    upstream: str
-    url: str
-    ok: bool
-    detail: str
-    seconds: float
-
-
-# What to fetch below each upstream's base URL: a small file that proves it serves what we need.
-PROBE_PATHS = {
-    "pypi": "pip/",
-    "debian": "dists/bookworm/Release",
-    "debian-security": "dists/bookworm-security/Release",
-    "ubuntu": "dists/noble/Release",
-    "registry": "v2/",
-}
-
-
-def probe(upstream: str, url: str, timeout: float = 5.0) -> Probe:
-    """Fetch a small file below ``url`` once (first bytes only) and time it."""
-    if upstream == "registry" and "://" not in url:
-        url = f"https://{url}"
-    kind = upstream.split(" ")[0]
-    if kind in PROBE_PATHS:
-        url = url.rstrip("/") + "/" + PROBE_PATHS[kind]
-    start = time.monotonic()
-    try:
-        req = urllib.request.Request(url, headers={"User-Agent": "llamawheel-mirror-check"})
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            resp.read(512)
-            status = f"HTTP {resp.status}"
-        ok = True
-    except urllib.error.HTTPError as exc:
-        # A registry answers 401 on /v2/ when it is alive; anything else is a failure.
-        ok = upstream == "registry" and exc.code == 401
-        status = f"HTTP {exc.code}"
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        ok, status = False, f"unreachable: {reason}"
-    return Probe(upstream, url, ok, status, time.monotonic() - start)
-
-
-def check(profile: MirrorProfile, timeout: float = 5.0) -> list[Probe]:
-    """Probe every URL the profile (or, for empty entries of ``default``, this machine) uses."""
-    targets: list[tuple[str, str]] = [(k, v) for k, v in profile.urls().items() if v]
-    if profile.name == "default":
-        index = pip_configured_index()
-        if index:
-            targets.append(("pypi (pip config)", index))
-        targets.extend(("apt (system)", uri) for uri in system_apt_uris())
-    return [probe(kind, url, timeout) for kind, url in targets]
-

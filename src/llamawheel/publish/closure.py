@@ -29,6 +29,7 @@ from packaging.version import Version
 from llamawheel.core import log
 from llamawheel.core.errors import DownloadError, LlamawheelError
 from llamawheel.core.proc import CommandFailed, run_streamed
+from llamawheel.mirror.pipfetch import show_pip_line
 from llamawheel.mirror.profiles import MirrorProfile
 from llamawheel.recipe import catalog
 from llamawheel.recipe.variant import Variant
@@ -38,7 +39,6 @@ EXTRAS = ("server",)
 """The extras whose dependencies an index carries (when the wheel declares them)."""
 
 MAX_ROUNDS = 6
-_SHOWN = re.compile(r"^\s*(Collecting|Saved|Successfully|ERROR)")
 _LEGACY = {"manylinux1": 5, "manylinux2010": 12, "manylinux2014": 17}
 
 
@@ -213,7 +213,7 @@ def _pip_download(
     if constraint_file is not None:
         cmd += ["--constraint", str(constraint_file)]
     try:
-        run_streamed([*cmd, *requirements], env=mirror.pip_env(), on_line=_show)
+        run_streamed([*cmd, *requirements], env=mirror.pip_env(), on_line=show_pip_line)
     except CommandFailed as exc:
         index = mirror.pypi_index() or "pip's configured index"
         raise DownloadError(
@@ -233,8 +233,3 @@ def runtime_pins(wheel: Path) -> tuple[str, ...]:
         return catalog.find_cuda(variant.cuda)[1].runtime_pins
     except LlamawheelError:
         return ()
-
-
-def _show(line: str) -> None:
-    if _SHOWN.match(line):
-        log.info("pip: " + line.strip())

@@ -36,7 +36,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from llamawheel.core import fileio, log, paths
@@ -210,14 +210,8 @@ def _publish_variant(
     with_closure: bool,
     python_versions: Sequence[str] | None,
 ) -> PublishResult:
-    vdir = root / variant
-    vdir.mkdir(exist_ok=True)
-    simple = vdir / "simple"
-    if simple.exists() and not simple.is_symlink():
-        raise PublishError(
-            f"{simple} is a plain folder (an unpacked bundle?), not the link llamawheel publishes through",
-            "publish on the machine that holds the original index and bundle it again, or pass another --index",
-        )
+    """Publish ``wheels`` (and, with ``with_closure``, what they need) into the index of ``variant``."""
+    vdir = _variant_dir(root, variant)
     current = load_state(vdir)
     _sweep(vdir, current)
     found = _dedupe([_Candidate.of(w, direct=True) for w in wheels])
@@ -229,46 +223,87 @@ def _publish_variant(
         if with_closure:
             wanted = tuple(python_versions or python_versions_for(variant))
             pythons = tuple(sorted({*pythons, *wanted}, key=lambda v: [int(x) for x in v.split(".")]))
-            for n, c in enumerate(list(found)):
-                fetched = closure.fetch(
-                    c.path, extras=c.indexed().extras, python_versions=wanted, dest=incoming / str(n), mirror=mirror,
-                    constraints=closure.runtime_pins(c.path),
-                )
-                found += [_Candidate.of(p, direct=False) for p in fetched]
-            found = _dedupe(found)
+            found = _fetch_closure(found, wanted, incoming, mirror)
         _refuse_conflicts(current, found, force)
-        files = {f.name: f for f in current.files}
-        added, replaced, unchanged = [], [], []
+        merged = _merge(current, found)
         for c in found:
-            new = c.indexed()
-            old = files.get(new.name)
-            if old is None:
-                added.append(new.name)
-            elif old.sha256 != new.sha256:
-                replaced.append(new.name)
-            else:
-                new = replace(old, direct=old.direct or new.direct, extras=old.extras or new.extras)
-                if new == old:
-                    unchanged.append(new.name)
-                else:
-                    added.append(new.name)
-            files[new.name] = new
-        for c in found:
-            _store(vdir, c, files[c.path.name])
-        state = VariantState(variant, tuple(files.values()), pythons)
-        if added or replaced or state.python_versions != current.python_versions:
-            generation = _write_generation(vdir, state)
-            _swap(vdir, generation)
-            _sweep(vdir, state)
-        else:
-            log.info(f"{variant}: nothing new, every file is already published")
+            _store(vdir, c, merged.files[c.path.name])
+        state = VariantState(variant, tuple(merged.files.values()), pythons)
+        _commit(vdir, current, state, changed=bool(merged.added or merged.replaced))
     finally:
         shutil.rmtree(incoming, ignore_errors=True)
     url = f"{root.as_uri()}/{variant}/simple"
     return PublishResult(
-        variant, url, state, tuple(sorted(added)), tuple(sorted(replaced)), tuple(sorted(unchanged)),
-        tuple(install_commands(state, url)),
+        variant, url, state, tuple(sorted(merged.added)), tuple(sorted(merged.replaced)),
+        tuple(sorted(merged.unchanged)), tuple(install_commands(state, url)),
     )
+
+
+def _variant_dir(root: Path, variant: str) -> Path:
+    """The folder of ``variant`` under ``root``, created when new; refused when ``simple`` is not our link."""
+    vdir = root / variant
+    vdir.mkdir(exist_ok=True)
+    simple = vdir / "simple"
+    if simple.exists() and not simple.is_symlink():
+        raise PublishError(
+            f"{simple} is a plain folder (an unpacked bundle?), not the link llamawheel publishes through",
+            "publish on the machine that holds the original index and bundle it again, or pass another --index",
+        )
+    return vdir
+
+
+def _fetch_closure(
+    found: list[_Candidate], wanted: tuple[str, ...], incoming: Path, mirror: MirrorProfile
+) -> list[_Candidate]:
+    """``found`` plus every wheel it needs for the Python versions ``wanted``, fetched into ``incoming``."""
+    out = list(found)
+    for n, c in enumerate(found):
+        fetched = closure.fetch(
+            c.path, extras=c.indexed().extras, python_versions=wanted, dest=incoming / str(n), mirror=mirror,
+            constraints=closure.runtime_pins(c.path),
+        )
+        out += [_Candidate.of(p, direct=False) for p in fetched]
+    return _dedupe(out)
+
+
+@dataclass
+class _Merged:
+    """The files the new pages list (by name), and which names are added, replaced or unchanged."""
+
+    files: dict[str, IndexedFile]
+    added: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+
+
+def _merge(current: VariantState, found: list[_Candidate]) -> _Merged:
+    """Merge ``found`` into what the current pages list (a file found again keeps its direct flag and extras)."""
+    merged = _Merged({f.name: f for f in current.files})
+    for c in found:
+        new = c.indexed()
+        old = merged.files.get(new.name)
+        if old is None:
+            merged.added.append(new.name)
+        elif old.sha256 != new.sha256:
+            merged.replaced.append(new.name)
+        else:
+            new = replace(old, direct=old.direct or new.direct, extras=old.extras or new.extras)
+            if new == old:
+                merged.unchanged.append(new.name)
+            else:
+                merged.added.append(new.name)
+        merged.files[new.name] = new
+    return merged
+
+
+def _commit(vdir: Path, current: VariantState, state: VariantState, changed: bool) -> None:
+    """Unless nothing changed, make ``state`` visible: a new generation, the symlink swap, then the sweep."""
+    if changed or state.python_versions != current.python_versions:
+        generation = _write_generation(vdir, state)
+        _swap(vdir, generation)
+        _sweep(vdir, state)
+    else:
+        log.info(f"{state.variant}: nothing new, every file is already published")
 
 
 def _dedupe(found: list[_Candidate]) -> list[_Candidate]:

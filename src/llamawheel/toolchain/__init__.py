@@ -14,7 +14,7 @@ from typing import Protocol
 
 from llamawheel.core.errors import ToolchainError
 from llamawheel.mirror.profiles import MirrorProfile
-from llamawheel.recipe.catalog import CudaMinor
+from llamawheel.recipe.model import CudaMinor
 from llamawheel.toolchain.deb import DebProvider
 from llamawheel.toolchain.pypi import PypiProvider
 from llamawheel.toolchain.root import MARKER, CudaRoot

@@ -26,9 +26,8 @@ from pathlib import Path
 from llamawheel.core import fileio, log, paths
 from llamawheel.core.errors import DownloadError, ToolchainError
 from llamawheel.core.proc import CommandFailed, run_streamed
-from llamawheel.mirror import profiles
 from llamawheel.mirror.profiles import MirrorProfile
-from llamawheel.recipe.catalog import AptSource, CudaMinor, DebPackage
+from llamawheel.recipe.model import AptSource, CudaMinor, DebPackage
 from llamawheel.toolchain.assemble import check_complete, lay_out
 from llamawheel.toolchain.root import MARKER, CudaRoot, announce, seal
 
@@ -37,13 +36,7 @@ _GET = re.compile(r"^(Get|Hit|Ign|Err):\d+\s")
 
 def repo_url(apt: AptSource, mirror: MirrorProfile) -> str:
     """The repository URL: the profile's entry for the upstream, else this machine's apt."""
-    base = mirror.urls().get(apt.upstream, "")
-    if not base and apt.upstream == "debian":
-        uris = [u for u in profiles.system_apt_uris() if "security" not in u and "ubuntu" not in u]
-        base = uris[0] if uris else ""
-    if not base and apt.upstream == "ubuntu":
-        uris = [u for u in profiles.system_apt_uris() if "ubuntu" in u and "security" not in u]
-        base = uris[0] if uris else ""
+    base = mirror.apt_url(apt.upstream)
     if not base:
         raise ToolchainError(
             f"the mirror profile '{mirror.name}' has no '{apt.upstream}' URL and this machine's apt has none either",
@@ -151,27 +144,40 @@ def fetch_pinned_key(url: str, fingerprint: str, workdir: Path) -> Path:
     """Fetch a repository's public key and accept it only if its fingerprint is the pinned one."""
     if not shutil.which("gpg"):
         raise ToolchainError("gpg is not installed", "apt-get install gpg (needed to check the repository key)")
-    home = Path(tempfile.mkdtemp(prefix="gnupg-", dir=workdir))
-    home.chmod(0o700)
     try:
         with urllib.request.urlopen(url, timeout=30) as resp:
             key = resp.read()
     except OSError as exc:
         raise DownloadError(f"cannot fetch the repository key {url}: {exc}") from None
-    (home / "key").write_bytes(key)
-    gpg = ["gpg", "--homedir", str(home), "--batch", "--quiet"]
-    subprocess.run([*gpg, "--import", str(home / "key")], capture_output=True, check=False)
-    listing = subprocess.run([*gpg, "--with-colons", "--fingerprint"], capture_output=True, text=True).stdout
-    found = [line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:")]
-    if fingerprint not in found:
-        raise DownloadError(
-            f"the key at {url} has fingerprint {', '.join(found) or 'none'}, the recipe pins {fingerprint}",
-            "the mirror served a different key: refusing to trust packages signed with it",
-        )
-    keyring = workdir / "repository-key.gpg"
-    keyring.write_bytes(subprocess.run([*gpg, "--export", fingerprint], capture_output=True, check=True).stdout)
-    shutil.rmtree(home, ignore_errors=True)
+    home = Path(tempfile.mkdtemp(prefix="gnupg-", dir=workdir))
+    try:
+        home.chmod(0o700)
+        (home / "key").write_bytes(key)
+        gpg = ["gpg", "--homedir", str(home), "--batch", "--quiet"]
+        subprocess.run([*gpg, "--import", str(home / "key")], capture_output=True, check=False)
+        listing = subprocess.run([*gpg, "--with-colons", "--fingerprint"], capture_output=True, text=True).stdout
+        found = [line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:")]
+        if fingerprint not in found:
+            raise DownloadError(
+                f"the key at {url} has fingerprint {', '.join(found) or 'none'}, the recipe pins {fingerprint}",
+                "the mirror served a different key: refusing to trust packages signed with it",
+            )
+        keyring = workdir / "repository-key.gpg"
+        keyring.write_bytes(subprocess.run([*gpg, "--export", fingerprint], capture_output=True, check=True).stdout)
+    finally:
+        _stop_gpg_agent(home)
+        shutil.rmtree(home, ignore_errors=True)
     return keyring
+
+
+def _stop_gpg_agent(home: Path) -> None:
+    """Stop the gpg-agent (and any other GnuPG daemon) that gpg started for the home ``home``: a daemon, it
+    would outlive gpg and this process."""
+    try:
+        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], capture_output=True, check=False,
+                       timeout=30)
+    except (OSError, subprocess.SubprocessError):  # no gpgconf: gpg without its tools; the agent is left
+        log.warn(f"could not stop the gpg-agent of {home} (gpgconf --kill all): it may still be running")
 
 
 def _explain(exc: CommandFailed, url: str) -> DownloadError:

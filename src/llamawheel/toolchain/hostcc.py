@@ -12,7 +12,7 @@ import subprocess
 
 from llamawheel.core import log
 from llamawheel.core.errors import ToolchainError
-from llamawheel.recipe.catalog import CudaMinor
+from llamawheel.recipe.model import CudaMinor
 
 
 def gcc_major(compiler: str) -> int | None:

@@ -18,7 +18,7 @@ from llamawheel.core import fileio, log, paths
 from llamawheel.core.errors import ToolchainError
 from llamawheel.mirror import pipfetch
 from llamawheel.mirror.profiles import MirrorProfile
-from llamawheel.recipe.catalog import CudaMinor
+from llamawheel.recipe.model import CudaMinor
 from llamawheel.toolchain.assemble import check_complete, lay_out
 from llamawheel.toolchain.root import MARKER, CudaRoot, announce, seal
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from llamawheel.core import log
 from llamawheel.core.errors import ToolchainError
 from llamawheel.mirror.profiles import MirrorProfile
-from llamawheel.recipe.catalog import CudaMinor
+from llamawheel.recipe.model import CudaMinor
 from llamawheel.toolchain.assemble import check_complete
 from llamawheel.toolchain.root import CudaRoot
 

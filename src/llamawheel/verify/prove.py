@@ -28,6 +28,7 @@ from llamawheel.core.errors import (
     VerifyError,
 )
 from llamawheel.core.proc import CommandFailed, run_streamed
+from llamawheel.mirror.pipfetch import show_pip_line
 from llamawheel.mirror.profiles import MirrorProfile
 from llamawheel.recipe import catalog
 from llamawheel.verify.diagnose import DeviceFacts, Diagnosis, WheelFacts, before_run, from_run_text
@@ -161,18 +162,13 @@ def fresh_venv(folder: Path, wheel: Path, mirror: MirrorProfile) -> Path:
     python = folder / "bin" / "python"
     try:
         run_streamed([str(python), "-m", "pip", "install", "--progress-bar", "off", "--disable-pip-version-check",
-                      str(wheel.resolve())], env=mirror.pip_env(), on_line=_show_pip)
+                      str(wheel.resolve())], env=mirror.pip_env(), on_line=show_pip_line)
     except CommandFailed as exc:
         index = mirror.pypi_index() or "pip's default index"
         raise DownloadError(f"pip could not install {wheel.name} with its dependencies from {index}\n"
                             f"{exc.describe()}", "check the mirror (llamawheel mirrors check) or choose another "
                             "with --mirror") from None
     return python
-
-
-def _show_pip(line: str) -> None:
-    if line.lstrip().startswith(("Collecting", "Downloading", "Processing", "Successfully")):
-        log.info("pip: " + line.strip())
 
 
 def run_runner(python: Path, models: list[Path], work: Path, gpu: str, settings: Settings) -> dict[str, Any]:

@@ -16,13 +16,14 @@ from typing import Any
 
 from llamawheel.core.errors import UsageError, VerifyError
 from llamawheel.recipe import archs
-from llamawheel.recipe.catalog import CudaMinor, Recipe, all_recipes, find_cuda
+from llamawheel.recipe.catalog import all_recipes, find_cuda
+from llamawheel.recipe.model import CudaMinor, Recipe
 from llamawheel.recipe.variant import Variant
 from llamawheel.wheel import distmeta
 from llamawheel.wheel.distmeta import WheelName
 from llamawheel.wheel.elf import ElfInfo, is_elf, read_elf
 from llamawheel.wheel.policy import CUDA_LIBRARIES, whitelist
-from llamawheel.wheel.wheelfile import dist_info_dir, read_entries
+from llamawheel.wheel.wheelfile import Entry, dist_info_dir, read_entries
 
 
 @dataclass(frozen=True)
@@ -159,14 +160,29 @@ def _describe(expect: Expectations) -> str:
 
 
 def verify_wheel(path: Path, expect: Expectations | None = None) -> Report:
+    """Check what the wheel at ``path`` holds against ``expect`` (by default, its version label's claim)."""
     entries = read_entries(path)
     name = WheelName.parse(path.name)
     meta = distmeta.from_files(path.name, {e.name: e.data for e in entries})
     version = meta.metadata_version
     expect = expect or Expectations.from_version(version)
     report = Report(path.name, version, path.stat().st_size, _describe(expect))
-    info_dir = dist_info_dir(entries)
+    _check_layout(report, entries, name)
+    elves = _check_copies(report, entries)
+    _check_containment(report, elves)
+    cuda_libs = _check_cuda_backend(report, elves, expect)
+    if cuda_libs is None:
+        return report
+    _check_cuda_links(report, cuda_libs, expect)
+    _check_archs(report, cuda_libs, expect)
+    _check_runtime(report, cuda_libs, expect, meta)
+    return report
 
+
+def _check_layout(report: Report, entries: list[Entry], name: WheelName) -> None:
+    """The version in METADATA matches the file name; nothing lies outside the package and its metadata."""
+    info_dir = dist_info_dir(entries)
+    version = report.version
     report.add("version", version == name.version,
                f"METADATA says {version}" + ("" if version == name.version else f", the file name says {name.version}"))
 
@@ -177,6 +193,9 @@ def verify_wheel(path: Path, expect: Expectations | None = None) -> Report:
                "only the package and its metadata" if not strays else
                f"files outside the package would land in site-packages: {', '.join(s + '/' for s in strays)}")
 
+
+def _check_copies(report: Report, entries: list[Entry]) -> dict[str, ElfInfo]:
+    """Read every shared library into ``report.libraries``, and check that each is there only once."""
     elves: dict[str, ElfInfo] = {}
     digests: dict[bytes, list[str]] = {}
     for e in entries:
@@ -194,7 +213,11 @@ def verify_wheel(path: Path, expect: Expectations | None = None) -> Report:
     report.add("one copy per library", not copies,
                f"{len(elves)} shared librar{'y' if len(elves) == 1 else 'ies'}" if not copies else
                "duplicate copies: " + "; ".join(", ".join(posixpath.basename(n) for n in c) for c in copies))
+    return elves
 
+
+def _check_containment(report: Report, elves: dict[str, ElfInfo]) -> None:
+    """Internal links resolve, nothing outside the wheel is needed but what every system has, no absolute RUNPATH."""
     present = {posixpath.basename(n) for n in elves}
     unresolved = sorted({
         f"{posixpath.basename(n)} needs {d}" for n, i in elves.items() for d in i.needed
@@ -219,12 +242,15 @@ def verify_wheel(path: Path, expect: Expectations | None = None) -> Report:
     report.add("relocatable", not absolute,
                "no absolute RUNPATH (no build-machine paths)" if not absolute else "; ".join(absolute))
 
+
+def _check_cuda_backend(report: Report, elves: dict[str, ElfInfo], expect: Expectations) -> dict[str, ElfInfo] | None:
+    """CUDA code is there exactly when claimed; returns the CUDA libraries to check further, None to stop."""
     cuda_libs = {n: i for n, i in elves.items() if i.fatbin or any(d.startswith("libcudart.so") for d in i.needed)}
     if expect.cuda_major is None:
         report.add("CPU build", not cuda_libs,
                    "no CUDA code, as claimed" if not cuda_libs else
                    f"claims CPU but holds CUDA code: {', '.join(cuda_libs)}")
-        return report
+        return None
 
     if not cuda_libs:
         report.add(
@@ -232,9 +258,13 @@ def verify_wheel(path: Path, expect: Expectations | None = None) -> Report:
             f"this wheel is CPU-only: none of its {len(elves)} libraries holds CUDA device code or needs "
             f"libcudart, although its version claims CUDA {expect.cuda_major}",
         )
-        return report
+        return None
     report.add("CUDA backend", True, ", ".join(posixpath.basename(n) for n in cuda_libs))
+    return cuda_libs
 
+
+def _check_cuda_links(report: Report, cuda_libs: dict[str, ElfInfo], expect: Expectations) -> None:
+    """The CUDA libraries link the claimed major version of cudart and cuBLAS."""
     needed = {d for i in cuda_libs.values() for d in i.needed}
     for lib in ("libcudart", "libcublas"):
         want = f"{lib}.so.{expect.cuda_major}"  # CUDA 11's runtime is libcudart.so.11.0
@@ -243,6 +273,9 @@ def verify_wheel(path: Path, expect: Expectations | None = None) -> Report:
         report.add(f"links {lib}", bool(ok),
                    f"needs {ok[0]}" if ok else f"needs {', '.join(found) or 'no ' + lib}, expected {want}")
 
+
+def _check_archs(report: Report, cuda_libs: dict[str, ElfInfo], expect: Expectations) -> None:
+    """The fat binaries hold machine code (SASS) and PTX for every claimed architecture."""
     sass = set().union(*(i.sass_archs for i in cuda_libs.values()))
     ptx = set().union(*(i.ptx_archs for i in cuda_libs.values()))
     for t in expect.targets:
@@ -254,6 +287,11 @@ def verify_wheel(path: Path, expect: Expectations | None = None) -> Report:
             report.add(f"PTX compute_{t.sm}", t.number in ptx,
                        "present" if t.number in ptx else f"missing: PTX only for {_archs(ptx)}")
 
+
+def _check_runtime(
+    report: Report, cuda_libs: dict[str, ElfInfo], expect: Expectations, meta: distmeta.WheelMetadata
+) -> None:
+    """RUNPATH and Requires-Dist match the claimed runtime mode (NVIDIA's PyPI wheels or the system's)."""
     runpaths = {p for i in cuda_libs.values() for p in i.runpath}
     wants_pypi_path = any(rel in p for p in runpaths for rel in expect.runtime_rpath) if expect.runtime_rpath else False
     requires = meta.requires_dist
@@ -272,7 +310,6 @@ def verify_wheel(path: Path, expect: Expectations | None = None) -> Report:
                    "no NVIDIA wheels required; cudart and cuBLAS come from the system's loader path"
                    if not nvidia_requires and not wants_pypi_path else
                    f"claims system CUDA libraries but requires {', '.join(nvidia_requires) or 'a PyPI RUNPATH'}")
-    return report
 
 
 def _archs(values: set[int]) -> str:

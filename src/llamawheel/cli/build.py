@@ -1,0 +1,103 @@
+"""The ``build``, ``toolchain`` and ``toolchains`` commands: argument parsing and output only; the work is done
+in `llamawheel.build.planning` (every option checked before anything is downloaded), `llamawheel.pipeline` and
+`llamawheel.toolchain`."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from llamawheel import pipeline
+from llamawheel.build import options, planning
+from llamawheel.core import log, paths
+from llamawheel.core.errors import UsageError, did_you_mean
+from llamawheel.mirror import profiles
+from llamawheel.recipe import catalog
+from llamawheel.toolchain import cached_roots, provider_for
+
+
+def _add_build_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mirror", help="mirror profile name (default, aliyun, tsinghua, ustc) or path to a .toml")
+    p.add_argument("--arch", help="GPU architectures: 86,89 / 90+ptx / a preset / native / default")
+    p.add_argument("--jobs", type=int, help="parallel compile jobs (default: bounded by cores and memory)")
+    p.add_argument("--llama-cpp-python", dest="llama_cpp_python", metavar="VERSION",
+                   help="llama-cpp-python version (default: the recipe's pin)")
+    p.add_argument("--sdist-sha256", help="sha256 of that version's sdist (needed when not the recipe's pin)")
+    p.add_argument("--out", type=Path, help="output folder (default: wheels/)")
+    p.add_argument("--source", type=Path, help="build this local source tree instead of the pinned sdist")
+    p.add_argument("--toolchain", help="toolchain provider: auto, pypi, deb, system")
+    p.add_argument("--runtime", help="pypi (depend on NVIDIA's runtime wheels, default) or system")
+    p.add_argument("--no-verify", dest="verify", action="store_false", default=None,
+                   help="skip static verification after the build")
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``build``, ``toolchains`` and ``toolchain`` to the top-level subcommands."""
+    b = sub.add_parser("build", help="build, repair and verify a wheel")
+    b.add_argument("target", help="a CUDA line (13), a CUDA minor (13.0) or cpu")
+    _add_build_options(b)
+
+    tl = sub.add_parser("toolchains", help="list cached CUDA toolchains (size, origin); --clean removes them")
+    tl.add_argument("--clean", nargs="?", const="all", metavar="NAME",
+                    help="remove one cached toolchain (e.g. cuda-12.4-deb), or all of them")
+
+    t = sub.add_parser("toolchain", help="provision (or reuse) the CUDA toolchain for a version")
+    t.add_argument("version", help="a CUDA line (13) or minor (13.0)")
+    t.add_argument("--mirror")
+    t.add_argument("--toolchain", default="auto")
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    opts = options.resolve({
+        "mirror": args.mirror, "arch": args.arch, "jobs": args.jobs, "llama_cpp_python": args.llama_cpp_python,
+        "sdist_sha256": args.sdist_sha256, "out": args.out, "source": args.source, "toolchain": args.toolchain,
+        "runtime": args.runtime, "verify": args.verify,
+    })
+    if args.target == "cpu":
+        plan = planning.plan_cpu(catalog.cpu_recipe(), opts)
+    else:
+        recipe, minor = catalog.find_cuda(args.target.removeprefix("cuda-"))
+        plan = planning.plan_cuda(recipe, minor, opts)
+    wheel = pipeline.run(plan)
+    print(wheel)
+    return 0
+
+
+def _cmd_toolchain(args: argparse.Namespace) -> int:
+    _, minor = catalog.find_cuda(args.version)
+    root = provider_for(minor, args.toolchain).provision(minor, profiles.load_profile(args.mirror))
+    print(root.path)
+    return 0
+
+
+def _cmd_toolchains(args: argparse.Namespace) -> int:
+    folder = paths.toolchains_dir()
+    roots = cached_roots(folder)
+    if args.clean:
+        chosen = roots if args.clean == "all" else [r for r in roots if r.path.name == args.clean]
+        if not chosen and args.clean != "all":
+            names = [r.path.name for r in roots]
+            raise UsageError(f"no cached toolchain named {args.clean}{did_you_mean(args.clean, names)}",
+                             f"cached: {', '.join(names) or 'none'}")
+        for root in chosen:
+            shutil.rmtree(root.path)
+            print(f"removed {root.path} ({log.human_size(root.size_bytes)})")
+        return 0
+    if not roots:
+        print(f"no toolchains cached in {folder}")
+        return 0
+    print(f"{'name':<18} {'CUDA':<18} {'on disk':>9} {'download':>9}  origin")
+    for r in roots:
+        print(f"{r.path.name:<18} {r.nvcc_version:<18} {log.human_size(r.size_bytes):>9} "
+              f"{log.human_size(r.download_bytes):>9}  {r.origin}")
+    print(f"in {folder}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "build": _cmd_build,
+    "toolchain": _cmd_toolchain,
+    "toolchains": _cmd_toolchains,
+}
