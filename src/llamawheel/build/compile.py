@@ -136,6 +136,46 @@ class Progress:
         log.info(f"compiling [{self.steps}/{self.total}] {pct}%, {log.human_time(elapsed)} elapsed{eta}")
 
 
+def _with_compile_cache(env: dict[str, str], work: Path) -> Path | None:
+    """Route C, C++ and CUDA compiles through ccache (else sccache) via CMake's launchers, with ggml's own
+    ccache detection off so nothing is wrapped twice; returns the tool, or None when there is none."""
+    tool = find_compile_cache()
+    if tool is None:
+        log.warn("no ccache or sccache on PATH: every compile runs cold (apt-get install ccache)")
+        return None
+    env["CMAKE_ARGS"] += " " + shlex.join(
+        [f"-DCMAKE_{lang}_COMPILER_LAUNCHER={tool}" for lang in ("C", "CXX", "CUDA")] + ["-DGGML_CCACHE=OFF"]
+    )
+    env.update(
+        CCACHE_DIR=str(paths.compile_cache_dir()),
+        CCACHE_BASEDIR=str(work),
+        CCACHE_MAXSIZE=os.environ.get("CCACHE_MAXSIZE", "20G"),
+        CCACHE_SLOPPINESS="time_macros,include_file_mtime,include_file_ctime",
+        CCACHE_NOHASHDIR="1",
+        SCCACHE_DIR=str(paths.compile_cache_dir() / "sccache"),
+    )
+    log.info(f"compile cache: {tool.name} at {paths.compile_cache_dir()}")
+    return tool
+
+
+def _pip_wheel(req: BuildRequest, env: dict[str, str], tree: Path, raw: Path, progress: Progress) -> float:
+    """Run scikit-build-core through ``pip wheel``, showing ninja's progress; returns the seconds it took."""
+    cmd = [
+        sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(raw),
+        "-C", f"build-dir={tree}", "-C", "cmake.build-type=Release", str(req.source),
+    ]
+    start = time.monotonic()
+    log.info(f"building with {req.jobs} parallel job(s); full log: {req.log_file}")
+    try:
+        run_streamed(cmd, env=env, log_file=req.log_file, on_line=progress, keep=60)
+    except CommandFailed as exc:
+        raise BuildError(
+            f"the build failed after {log.human_time(time.monotonic() - start)}\n{exc.describe()}",
+            f"the full log is {req.log_file}",
+        ) from None
+    return time.monotonic() - start
+
+
 def build_wheel(req: BuildRequest) -> BuildResult:
     """Compile ``req.source`` into one wheel under ``req.work/raw``."""
     tree = req.work / "tree"
@@ -150,48 +190,18 @@ def build_wheel(req: BuildRequest) -> BuildResult:
         "CMAKE_BUILD_PARALLEL_LEVEL": str(req.jobs),
         "FORCE_CMAKE": "1",
     }
-    cache_tool = find_compile_cache()
-    cache: CacheStats | None = None
-    if cache_tool:
-        launcher = str(cache_tool)
-        env["CMAKE_ARGS"] += " " + shlex.join(
-            [f"-DCMAKE_{lang}_COMPILER_LAUNCHER={launcher}" for lang in ("C", "CXX", "CUDA")] + ["-DGGML_CCACHE=OFF"]
-        )
-        env.update(
-            CCACHE_DIR=str(paths.compile_cache_dir()),
-            CCACHE_BASEDIR=str(req.work),
-            CCACHE_MAXSIZE=os.environ.get("CCACHE_MAXSIZE", "20G"),
-            CCACHE_SLOPPINESS="time_macros,include_file_mtime,include_file_ctime",
-            CCACHE_NOHASHDIR="1",
-            SCCACHE_DIR=str(paths.compile_cache_dir() / "sccache"),
-        )
-        cache = CacheStats(cache_tool.name)
-        # counted as a difference, so that builds sharing the store do not reset each other's numbers
-        before = _ccache_stats(cache_tool, env)
-        log.info(f"compile cache: {cache_tool.name} at {paths.compile_cache_dir()}")
-    else:
-        log.warn("no ccache or sccache on PATH: every compile runs cold (apt-get install ccache)")
-    cmd = [
-        sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(raw),
-        "-C", f"build-dir={tree}", "-C", "cmake.build-type=Release", str(req.source),
-    ]
+    tool = _with_compile_cache(env, req.work)
+    # counted as a difference, so that builds sharing the store do not reset each other's numbers
+    before = _ccache_stats(tool, env) if tool else (0, 0)
     progress = Progress()
-    start = time.monotonic()
-    log.info(f"building with {req.jobs} parallel job(s); full log: {req.log_file}")
-    try:
-        run_streamed(cmd, env=env, log_file=req.log_file, on_line=progress, keep=60)
-    except CommandFailed as exc:
-        raise BuildError(
-            f"the build failed after {log.human_time(time.monotonic() - start)}\n{exc.describe()}",
-            f"the full log is {req.log_file}",
-        ) from None
-    seconds = time.monotonic() - start
+    seconds = _pip_wheel(req, env, tree, raw, progress)
     wheels = sorted(raw.glob("*.whl"))
     if len(wheels) != 1:
         raise BuildError(f"expected one wheel in {raw}, found {[w.name for w in wheels]}")
-    if cache_tool and cache:
-        hits, misses = _ccache_stats(cache_tool, env)
-        cache.hits, cache.misses = hits - before[0], misses - before[1]
+    cache = None
+    if tool:
+        hits, misses = _ccache_stats(tool, env)
+        cache = CacheStats(tool.name, hits - before[0], misses - before[1])
         log.info(cache.describe())
     log.info(f"compiled {progress.steps} steps in {log.human_time(seconds)}")
     return BuildResult(wheels[0], seconds, progress.steps, cache, req.jobs, req.log_file, list(req.cmake_args))

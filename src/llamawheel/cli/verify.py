@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from llamawheel.build.options import RUNTIME_MODES
-from llamawheel.core import log
+from llamawheel.core import fileio, log
 from llamawheel.core.errors import UsageError
 from llamawheel.verify import static
 from llamawheel.wheel.distmeta import WheelName
@@ -78,8 +78,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     )
     report = verify.verify(args.wheel, profiles.load_profile(args.mirror), settings)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(report.to_json())
+        fileio.write_file(args.json, report.to_json().encode())
     print(report.render())
     report.raise_for_result()
     return 0

@@ -248,6 +248,29 @@ def _show_build(line: str) -> None:
         log.info(line.strip())
 
 
+def _engine_build(engine: Engine, wheel: IndexedWheel, mirror: MirrorProfile, base_image: str,
+                  tags: tuple[str, ...]) -> tuple[str, float]:
+    """Write the context into a temporary folder and build it; the previous images under these names go.
+    Returns the new image's id and the seconds the build took."""
+    work = paths.cache_dir() / "images"
+    work.mkdir(parents=True, exist_ok=True)
+    log_file = work / f"build-{wheel.variant}.log"
+    log_file.unlink(missing_ok=True)
+    pip = pip_wheel(mirror)
+    replaced = {engine.image_id(t) for t in tags}  # "" for a name not there yet
+    with tempfile.TemporaryDirectory(prefix=f"context-{wheel.variant}-", dir=work) as tmp:
+        context = Path(tmp) / "context"
+        write_context(wheel, context, pip)
+        log.info(f"building {tags[0]} with {engine.name}: llama-cpp-python {wheel.version} from {wheel.index}")
+        started = time.monotonic()
+        engine.build(context, tags, build_args(base_image, mirror, wheel), log_file, _show_build)
+        seconds = time.monotonic() - started
+    new_id = engine.image_id(tags[0])
+    for old in replaced - {new_id, ""}:
+        engine.remove(old)  # the previous build under these names (kept if another name or container uses it)
+    return new_id, seconds
+
+
 def build(
     engine: Engine,
     wheel: IndexedWheel,
@@ -268,22 +291,7 @@ def build(
         base_image, base_seconds = base, 0.0
         base_from = "registry"
     tags = tags_for(wheel)
-    work = paths.cache_dir() / "images"
-    work.mkdir(parents=True, exist_ok=True)
-    log_file = work / f"build-{wheel.variant}.log"
-    log_file.unlink(missing_ok=True)
-    pip = pip_wheel(mirror)
-    replaced = {engine.image_id(t) for t in tags}  # "" for a name not there yet
-    with tempfile.TemporaryDirectory(prefix=f"context-{wheel.variant}-", dir=work) as tmp:
-        context = Path(tmp) / "context"
-        write_context(wheel, context, pip)
-        log.info(f"building {tags[0]} with {engine.name}: llama-cpp-python {wheel.version} from {wheel.index}")
-        t = time.monotonic()
-        engine.build(context, tags, build_args(base_image, mirror, wheel), log_file, _show_build)
-        build_seconds = time.monotonic() - t
-    new_id = engine.image_id(tags[0])
-    for old in replaced - {new_id, ""}:
-        engine.remove(old)  # the previous build under these names (kept if another name or container uses it)
+    new_id, build_seconds = _engine_build(engine, wheel, mirror, base_image, tags)
     size = engine.size(tags[0])
     target = size_target_mb(wheel.variant)
     verdict = "within" if size <= target * 1_000_000 else "OVER"
@@ -306,7 +314,7 @@ def build(
         manifest["archive"] = {"file": save.name, "format": f"{save_format}-archive", "sha256": archive_sha,
                                "size_bytes": save.stat().st_size}
     manifest_path = (save.with_name(save.name + ".json") if save is not None
-                     else work / f"llamawheel-api-{wheel.variant}.json")
+                     else paths.cache_dir() / "images" / f"llamawheel-api-{wheel.variant}.json")
     fileio.write_file(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
     return ImageResult(tags, size, manifest, manifest_path, save, archive_sha)
 

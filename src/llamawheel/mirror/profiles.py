@@ -12,27 +12,42 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from llamawheel.core import datafile, paths
+from llamawheel.core import datafile, paths, records
 from llamawheel.core.errors import MirrorError, did_you_mean
+from llamawheel.core.records import DERIVED
 
-UPSTREAMS = ("pypi", "debian", "debian-security", "ubuntu", "cuda-apt", "registry")
+
+def _url(value: str) -> str | None:
+    if value and not value.startswith(("http://", "https://", "file://")):
+        return f"'{value}' is not an http(s) or file URL"
+    return None
+
+
+_URL: dict[str, Any] = {"check": _url}
 
 
 @dataclass(frozen=True)
 class MirrorProfile:
-    name: str
-    path: Path
+    """A mirror profile: where each upstream is fetched from. An empty entry leaves that client as this
+    machine configured it."""
+
+    name: str = field(default="", metadata=DERIVED)
+    path: Path = field(default=Path(), metadata=DERIVED)
     description: str = ""
-    pypi: str = ""
+    """One line for ``llamawheel mirrors list``."""
+    pypi: str = field(default="", metadata=_URL)
     """A PEP 503 simple index, used by pip (PIP_INDEX_URL) and uv (UV_DEFAULT_INDEX)."""
-    debian: str = ""
+    debian: str = field(default="", metadata=_URL)
     """Base URL of a Debian archive mirror (holds dists/bookworm, dists/trixie)."""
-    debian_security: str = ""
-    ubuntu: str = ""
-    cuda_apt: str = ""
+    debian_security: str = field(default="", metadata=_URL)
+    """Base URL of a Debian security archive mirror (holds dists/bookworm-security)."""
+    ubuntu: str = field(default="", metadata=_URL)
+    """Base URL of an Ubuntu archive mirror."""
+    cuda_apt: str = field(default="", metadata=_URL)
     """A mirror of NVIDIA's CUDA apt repository (the folder that holds ubuntu2404/, debian12/ ...)."""
     registry: str = ""
     """A container registry mirror for base image pulls (host[/prefix])."""
@@ -66,13 +81,11 @@ class MirrorProfile:
 
 
 def _profile(path: Path, name: str) -> MirrorProfile:
-    doc = datafile.load(path, MirrorError)
-    doc.allow("description", *UPSTREAMS)
-    values = {key.replace("-", "_"): doc.text(key, "") for key in UPSTREAMS}
-    for key, url in values.items():
-        if url and key != "registry" and not url.startswith(("http://", "https://", "file://")):
-            raise doc.fail(key.replace("_", "-"), f"'{url}' is not an http(s) or file URL")
-    return MirrorProfile(name=name, path=path, description=doc.text("description", ""), **values)
+    return records.load(MirrorProfile, datafile.load(path, MirrorError), name=name, path=path)
+
+
+UPSTREAMS = tuple(key for key in records.file_fields(MirrorProfile) if key != "description")
+"""The upstreams a profile maps: pypi, debian, debian-security, ubuntu, cuda-apt, registry."""
 
 
 def available() -> dict[str, Path]:
