@@ -9,7 +9,9 @@
 
 from __future__ import annotations
 
-import shutil
+import hashlib
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -25,8 +27,38 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = ["tests", "lint"]
 
 SUPPORTED_PYTHONS = ("3.10", "3.11", "3.12", "3.13")
-INSTALLED_PYTHONS = [v for v in SUPPORTED_PYTHONS if shutil.which(f"python{v}")] or [None]
-"""The unit tests run on each supported Python this machine has (only those: CI machines have one or two)."""
+
+
+def _installed_pythons() -> list[str | None]:
+    """The supported Pythons this machine really has. pyenv's shims answer to every name, installed or not, so
+    each interpreter is run once; pyenv's own versions are put on PATH for nox to find."""
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    bins = [str(d / "bin") for d in sorted(pyenv.glob("3.*")) if (d / "bin").is_dir()]
+    os.environ["PATH"] = os.pathsep.join([*bins, os.environ.get("PATH", "")])
+    found: list[str | None] = []
+    for version in SUPPORTED_PYTHONS:
+        try:
+            ok = subprocess.run([f"python{version}", "-c", "pass"], capture_output=True, timeout=20).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            ok = False
+        if ok:
+            found.append(version)
+    return found or [None]
+
+
+INSTALLED_PYTHONS = _installed_pythons()
+"""The unit tests run on each of these (only those: a fresh machine may have one)."""
+
+
+def _install_editable(session: nox.Session, extras: str) -> None:
+    """llamawheel, editable, with ``extras``; pip is skipped when this environment already has that install and
+    pyproject.toml has not changed since (an editable install follows the sources by itself)."""
+    stamp = Path(str(session.virtualenv.location)) / ".llamawheel-installed"
+    key = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + extras.encode()).hexdigest()
+    if stamp.is_file() and stamp.read_text() == key:
+        return
+    session.install("-e", f".[{extras}]")
+    stamp.write_text(key)
 
 
 def _build(session: nox.Session, target: str) -> None:
@@ -106,7 +138,7 @@ def ci_matrix(session: nox.Session) -> None:
 @nox.session(python=INSTALLED_PYTHONS)
 def tests(session: nox.Session) -> None:
     """Unit tests: no network, no compiler, under a minute."""
-    session.install(".[test]")
+    _install_editable(session, "test")
     session.run("pytest", "tests/unit", *session.posargs)
 
 
@@ -120,7 +152,7 @@ def integration(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff, mypy --strict, and the import layers (stages import only earlier stages)."""
-    session.install(".[lint]")
+    _install_editable(session, "lint")
     session.run("ruff", "check", "src", "tests", "scripts", "noxfile.py")
     session.run("mypy")
     session.run("lint-imports")

@@ -160,9 +160,9 @@ def test_command_line_refuses_a_bad_shape(vocab_file: Path, tmp_path: Path, caps
 
 
 def _python_without_llamawheel(folder: Path) -> Path:
-    """A fresh virtual environment that sees numpy and gguf (a .pth naming the folders they are installed in,
-    where gguf's own dependencies are too) and not llamawheel: the editable install is a finder that a .pth in
-    the dev environment's site-packages starts, and the .pth files of a folder merely put on sys.path never run."""
+    """A fresh virtual environment that sees numpy, gguf and what they need, and not llamawheel: a folder of links
+    to every entry of the site-packages numpy and gguf are installed in, except llamawheel's own (its package, its
+    metadata, an editable install's finder), named by a .pth of the new environment."""
     import subprocess
     import sys
 
@@ -170,8 +170,15 @@ def _python_without_llamawheel(folder: Path) -> Path:
     python = folder / "bin" / "python"
     site = subprocess.run([str(python), "-I", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
                           capture_output=True, text=True, check=True).stdout.strip()
-    needed = sorted({str(Path(module.__file__).parent.parent) for module in (gguf, np)})
-    (Path(site) / "numpy-and-gguf.pth").write_text("".join(f"{d}\n" for d in needed))
+    links = folder / "deps"
+    links.mkdir()
+    for source in sorted({Path(module.__file__).parent.parent for module in (gguf, np)}):
+        for entry in source.iterdir():
+            name = entry.name.lower()
+            if "llamawheel" in name or name.endswith(".pth") or (links / entry.name).exists():
+                continue
+            (links / entry.name).symlink_to(entry)
+    (Path(site) / "numpy-and-gguf.pth").write_text(f"{links}\n")
     return python
 
 

@@ -1,3 +1,3 @@
-"""Stage 5, wheel facts: what a wheel holds, read from the wheel itself, never from its name alone:
+"""Wheel facts: what a wheel holds, read from the wheel itself, never from its name alone:
 file name and METADATA (`distmeta`), its members (`wheelfile`), ELF files and CUDA fat binaries (`elf`),
 and the manylinux policy its libraries earn (`policy`)."""
