@@ -138,7 +138,9 @@ def test_sdist_is_fetched_through_the_profile_mirror(mirror: Mirror, tmp_path: P
     profile = _profile(tmp_path, pypi=f"{mirror.url}/simple/")
     cache = tmp_path / "cache"
     code = (
-        "from llamawheel import sdist, recipes, mirrors\n"
+        "from llamawheel.build import sdist\n"
+        "from llamawheel.mirror import profiles\n"
+        "from llamawheel.recipe import catalog\n"
         f"print(sdist.fetch(catalog.cpu_recipe().llama_cpp_python, profiles.load_profile({str(profile)!r})))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,

@@ -207,3 +207,29 @@ def test_label_round_trips_through_verification(cli: dict[str, object]) -> None:
     plan = plan_cuda(**cli)
     expect = verify_static.Expectations.from_version(f"{plan.source.version}+{plan.local_version}")
     assert expect == verify_static.Expectations.for_plan(plan.minor, plan.targets, plan.options.runtime, plan.recipe)
+
+
+def test_a_second_build_of_the_same_variant_waits_for_the_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two builds of one variant share a work folder (they unpack and compile there): the second waits. The
+    first is stood for by holding its lock; `_run` (the real steps) is replaced by a recorder."""
+    import threading
+    import time
+
+    from llamawheel import pipeline
+    from llamawheel.core import fileio
+
+    monkeypatch.setenv("LLAMAWHEEL_CACHE", str(tmp_path / "cache"))
+    plan = planning.plan_cpu(CPU, options.resolve({"out": tmp_path / "out"}))
+    ran: list[float] = []
+    monkeypatch.setattr(pipeline, "_run", lambda plan, work: ran.append(time.monotonic()) or work / "x.whl")
+    with fileio.locked(pipeline.work_dir(plan)):
+        second = threading.Thread(target=pipeline.run, args=(plan,))
+        second.start()
+        time.sleep(0.5)
+        assert ran == [], "the second build started while the first still held the folder"
+        released = time.monotonic()
+    second.join(timeout=10)
+    assert len(ran) == 1 and ran[0] >= released
+    assert "another build of cpu is running on this machine" in capsys.readouterr().err

@@ -22,7 +22,7 @@ from llamawheel import __version__, repair
 from llamawheel.build import sdist
 from llamawheel.build.compile import BuildRequest, BuildResult, build_wheel, default_jobs
 from llamawheel.build.planning import Plan, cmake_args_for
-from llamawheel.core import log, paths
+from llamawheel.core import fileio, log, paths
 from llamawheel.pipeline import manifest
 from llamawheel.toolchain import CudaRoot, provider_for
 from llamawheel.verify.static import Expectations, Report, verify_wheel
@@ -128,11 +128,23 @@ def verify_repaired(plan: Plan, wheel: Path) -> Report:
 
 
 def run(plan: Plan) -> Path:
-    """Run every step; returns the repaired, verified wheel (its manifest beside it)."""
+    """Run every step; returns the repaired, verified wheel (its manifest beside it).
+
+    One build of a variant at a time: a second one waits (both would unpack and compile in the same folder)."""
+    work = work_dir(plan)
+
+    def waiting() -> None:
+        log.info(f"another build of {plan.local_version} is running on this machine (log: {work / 'build.log'}): "
+                 "waiting for it to finish")
+
+    with fileio.locked(work, on_wait=waiting):
+        return _run(plan, work)
+
+
+def _run(plan: Plan, work: Path) -> Path:
     timings = _Timings()
     started = time.monotonic()
     log.info(f"building {plan.describe()} (variant {plan.local_version}, {plan.mirror.name} mirror)")
-    work = work_dir(plan)
     with timings.step("toolchain"):
         root = provision_toolchain(plan)
     if root is None:
