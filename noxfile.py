@@ -29,20 +29,33 @@ nox.options.sessions = ["tests", "lint"]
 SUPPORTED_PYTHONS = ("3.10", "3.11", "3.12", "3.13")
 
 
+def _runs(python: str) -> bool:
+    try:
+        return subprocess.run([python, "-c", "pass"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
 def _installed_pythons() -> list[str | None]:
     """The supported Pythons this machine really has. pyenv's shims answer to every name, installed or not, so
-    each interpreter is run once; pyenv's own versions are put on PATH for nox to find."""
+    each interpreter is run once; a version only pyenv has is linked (as ``pythonX.Y`` alone) into a folder put
+    first on PATH for nox to find, leaving ``python3`` as it was."""
     pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
-    bins = [str(d / "bin") for d in sorted(pyenv.glob("3.*")) if (d / "bin").is_dir()]
-    os.environ["PATH"] = os.pathsep.join([*bins, os.environ.get("PATH", "")])
+    links = ROOT / ".nox" / "pythons"
     found: list[str | None] = []
     for version in SUPPORTED_PYTHONS:
-        try:
-            ok = subprocess.run([f"python{version}", "-c", "pass"], capture_output=True, timeout=20).returncode == 0
-        except (OSError, subprocess.TimeoutExpired):
-            ok = False
-        if ok:
-            found.append(version)
+        name = f"python{version}"
+        if not _runs(name):
+            candidates = [d / "bin" / name for d in sorted(pyenv.glob(f"{version}.*"), reverse=True)]
+            real = next((c for c in candidates if _runs(str(c))), None)
+            if real is None:
+                continue
+            links.mkdir(parents=True, exist_ok=True)
+            (links / name).unlink(missing_ok=True)
+            (links / name).symlink_to(real)
+        found.append(version)
+    if links.is_dir():
+        os.environ["PATH"] = os.pathsep.join([str(links), os.environ.get("PATH", "")])
     return found or [None]
 
 
