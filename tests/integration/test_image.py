@@ -18,6 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -352,6 +353,38 @@ def test_a_chat_longer_than_the_context_gets_context_length_exceeded_and_the_ser
     short = {**_ui_chat([{"role": "user", "content": "And now?"}]), "max_tokens": 16}
     status, _, stream = _post(api, short)
     assert status == 200 and _read_like_the_ui(stream)[1] == "length"
+
+
+def test_four_people_chatting_at_once_each_get_a_whole_answer(api: Api) -> None:
+    """Four streamed chats sent at the same moment. llama_cpp.server cuts a running answer short for a new
+    request unless told not to (three of four then got a 200 with an empty stream); the image queues them."""
+    def chat(i: int) -> tuple[int, str, bytes]:
+        body = _ui_chat([{"role": "user", "content": f"Person {i} says hello."}]) | {"max_tokens": 48}
+        return _post(api, body)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        answers = list(pool.map(chat, range(4)))
+    for status, content_type, stream in answers:
+        assert status == 200 and content_type.startswith("text/event-stream"), stream[:300]
+        text, finish, problems = _read_like_the_ui(stream)
+        assert finish in ("length", "stop") and text.strip() and not problems, stream[:500]
+    assert _get(api.url("/v1/models"), KEY)[0] == 200
+
+
+def test_a_body_that_is_not_json_gets_a_400_and_no_traceback(api: Api) -> None:
+    request = urllib.request.Request(api.url("/v1/chat/completions"), b'{"messages": [', {
+        "Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=30)
+    assert caught.value.code == 400
+    error = json.loads(caught.value.read())["error"]
+    assert error["type"] == "invalid_request_error" and error["message"].startswith("the request body is not JSON")
+    assert "Traceback" not in api.log.read_text()
+
+
+def test_the_log_says_threads_and_queue(api: Api) -> None:
+    log = api.log.read_text()
+    assert "thread(s): " in log and "request(s) queued" in log, log[-2000:]
 
 
 def test_the_declared_health_check_answers(api: Api, built: Built) -> None:

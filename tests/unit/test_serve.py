@@ -133,11 +133,13 @@ NO_BACKEND = "N_GPU_LAYERS=auto: this llama-cpp-python build has no GPU backend:
 
 def test_defaults(tmp_path: Path) -> None:
     model = fake_gguf(tmp_path / "llama-2-7b-chat.bin")
-    config = serve.resolve({"MODELS_DIR": str(tmp_path)}, gpu_offload=False)
+    config = serve.resolve({"MODELS_DIR": str(tmp_path)}, gpu_offload=False, threads_for=lambda: (3, "quota"))
     assert config == serve.ServeConfig(model=model, alias="/models/llama-2-7b-chat.bin", n_ctx=4096,
-                                       n_gpu_layers=0, host="0.0.0.0", port=8000, notes=(NO_BACKEND,))
+                                       n_gpu_layers=0, host="0.0.0.0", port=8000, notes=(NO_BACKEND,),
+                                       n_threads=3, threads_why="quota", max_queue=8, interrupt_requests="false")
     assert config.environ() == {"MODEL": str(model), "MODEL_ALIAS": "/models/llama-2-7b-chat.bin", "N_CTX": "4096",
-                                "N_GPU_LAYERS": "0", "HOST": "0.0.0.0", "PORT": "8000"}
+                                "N_GPU_LAYERS": "0", "HOST": "0.0.0.0", "PORT": "8000", "N_THREADS": "3",
+                                "N_THREADS_BATCH": "3", "INTERRUPT_REQUESTS": "false"}
 
 
 def test_empty_values_mean_the_defaults(tmp_path: Path) -> None:
@@ -160,12 +162,14 @@ def test_settings_from_the_environment(tmp_path: Path) -> None:
     model = fake_gguf(tmp_path / "x" / "m.gguf")
     environ = {"MODEL": str(model), "MODELS_DIR": str(tmp_path / "unused"),
                "MODEL_ALIAS": "/models/code-llama-13b-chat.gguf", "N_CTX": "8192", "N_GPU_LAYERS": "20",
-               "HOST": "127.0.0.1", "PORT": "9000"}
+               "HOST": "127.0.0.1", "PORT": "9000", "N_THREADS": "5", "MAX_QUEUE": "2", "INTERRUPT_REQUESTS": "true"}
     config = serve.resolve(environ, gpu_offload=True, gpu=None)
     assert config == serve.ServeConfig(model=model, alias="/models/code-llama-13b-chat.gguf", n_ctx=8192,
-                                       n_gpu_layers=20, host="127.0.0.1", port=9000, notes=())
+                                       n_gpu_layers=20, host="127.0.0.1", port=9000, notes=(), n_threads=5,
+                                       threads_why="set by N_THREADS", max_queue=2, interrupt_requests="true")
     assert config.environ() == {"MODEL": str(model), "MODEL_ALIAS": "/models/code-llama-13b-chat.gguf",
-                                "N_CTX": "8192", "N_GPU_LAYERS": "20", "HOST": "127.0.0.1", "PORT": "9000"}
+                                "N_CTX": "8192", "N_GPU_LAYERS": "20", "HOST": "127.0.0.1", "PORT": "9000",
+                                "N_THREADS": "5", "N_THREADS_BATCH": "5", "INTERRUPT_REQUESTS": "true"}
 
 
 def test_n_gpu_layers_minus_one_passes_through(tmp_path: Path) -> None:
@@ -396,8 +400,24 @@ def test_other_requests_pass_through_untouched(request_scope: dict[str, Any]) ->
     assert len(client.incoming) == 1  # the body was not read
 
 
+@pytest.mark.parametrize("raw", [b'{"messages": [', b"", b"not json"])
+def test_a_body_that_is_not_json_gets_a_400_in_openais_shape(raw: bytes) -> None:
+    """llama_cpp.server answers such a body with a 500 and a traceback in its log."""
+    client = Client(raw)
+
+    async def app(s: Any, receive: Receive, send: Send) -> None:
+        raise AssertionError("the app must not see a body that is not JSON")
+
+    client.run(app)
+    got = error_response(client)
+    assert got["status"] == 400
+    assert got["error"]["type"] == "invalid_request_error"
+    assert got["error"]["message"].startswith("the request body is not JSON: ")
+    assert ("it is empty" in got["error"]["message"]) == (raw == b"")
+
+
 @pytest.mark.parametrize("raw", [stream_body(stream=False), stream_body(stream="true"), stream_body(stream=1),
-                                 b'{"messages": [', b"[1, 2]", b""])
+                                 b"[1, 2]"])
 def test_non_stream_bodies_reach_the_app_intact(raw: bytes) -> None:
     client = Client(raw)
     got: list[bytes] = []
@@ -595,3 +615,120 @@ def test_a_plain_error_after_the_first_event_is_raised() -> None:
     with pytest.raises(RuntimeError, match="mid-stream"):
         client.run(app)
     assert client.sent == [STREAM_START, DATA]
+
+
+# --- the served id, threads, the queue ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("file", "alias"), [
+    ("llama-2-13b-chat.bin", "/models/llama-2-13b-chat.bin"),
+    ("llama-2-70b-chat.bin", "/models/llama-2-70b-chat.bin"),
+    ("code-llama-34b-chat.gguf", "/models/code-llama-34b-chat.gguf"),
+    ("tiny/llama-2-13b-chat.bin", "/models/llama-2-7b-chat.bin"),  # not where the UI's id says
+    ("my-model.gguf", "/models/llama-2-7b-chat.bin"),
+])
+def test_the_served_id_follows_the_file_when_the_ui_knows_it(tmp_path: Path, file: str, alias: str) -> None:
+    """With /models/llama-2-13b-chat.bin mounted, the UI must label it 13B, not 7B."""
+    fake_gguf(tmp_path / file)
+    config = serve.resolve({"MODELS_DIR": str(tmp_path), "N_GPU_LAYERS": "0"}, gpu_offload=False)
+    assert config.alias == alias
+    assert not any("MODEL_ALIAS" in n for n in config.notes)
+
+
+def test_model_alias_still_wins(tmp_path: Path) -> None:
+    fake_gguf(tmp_path / "llama-2-13b-chat.bin")
+    config = serve.resolve({"MODELS_DIR": str(tmp_path), "MODEL_ALIAS": "/models/llama-2-7b-chat.bin",
+                            "N_GPU_LAYERS": "0"}, gpu_offload=False)
+    assert config.alias == "/models/llama-2-7b-chat.bin"
+
+
+def cgroup(tmp_path: Path, proc_line: str, files: dict[str, str]) -> tuple[Path, Path]:
+    root = tmp_path / "cgroup"
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    proc = tmp_path / "proc-self-cgroup"
+    proc.write_text(proc_line + "\n")
+    return root, proc
+
+
+@pytest.mark.parametrize(("proc_line", "files", "cpus", "threads", "said"), [
+    # a container with --cpus 2: its own cgroup is the root of what it sees
+    ("0::/", {"cpu.max": "200000 100000\n"}, 16, 2, "CPU quota of 2 CPU(s)"),
+    ("0::/", {"cpu.max": "150000 100000\n"}, 16, 2, "CPU quota of 1.5 CPU(s)"),  # rounded up
+    ("0::/", {"cpu.max": "max 100000\n"}, 16, 16, "no CPU quota"),
+    ("0::/", {"cpu.max": "800000 100000\n"}, 4, 4, "CPU quota of 8 CPU(s) (4 CPU(s) visible)"),
+    ("0::/system.slice/x.scope", {"system.slice/x.scope/cpu.max": "max 100000\n",  # a parent's quota binds
+                                  "system.slice/cpu.max": "300000 100000\n"}, 16, 3, "CPU quota of 3 CPU(s)"),
+    ("4:cpu,cpuacct:/docker/abc", {"cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "100000\n",  # cgroup v1
+                                   "cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000\n"}, 8, 1, "CPU quota of 1"),
+    ("4:cpu,cpuacct:/", {"cpu,cpuacct/cpu.cfs_quota_us": "-1\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"},
+     8, 8, "no CPU quota"),
+    ("0::/", {}, 6, 6, "no CPU quota"),  # no cgroup files at all
+])
+def test_threads_follow_the_cgroup_cpu_quota(tmp_path: Path, proc_line: str, files: dict[str, str], cpus: int,
+                                             threads: int, said: str) -> None:
+    root, proc = cgroup(tmp_path, proc_line, files)
+    got, why = serve.default_threads(root, proc, cpus=cpus)
+    assert (got, said in why) == (threads, True), why
+
+
+def test_n_threads_overrides_and_is_checked(tmp_path: Path) -> None:
+    fake_gguf(tmp_path / "m.gguf")
+    base = {"MODELS_DIR": str(tmp_path), "N_GPU_LAYERS": "0"}
+    assert serve.resolve({**base, "N_THREADS": "7"}, gpu_offload=False).n_threads == 7
+    with pytest.raises(serve.ConfigError, match="N_THREADS=0: at least 1"):
+        serve.resolve({**base, "N_THREADS": "0"}, gpu_offload=False)
+
+
+def admission_run(admission: serve.Admission, client: Client) -> None:
+    asyncio.run(admission(scope(), client.receive, client.send))
+
+
+def test_past_the_queue_a_request_gets_503_with_retry_after_at_once() -> None:
+    """One request runs and two wait (MAX_QUEUE=2): the fourth is refused without reaching the model."""
+    reached: list[int] = []
+
+    async def app(s: Any, receive: Receive, send: Send) -> None:
+        reached.append(1)
+
+    admission = serve.Admission(app, max_queue=2)
+    admission.in_flight = 3  # as while three requests are inside
+    client = Client(stream_body())
+    admission_run(admission, client)
+    got = error_response_with(client, b"retry-after", b"10")
+    assert got["status"] == 503 and got["error"]["code"] == "server_busy"
+    assert "MAX_QUEUE=2" in got["error"]["message"] and reached == []
+    admission.in_flight = 2  # one of them finished: there is room again
+    admission_run(admission, Client(stream_body()))
+    assert reached == [1] and admission.in_flight == 2
+
+
+def test_concurrent_requests_all_reach_the_app_and_are_counted_out() -> None:
+    inside: list[int] = []
+
+    async def app(s: Any, receive: Receive, send: Send) -> None:
+        inside.append(admission.in_flight)
+        await asyncio.sleep(0.01)
+
+    admission = serve.Admission(app, max_queue=8)
+
+    async def many() -> None:
+        await asyncio.gather(*(admission(scope(), Client(stream_body()).receive, Client().send) for _ in range(5)))
+
+    asyncio.run(many())
+    assert sorted(inside) == [1, 2, 3, 4, 5] and admission.in_flight == 0
+
+
+def test_other_paths_are_never_queued() -> None:
+    admission = serve.Admission(lambda s, r, se: asyncio.sleep(0), max_queue=0)
+    admission.in_flight = 5
+    client = Client()
+    asyncio.run(admission(scope(path="/v1/models", method="GET"), client.receive, client.send))
+    assert client.sent == []  # passed through: the app (sending nothing here) answered, not a 503
+
+
+def error_response_with(client: Client, header: bytes, value: bytes) -> dict[str, Any]:
+    start = client.sent[0]
+    assert dict(start["headers"])[header] == value
+    return error_response(client)

@@ -5,17 +5,24 @@ Environment (every name is also one llama_cpp.server reads; anything else it rea
 
 - ``MODEL``: the GGUF to serve, absolute or relative to ``MODELS_DIR`` (``/models``). Unset: the one GGUF
   file anywhere under ``/models`` (any extension: llama-gpt names GGUF files ``*.bin``).
-- ``MODEL_ALIAS``: the id served on ``/v1/models``; default ``/models/llama-2-7b-chat.bin``, an id the UI
-  knows (with an id it does not know, the UI spins forever).
+- ``MODEL_ALIAS``: the id served on ``/v1/models``; default: the model's own path when that is an id the UI
+  knows (``/models/llama-2-13b-chat.bin`` is served as itself, so the UI names it 13B), else
+  ``/models/llama-2-7b-chat.bin`` (with an id it does not know, the UI spins forever).
 - ``N_CTX``: default 4096, the least the UI needs (it sends up to 4000 tokens of history and asks for 1000).
 - ``N_GPU_LAYERS``: ``auto`` (default) fits layers to the free GPU memory (see `gpu_layers`); a number as
   llama.cpp takes it (-1: all).
 - ``API_KEY``: when set, every request needs ``Authorization: Bearer <key>``.
+- ``N_THREADS``: CPU threads; default: the container's CPU quota (cgroup ``cpu.max``), rounded up, and no more
+  than the CPUs it may run on, rather than the host's core count.
+- ``MAX_QUEUE``: completions that may wait while one runs (default 8); past that a request gets ``503`` with
+  ``Retry-After``. Requests are answered one after another (``INTERRUPT_REQUESTS=false``, where
+  llama_cpp.server would cut a running answer short for a new request and send it an empty stream).
 - ``HOST``/``PORT``: default 0.0.0.0 and 8000.
 
 A streamed request whose prompt is longer than the context gets the same OpenAI-style 400
 ``context_length_exceeded`` error a plain request gets (llama_cpp.server 0.3.36 sends an empty 200 stream),
-and the server stays up.
+and the server stays up. A completion request whose body is not JSON gets an OpenAI-style ``400``, not a
+``500`` and a traceback.
 
 Standard library only at import time: llama_cpp and uvicorn are imported in `main`.
 """
@@ -23,6 +30,7 @@ Standard library only at import time: llama_cpp and uvicorn are imported in `mai
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import sys
@@ -45,7 +53,10 @@ UI_MODEL_IDS = (
 DEFAULT_ALIAS = UI_MODEL_IDS[0]
 MIN_CTX = 4096
 DEFAULTS = {"MODELS_DIR": "/models", "MODEL_ALIAS": DEFAULT_ALIAS, "N_CTX": str(MIN_CTX), "N_GPU_LAYERS": "auto",
-            "HOST": "0.0.0.0", "PORT": "8000"}
+            "HOST": "0.0.0.0", "PORT": "8000", "MAX_QUEUE": "8", "INTERRUPT_REQUESTS": "false"}
+UI_MODELS_DIR = "/models"
+"""Where the UI's ids say the models are (``/models/llama-2-13b-chat.bin``)."""
+RETRY_AFTER_SECONDS = 10
 STREAM_PATHS = ("/v1/chat/completions", "/v1/completions")
 COMPLETION_MAX_TOKENS = 16
 """llama_cpp.server's default max_tokens for /v1/completions (chat has none)."""
@@ -72,11 +83,18 @@ class ServeConfig:
     port: int
     notes: tuple[str, ...]
     """What the log should tell the user about these choices."""
+    n_threads: int = 1
+    threads_why: str = ""
+    """Why that many threads: set, or the cgroup's CPU quota."""
+    max_queue: int = 8
+    interrupt_requests: str = "false"
 
     def environ(self) -> dict[str, str]:
         """The variables llama_cpp.server reads, with the resolved values."""
         return {"MODEL": str(self.model), "MODEL_ALIAS": self.alias, "N_CTX": str(self.n_ctx),
-                "N_GPU_LAYERS": str(self.n_gpu_layers), "HOST": self.host, "PORT": str(self.port)}
+                "N_GPU_LAYERS": str(self.n_gpu_layers), "HOST": self.host, "PORT": str(self.port),
+                "N_THREADS": str(self.n_threads), "N_THREADS_BATCH": str(self.n_threads),
+                "INTERRUPT_REQUESTS": self.interrupt_requests}
 
 
 def is_gguf(path: Path) -> bool:
@@ -122,6 +140,69 @@ def _listing(models_dir: Path) -> str:
     return f"Files under {models_dir}: {', '.join(files[:20]) or 'none'}"
 
 
+def default_alias(model: Path, models_dir: Path) -> str:
+    """The model's own path as the UI would name it, when that is an id the UI knows; else the 7B id."""
+    try:
+        own = f"{UI_MODELS_DIR}/{model.relative_to(models_dir).as_posix()}"
+    except ValueError:
+        own = str(model)
+    return own if own in UI_MODEL_IDS else DEFAULT_ALIAS
+
+
+def _cgroup_quota(cgroup_root: Path, proc_cgroup: Path) -> float | None:
+    """CPUs this process may use by its cgroup's quota (``cpu.max`` of cgroup v2, ``cpu.cfs_quota_us`` of v1),
+    the smallest along its cgroup path; None without a quota."""
+    quotas: list[float] = []
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines or ["0::/"]:
+        _, controllers, path = line.split(":", 2)
+        folders: list[Path] = []
+        if controllers == "":  # cgroup v2
+            base = cgroup_root
+        elif "cpu" in controllers.split(","):
+            base = next((cgroup_root / n for n in (controllers, "cpu", "cpu,cpuacct") if (cgroup_root / n).is_dir()),
+                        cgroup_root / controllers)
+        else:
+            continue
+        here = base / path.lstrip("/")
+        folders = [here, *here.parents]
+        for folder in folders:
+            if base not in (folder, *folder.parents):
+                break
+            quotas += _quota_in(folder)
+    return min(quotas) if quotas else None
+
+
+def _quota_in(folder: Path) -> list[float]:
+    try:
+        quota, period = (folder / "cpu.max").read_text().split()[:2]
+        return [] if quota == "max" else [int(quota) / int(period)]
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((folder / "cpu.cfs_quota_us").read_text())
+        period_us = int((folder / "cpu.cfs_period_us").read_text())
+        return [quota_us / period_us] if quota_us > 0 and period_us > 0 else []
+    except (OSError, ValueError):
+        return []
+
+
+def default_threads(cgroup_root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = Path("/proc/self/cgroup"),
+                    cpus: int | None = None) -> tuple[int, str]:
+    """CPU threads for llama.cpp: the cgroup's quota rounded up, no more than the CPUs this process may run
+    on; and the words that say why."""
+    available = cpus if cpus is not None else (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                               else (os.cpu_count() or 1))
+    quota = _cgroup_quota(cgroup_root, proc_cgroup)
+    if quota is None:
+        return available, f"{available} CPU(s) this container may run on, no CPU quota"
+    threads = max(1, min(available, math.ceil(quota - 1e-9)))
+    return threads, f"the container's CPU quota of {quota:g} CPU(s) ({available} CPU(s) visible)"
+
+
 def _integer(environ: Mapping[str, str], name: str) -> int:
     value = environ.get(name) or DEFAULTS[name]
     try:
@@ -135,13 +216,15 @@ def resolve(
     *,
     gpu_offload: bool,
     gpu: gpu_layers.GpuMemory | gpu_layers.Query | None = gpu_layers.QUERY_NVML,
+    threads_for: Callable[[], tuple[int, str]] = default_threads,
 ) -> ServeConfig:
     """Settings from ``environ`` with the defaults above; ``gpu_offload`` says whether the installed
     llama.cpp has a GPU backend, ``gpu`` is the GPU memory seen for ``N_GPU_LAYERS=auto`` (None: no GPU;
-    by default NVML is asked)."""
+    by default NVML is asked), ``threads_for`` the CPU threads when ``N_THREADS`` is not set (the cgroup's)."""
     notes = []
-    model = find_model(Path(environ.get("MODELS_DIR") or DEFAULTS["MODELS_DIR"]), environ.get("MODEL", ""))
-    alias = environ.get("MODEL_ALIAS") or DEFAULT_ALIAS
+    models_dir = Path(environ.get("MODELS_DIR") or DEFAULTS["MODELS_DIR"])
+    model = find_model(models_dir, environ.get("MODEL", ""))
+    alias = environ.get("MODEL_ALIAS") or default_alias(model, models_dir)
     if alias not in UI_MODEL_IDS:
         notes.append(f"MODEL_ALIAS={alias} is not an id the stock llama-gpt UI lists ({', '.join(UI_MODEL_IDS[:3])}):"
                      " the UI will show no model")
@@ -164,8 +247,18 @@ def resolve(
             notes.append(line)
     else:
         n_gpu_layers = _integer(environ, "N_GPU_LAYERS")
+    if environ.get("N_THREADS"):
+        n_threads, why = _integer(environ, "N_THREADS"), "set by N_THREADS"
+        if n_threads < 1:
+            raise ConfigError(f"N_THREADS={n_threads}: at least 1")
+    else:
+        n_threads, why = threads_for()
+    max_queue = _integer(environ, "MAX_QUEUE")
+    if max_queue < 0:
+        raise ConfigError(f"MAX_QUEUE={max_queue}: 0 or more")
+    interrupt = (environ.get("INTERRUPT_REQUESTS") or DEFAULTS["INTERRUPT_REQUESTS"]).strip().lower()
     return ServeConfig(model, alias, n_ctx, n_gpu_layers, environ.get("HOST") or DEFAULTS["HOST"],
-                       _integer(environ, "PORT"), tuple(notes))
+                       _integer(environ, "PORT"), tuple(notes), n_threads, why, max_queue, interrupt)
 
 
 def error_body(exc: BaseException, request: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -202,6 +295,50 @@ def _first_error(exc: BaseException) -> BaseException | None:
     return exc if isinstance(exc, Exception) else None
 
 
+async def _send_json(send: Send, status: int, payload: dict[str, Any],
+                     headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+    data = json.dumps(payload).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+                            *headers]})
+    await send({"type": "http.response.body", "body": data, "more_body": False})
+
+
+def _is_completion(scope: Scope) -> bool:
+    return scope.get("type") == "http" and scope.get("method") == "POST" and scope.get("path") in STREAM_PATHS
+
+
+class Admission:
+    """ASGI middleware: completions are answered one after another (llama_cpp.server runs one at a time), and
+    at most ``max_queue`` wait behind the one running; past that a request gets OpenAI's error shape with
+    ``503`` and ``Retry-After``, at once, instead of an empty answer much later."""
+
+    def __init__(self, app: App, max_queue: int) -> None:
+        self.app = app
+        self.max_queue = max_queue
+        self.in_flight = 0
+        """Completions running or waiting now."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not _is_completion(scope):
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= 1 + self.max_queue:
+            message = (f"the server is busy: one answer is being written and {self.in_flight - 1} request(s) wait"
+                       f" for it, as many as it queues (MAX_QUEUE={self.max_queue}); try again in"
+                       f" {RETRY_AFTER_SECONDS} s")
+            print(f"llamawheel: refused with 503: {message}", file=sys.stderr, flush=True)
+            await _send_json(send, 503, {"error": {"message": message, "type": "server_error", "param": None,
+                                                   "code": "server_busy"}},
+                             ((b"retry-after", str(RETRY_AFTER_SECONDS).encode()),))
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
 class StreamErrors:
     """ASGI middleware: a streamed completion's response is held back until its first event, so an error
     raised before it (a prompt longer than the context) becomes a proper JSON error response."""
@@ -210,7 +347,7 @@ class StreamErrors:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope.get("type") != "http" or scope.get("method") != "POST" or scope.get("path") not in STREAM_PATHS:
+        if not _is_completion(scope):
             await self.app(scope, receive, send)
             return
         chunks = []
@@ -231,8 +368,11 @@ class StreamErrors:
 
         try:
             request = json.loads(body)
-        except ValueError:
-            request = None
+        except ValueError as exc:  # llama_cpp.server answers 500 and logs a traceback
+            why = "it is empty" if not body.strip() else f"{exc}"
+            await _send_json(send, 400, {"error": {"message": f"the request body is not JSON: {why}",
+                                                   "type": "invalid_request_error", "param": None, "code": None}})
+            return
         if not isinstance(request, dict) or request.get("stream") is not True:
             await self.app(scope, replay, send)
             return
@@ -267,11 +407,7 @@ class StreamErrors:
             status, payload = error_body(error, request)
             print(f"llamawheel: stream refused with {status}: {payload['error']['message']}", file=sys.stderr,
                   flush=True)
-            data = json.dumps(payload).encode()
-            await send({"type": "http.response.start", "status": status,
-                        "headers": [(b"content-type", b"application/json"),
-                                    (b"content-length", str(len(data)).encode())]})
-            await send({"type": "http.response.body", "body": data, "more_body": False})
+            await _send_json(send, status, payload)
             return
         for m in held:
             await send(m)
@@ -291,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llamawheel: {note}", file=sys.stderr)
     print(f"llamawheel: serving {config.model} as {config.alias} on {config.host}:{config.port}"
           f" (n_ctx {config.n_ctx}, n_gpu_layers {config.n_gpu_layers},"
+          f" {config.n_threads} thread(s): {config.threads_why},"
+          f" up to {config.max_queue} request(s) queued,"
           f" API key {'required' if os.environ.get('API_KEY') else 'not set'})", file=sys.stderr, flush=True)
     os.environ.update(config.environ())
     import uvicorn
@@ -301,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     app = create_app(server_settings=ServerSettings(), model_settings=[ModelSettings()])
-    uvicorn.run(StreamErrors(app), host=config.host, port=config.port)
+    uvicorn.run(Admission(StreamErrors(app), config.max_queue), host=config.host, port=config.port)
     return 0
 
 
