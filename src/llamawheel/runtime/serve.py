@@ -158,8 +158,10 @@ def _cgroup_quota(cgroup_root: Path, proc_cgroup: Path) -> float | None:
     except OSError:
         lines = []
     for line in lines or ["0::/"]:
-        _, controllers, path = line.split(":", 2)
-        folders: list[Path] = []
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
         if controllers == "":  # cgroup v2
             base = cgroup_root
         elif "cpu" in controllers.split(","):
@@ -168,8 +170,7 @@ def _cgroup_quota(cgroup_root: Path, proc_cgroup: Path) -> float | None:
         else:
             continue
         here = base / path.lstrip("/")
-        folders = [here, *here.parents]
-        for folder in folders:
+        for folder in (here, *here.parents):
             if base not in (folder, *folder.parents):
                 break
             quotas += _quota_in(folder)
