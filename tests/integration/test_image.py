@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -228,25 +229,28 @@ def _stop(container: str, process: subprocess.Popen[str]) -> None:
     buildah("rm", container, check=False)
 
 
-@pytest.fixture(scope="module")
-def api(built: Built, models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    """The image's entry point serving the models folder with an API key, reachable on loopback."""
-    log = tmp_path_factory.mktemp("api") / "server.log"
+def _started(built: Built, models: Path, log: Path, *env: str) -> Api:
+    """The image's entry point serving ``models`` on a free loopback port, once the port answers."""
     port = _free_port()
-    container, process = _serve(built.tag, models, log, port, f"API_KEY={KEY}")
-    server = Api(container, port, models, process, log)
+    container, process = _serve(built.tag, models, log, port, *env)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert process.poll() is None, log.read_text()
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
+                return Api(container, port, models, process, log)
         except OSError:
             time.sleep(0.5)
-    else:
-        pytest.fail("the server never opened its port:\n" + log.read_text())
-    yield server
     _stop(container, process)
+    pytest.fail("the server never opened its port:\n" + log.read_text())
+
+
+@pytest.fixture(scope="module")
+def api(built: Built, models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """The image's entry point serving the models folder with an API key, reachable on loopback."""
+    server = _started(built, models, tmp_path_factory.mktemp("api") / "server.log", f"API_KEY={KEY}")
+    yield server
+    _stop(server.container, server.process)
 
 
 def _get(url: str, key: str | None) -> tuple[int, Any]:
@@ -258,14 +262,20 @@ def _get(url: str, key: str | None) -> tuple[int, Any]:
         return exc.code, json.loads(exc.read() or b"null")
 
 
-def _post(api: Api, body: dict[str, Any], key: str = KEY) -> tuple[int, str, bytes]:
+def _post_full(api: Api, body: dict[str, Any], key: str = KEY) -> tuple[int, Any, bytes]:
+    """A chat request as the UI sends it: (status, headers, body)."""
     request = urllib.request.Request(api.url("/v1/chat/completions"), json.dumps(body).encode(), {
         "Authorization": f"Bearer {key}", "Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=300) as response:
-            return response.status, response.headers.get("Content-Type", ""), response.read()
+            return response.status, response.headers, response.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.headers.get("Content-Type", ""), exc.read()
+        return exc.code, exc.headers, exc.read()
+
+
+def _post(api: Api, body: dict[str, Any], key: str = KEY) -> tuple[int, str, bytes]:
+    status, headers, data = _post_full(api, body, key)
+    return status, headers.get("Content-Type", ""), data
 
 
 def _ui_chat(messages: list[dict[str, str]]) -> dict[str, Any]:
@@ -369,6 +379,93 @@ def test_four_people_chatting_at_once_each_get_a_whole_answer(api: Api) -> None:
         text, finish, problems = _read_like_the_ui(stream)
         assert finish in ("length", "stop") and text.strip() and not problems, stream[:500]
     assert _get(api.url("/v1/models"), KEY)[0] == 200
+
+
+def _server_rss(api: Api) -> int:
+    """Resident memory of the server: every process below ``buildah run`` (the Python server among them)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(fields[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    family, grew = {api.process.pid}, True
+    while grew:
+        more = {pid for pid, parent in parents.items() if parent in family} - family
+        family |= more
+        grew = bool(more)
+    total = 0
+    for pid in family:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        total += next((int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+    return total
+
+
+def _answered_in_full(status: int, stream: bytes) -> None:
+    """A streamed answer the UI reads to its end: a 200, chunks it can parse, and a finish reason (an empty 200
+    stream has none)."""
+    assert status == 200, stream[:300]
+    _, finish, problems = _read_like_the_ui(stream)
+    assert finish in ("length", "stop") and not problems, stream[:500]
+
+
+def test_a_load_of_chats_is_answered_in_full_and_memory_stays_flat(api: Api) -> None:
+    """8 streamed chats at once, then 200 in a row of mixed sizes, some longer than the context: each is answered
+    in full or refused with context_length_exceeded, none is an empty 200, the server stays up, and its memory
+    after the first 20 stays within 10% (and 30 MB) of where it was then."""
+    def chat(i: int) -> tuple[int, str, bytes]:
+        return _post(api, _ui_chat([{"role": "user", "content": f"Person {i} asks a question."}]) | {"max_tokens": 24})
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for status, _, stream in pool.map(chat, range(8)):
+            _answered_in_full(status, stream)
+    rng = random.Random(13)
+    too_long = "The quick brown fox jumps over the lazy dog. " * 600
+    samples: list[int] = []
+    started = time.monotonic()
+    for i in range(200):
+        if i % 25 == 7:
+            status, _, body = _post(api, _ui_chat([{"role": "user", "content": too_long}]))
+            assert status == 400 and json.loads(body)["error"]["code"] == "context_length_exceeded", body[:300]
+        else:
+            words = " ".join(rng.choice(("llama", "wheel", "cuda", "chat")) for _ in range(rng.randint(1, 300)))
+            body = _ui_chat([{"role": "user", "content": words}]) | {"max_tokens": rng.randint(4, 48)}
+            status, _, stream = _post(api, body)
+            _answered_in_full(status, stream)
+        if i % 20 == 19:
+            samples.append(_server_rss(api))
+    assert api.process.poll() is None
+    print(f"200 mixed requests in {time.monotonic() - started:.0f} s; server memory every 20 requests (MB): "
+          + ", ".join(f"{s / 1e6:.0f}" for s in samples))
+    assert samples[0] > 0
+    assert max(samples[1:]) <= samples[0] * 1.10 + 30e6, samples
+
+
+def test_past_the_queue_a_chat_gets_503_with_retry_after(built: Built, models: Path, tmp_path: Path) -> None:
+    """With MAX_QUEUE=1, six chats at once: one is answered while one waits; the rest are told at once to come
+    back (503, Retry-After), never given an empty answer."""
+    server = _started(built, models, tmp_path / "server.log", f"API_KEY={KEY}", "MAX_QUEUE=1")
+    try:
+        def chat(i: int) -> tuple[int, Any, bytes]:
+            return _post_full(server, _ui_chat([{"role": "user", "content": f"Person {i}."}]) | {"max_tokens": 300})
+
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            answers = list(pool.map(chat, range(6)))
+    finally:
+        _stop(server.container, server.process)
+    busy = [(headers, body) for status, headers, body in answers if status == 503]
+    assert 1 <= len(busy) <= 4, [a[0] for a in answers]
+    for headers, body in busy:
+        assert headers.get("Retry-After") == "10"
+        assert json.loads(body)["error"]["code"] == "server_busy"
+    for status, _, stream in answers:
+        if status != 503:
+            _answered_in_full(status, stream)
+    assert "refused with 503" in (tmp_path / "server.log").read_text()
 
 
 def test_a_body_that_is_not_json_gets_a_400_and_no_traceback(api: Api) -> None:
