@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from llamawheel.core.compat import tomllib
-from llamawheel.core.errors import LlamawheelError, did_you_mean
+from llamawheel.core.errors import LlamawheelError
 
 
 class Table:
@@ -30,12 +30,6 @@ class Table:
         name = ".".join(part for part in (self.where, key) if part)
         return self.error(f"{self.path}: key '{name}': {problem}", tip)
 
-    def allow(self, *keys: str) -> None:
-        for key in self.data:
-            if key not in keys:
-                hint = did_you_mean(key, keys)
-                raise self.fail(key, f"unknown key{hint}", "known keys here: " + ", ".join(keys))
-
     def _get(self, key: str, kind: type, kind_name: str, default: Any) -> Any:
         if key not in self.data:
             if default is _REQUIRED:
@@ -46,15 +40,9 @@ class Table:
             raise self.fail(key, f"must be {kind_name}, not {type(value).__name__}")
         return value
 
-    def text(self, key: str, default: Any = None) -> Any:
-        return self._get(key, str, "a string", _REQUIRED if default is None else default)
-
-    def opt_str(self, key: str) -> str | None:
-        value: str | None = self._get(key, str, "a string", None)
-        return value
-
-    def number(self, key: str, default: Any = None) -> Any:
-        return self._get(key, int, "an integer", _REQUIRED if default is None else default)
+    def value(self, key: str, kind: type, kind_name: str) -> Any:
+        """The value of a key that is there, refused (naming the file and key) unless it is a ``kind``."""
+        return self._get(key, kind, kind_name, _REQUIRED)
 
     def str_list(self, key: str, default: Any = None) -> tuple[str, ...]:
         value = self._get(key, list, "a list of strings", _REQUIRED if default is None else default)

@@ -59,7 +59,7 @@ def fsync_dir(folder: Path) -> None:
 
 
 @contextmanager
-def new_file(final: Path, *, durable: bool = False, mode: int = 0o644, suffix: str = "") -> Iterator[Path]:
+def new_file(final: Path, *, durable: bool = False, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``final`` to write; on success it replaces ``final`` (world-readable:
     a wheel, a page or an archive is for others to read). ``durable`` flushes it to disk first.
 
@@ -71,7 +71,7 @@ def new_file(final: Path, *, durable: bool = False, mode: int = 0o644, suffix: s
     tmp = Path(name)
     try:
         yield tmp
-        os.chmod(tmp, mode)
+        os.chmod(tmp, 0o644)
         if durable:
             with tmp.open("rb") as fh:
                 os.fsync(fh.fileno())

@@ -92,13 +92,6 @@ _SCALARS: dict[Any, tuple[type, str]] = {
 }
 
 
-def _scalar(tp: Any, value: Any, table: Table, key: str) -> Any:
-    kind, name = _SCALARS[tp]
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise table.fail(key, f"must be {name}, not {type(value).__name__}")
-    return value
-
-
 def _convert(tp: Any, table: Table, key: str, f: dataclasses.Field[Any]) -> Any:
     value = table.data[key]
     inner = _optional_of(tp)
@@ -106,9 +99,9 @@ def _convert(tp: Any, table: Table, key: str, f: dataclasses.Field[Any]) -> Any:
         tp = inner
     origin, args = get_origin(tp), get_args(tp)
     if tp in _SCALARS:
-        return _scalar(tp, value, table, key)
+        return table.value(key, *_SCALARS[tp])
     if origin is Literal:
-        _scalar(str, value, table, key)
+        table.value(key, *_SCALARS[str])
         if value not in args:
             raise table.fail(key, f"'{value}' is not one of {', '.join(args)}{did_you_mean(value, args)}")
         return value
