@@ -233,3 +233,13 @@ def test_a_second_build_of_the_same_variant_waits_for_the_first(
     second.join(timeout=10)
     assert len(ran) == 1 and ran[0] >= released
     assert "another build of cpu is running on this machine" in capsys.readouterr().err
+
+
+def test_the_folder_checked_is_the_folder_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``LLAMAWHEEL_OUT=~/wheels`` (a shell does not expand ~ inside a variable): the folder proven writable when
+    planning and the folder the wheel goes to are one, the home's."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("LLAMAWHEEL_OUT", "~/wheels")
+    plan = planning.plan_cpu(CPU, options.resolve({}))
+    assert plan.output_dir == tmp_path / "wheels"
+    assert (tmp_path / "wheels").is_dir()

@@ -52,8 +52,8 @@ class Plan:
 
     @property
     def output_dir(self) -> Path:
-        """Where the wheel and its manifest go: ``--out``, else ``wheels/``."""
-        return (self.options.out or paths.wheels_dir()).resolve()
+        """Where the wheel and its manifest go: ``--out``, else ``wheels/`` (checked when planned)."""
+        return output_folder(self.options)
 
     def manifest_fields(self) -> dict[str, Any]:
         minor = self.minor
@@ -109,10 +109,14 @@ def _source(recipe: Recipe, opts: BuildOptions) -> Sdist:
     return Sdist(name=pinned.name, version=version, sha256=sha)
 
 
+def output_folder(opts: BuildOptions) -> Path:
+    """``--out`` (``LLAMAWHEEL_OUT``), else ``wheels/``: the one place that says where the wheel goes."""
+    return (opts.out or paths.wheels_dir()).expanduser().resolve()
+
+
 def check_output_dir(folder: Path, option: str = "--out") -> Path:
     """The output folder, made if missing and proven writable now, before any download or compile (a build
     that fails only when it writes its wheel has wasted half an hour)."""
-    folder = folder.expanduser().resolve()
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"{option} {folder}: that is a file, not a folder", f"pass a folder for the wheels, e.g. "
                                                                           f"{option} {folder.parent / 'wheels'}")
@@ -127,7 +131,7 @@ def check_output_dir(folder: Path, option: str = "--out") -> Path:
 
 
 def plan_cuda(recipe: Recipe, minor: CudaMinor, opts: BuildOptions) -> Plan:
-    check_output_dir(opts.out or paths.wheels_dir())
+    check_output_dir(output_folder(opts))
     mirror = load_profile(opts.mirror)
     gpus = archs.detect_native()
     targets = archs.select(opts.arch, recipe.default_archs, recipe.supported_for(minor), minor.version, gpus)
@@ -149,7 +153,7 @@ def plan_cuda(recipe: Recipe, minor: CudaMinor, opts: BuildOptions) -> Plan:
 def plan_cpu(recipe: Recipe, opts: BuildOptions) -> Plan:
     if opts.arch:
         raise UsageError("--arch applies to CUDA builds only")
-    check_output_dir(opts.out or paths.wheels_dir())
+    check_output_dir(output_folder(opts))
     return Plan(recipe, None, (), load_profile(opts.mirror), _source(recipe, opts), opts)
 
 

@@ -105,6 +105,11 @@ def compile_cache_dir() -> Path:
     return cache_dir() / "ccache"
 
 
+def images_dir() -> Path:
+    """Runtime images: pip's wheel, build logs, the base's log, manifests of images built without --save."""
+    return cache_dir() / "images"
+
+
 def models_dir() -> Path:
     """Vocabularies taken from the sdist, for the tiny verification models."""
     return cache_dir() / "models"

@@ -114,7 +114,7 @@ def make_base(engine: Engine, mirror: MirrorProfile, refresh: bool = False) -> t
     sources = _debian_sources(mirror)
     log.info(f"making the base: Debian {SUITE} ({', '.join(BASE_PACKAGES)}) with mmdebstrap from {mirror.name}"
              " apt mirror (about 20 s)")
-    work = paths.cache_dir() / "images"
+    work = paths.images_dir()
     work.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="base-", dir=work) as tmp:
         tarball = Path(tmp) / "rootfs.tar"
@@ -174,7 +174,7 @@ def chosen_wheel(index_root: Path, variant: str, version: str | None = None) -> 
 
 def pip_wheel(mirror: MirrorProfile) -> Path:
     """pip itself, as a wheel, to run at build time (cached: later builds need no network for it)."""
-    folder = paths.cache_dir() / "images" / "pip"
+    folder = paths.images_dir() / "pip"
     found = sorted(folder.glob("pip-*.whl"))
     if found:
         return found[-1]
@@ -252,7 +252,7 @@ def _engine_build(engine: Engine, wheel: IndexedWheel, mirror: MirrorProfile, ba
                   tags: tuple[str, ...]) -> tuple[str, float]:
     """Write the context into a temporary folder and build it; the previous images under these names go.
     Returns the new image's id and the seconds the build took."""
-    work = paths.cache_dir() / "images"
+    work = paths.images_dir()
     work.mkdir(parents=True, exist_ok=True)
     log_file = work / f"build-{wheel.variant}.log"
     log_file.unlink(missing_ok=True)
@@ -314,7 +314,7 @@ def build(
         manifest["archive"] = {"file": save.name, "format": f"{save_format}-archive", "sha256": archive_sha,
                                "size_bytes": save.stat().st_size}
     manifest_path = (save.with_name(save.name + ".json") if save is not None
-                     else paths.cache_dir() / "images" / f"llamawheel-api-{wheel.variant}.json")
+                     else paths.images_dir() / f"llamawheel-api-{wheel.variant}.json")
     fileio.write_file(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
     return ImageResult(tags, size, manifest, manifest_path, save, archive_sha)
 
