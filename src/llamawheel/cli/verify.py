@@ -11,7 +11,6 @@ from llamawheel.build.options import RUNTIME_MODES
 from llamawheel.core import fileio, log
 from llamawheel.core.errors import UsageError
 from llamawheel.verify import static
-from llamawheel.wheel.distmeta import WheelName
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -51,12 +50,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _cmd_verify_static(args: argparse.Namespace) -> int:
-    if not args.wheel.is_file():
-        raise UsageError(f"{args.wheel}: no such wheel file")
-    expect = static.Expectations.from_claim(
-        WheelName.parse(args.wheel.name).version, cuda=args.cuda, arch=args.arch, runtime=args.runtime
-    )
-    report = static.verify_wheel(args.wheel, expect)
+    _, report = static.verify_claim(args.wheel, cuda=args.cuda, arch=args.arch, runtime=args.runtime)
     print(report.to_json() if args.json else report.render())
     report.raise_if_failed()
     return 0

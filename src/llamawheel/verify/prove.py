@@ -24,7 +24,6 @@ from llamawheel.core.errors import (
     DownloadError,
     GpuChecksSkipped,
     RuntimeCheckError,
-    UsageError,
     VerifyError,
 )
 from llamawheel.core.proc import CommandFailed, run_streamed
@@ -34,9 +33,8 @@ from llamawheel.recipe import catalog
 from llamawheel.verify.diagnose import DeviceFacts, Diagnosis, WheelFacts, before_run, from_run_text
 from llamawheel.verify.portable import tiny_model, verify_runner
 from llamawheel.verify.portable.verify_runner import FAIL, PASS, SKIP, Check, render_checks, verdict
-from llamawheel.verify.static import Expectations, Report, verify_wheel
+from llamawheel.verify.static import Report, verify_claim
 from llamawheel.wheel import distmeta
-from llamawheel.wheel.distmeta import WheelName
 
 VOCAB_MEMBER = "vendor/llama.cpp/models/ggml-vocab-llama-spm.gguf"
 SCHEMA = 1
@@ -230,12 +228,8 @@ def judge(
 
 def wheel_facts(wheel: Path, settings: Settings | None = None) -> tuple[Report, WheelFacts]:
     """The static report and the facts the diagnoses work from."""
-    if not wheel.is_file():
-        raise UsageError(f"{wheel}: no such wheel file")
-    version = WheelName.parse(wheel.name).version
     s = settings or Settings()
-    expect = Expectations.from_claim(version, cuda=s.cuda, arch=s.arch, runtime=s.runtime)
-    static = verify_wheel(wheel, expect)
+    expect, static = verify_claim(wheel, cuda=s.cuda, arch=s.arch, runtime=s.runtime)
     requires = distmeta.read(wheel).requires_dist
     nvidia = tuple(r for r in requires if r.lower().startswith("nvidia"))
     return static, WheelFacts.from_report(static, expect.cuda_major, expect.runtime, nvidia)

@@ -159,6 +159,17 @@ def _describe(expect: Expectations) -> str:
     return f"CUDA {expect.cuda_major}, code for {', '.join(str(t) for t in expect.targets)}, runtime from {where}"
 
 
+def verify_claim(
+    path: Path, *, cuda: str | None = None, arch: str | None = None, runtime: str | None = None
+) -> tuple[Expectations, Report]:
+    """Check the wheel at ``path`` against what its version label claims (or the CUDA version, architectures and
+    runtime mode given instead): what ``verify-static`` and the first step of ``verify`` do."""
+    if not path.is_file():
+        raise UsageError(f"{path}: no such wheel file")
+    expect = Expectations.from_claim(WheelName.parse(path.name).version, cuda=cuda, arch=arch, runtime=runtime)
+    return expect, verify_wheel(path, expect)
+
+
 def verify_wheel(path: Path, expect: Expectations | None = None) -> Report:
     """Check what the wheel at ``path`` holds against ``expect`` (by default, its version label's claim)."""
     entries = read_entries(path)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from email.message import Message
 from email.parser import BytesParser
@@ -117,32 +117,27 @@ def _pick(filename: str, project: str, names: Iterable[str]) -> str:
 
 def from_files(filename: str, files: dict[str, bytes]) -> WheelMetadata:
     """The metadata of a wheel named ``filename`` whose members (name -> bytes) are already in memory."""
-    name, version, _, tags = _parse_name(filename)
-    raw = files[_pick(filename, str(name), files)]
-    return _checked(WheelMetadata(filename, str(name), str(version), version.local,
-                                  tuple(sorted({t.platform for t in tags})), raw))
+    return _metadata(filename, lambda project: files[_pick(filename, project, files)])
 
 
 def read(wheel: Path) -> WheelMetadata:
     """Read ``wheel``'s name and METADATA; a bad file name or a name that disagrees with METADATA is refused."""
-    name, version, _, tags = _parse_name(wheel.name)
-    try:
-        with zipfile.ZipFile(wheel) as zf:
-            raw = zf.read(_pick(wheel.name, str(name), zf.namelist()))
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise WheelError(f"{wheel} cannot be read as a wheel: {exc}") from None
-    return _checked(WheelMetadata(wheel.name, str(name), str(version), version.local,
-                                  tuple(sorted({t.platform for t in tags})), raw))
+    def raw(project: str) -> bytes:
+        try:
+            with zipfile.ZipFile(wheel) as zf:
+                return zf.read(_pick(wheel.name, project, zf.namelist()))
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise WheelError(f"{wheel} cannot be read as a wheel: {exc}") from None
+
+    return _metadata(wheel.name, raw)
 
 
-def _parse_name(filename: str) -> tuple[NormalizedName, Version, BuildTag, frozenset[Tag]]:
-    try:
-        return parse_wheel_filename(filename)
-    except InvalidWheelFilename as exc:
-        raise WheelError(f"{filename} is not a wheel file name ({exc})") from None
-
-
-def _checked(meta: WheelMetadata) -> WheelMetadata:
+def _metadata(filename: str, raw: Callable[[str], bytes]) -> WheelMetadata:
+    """The metadata of the wheel ``filename``, its METADATA bytes from ``raw(project)``; checked to name the
+    project the file name does."""
+    name, version, _, tags = _parse_name(filename)
+    meta = WheelMetadata(filename, str(name), str(version), version.local, tuple(sorted({t.platform for t in tags})),
+                         raw(str(name)))
     inner = normalize(str(meta.message.get("Name", "")))
     if inner != meta.project:
         raise WheelError(
@@ -150,3 +145,10 @@ def _checked(meta: WheelMetadata) -> WheelMetadata:
             "pip refuses such a wheel; rebuild it, or rename the file to match its metadata",
         )
     return meta
+
+
+def _parse_name(filename: str) -> tuple[NormalizedName, Version, BuildTag, frozenset[Tag]]:
+    try:
+        return parse_wheel_filename(filename)
+    except InvalidWheelFilename as exc:
+        raise WheelError(f"{filename} is not a wheel file name ({exc})") from None
