@@ -24,6 +24,7 @@ from llamawheel.build.compile import BuildRequest, BuildResult, build_wheel, def
 from llamawheel.build.planning import Plan, cmake_args_for
 from llamawheel.core import fileio, log, paths
 from llamawheel.pipeline import manifest
+from llamawheel.recipe.model import CudaMinor
 from llamawheel.toolchain import CudaRoot, provider_for
 from llamawheel.verify.static import Expectations, Report, verify_wheel
 
@@ -71,10 +72,8 @@ def work_dir(plan: Plan) -> Path:
     return paths.builds_dir() / f"{plan.source.name}-{plan.local_version}"
 
 
-def provision_toolchain(plan: Plan) -> CudaRoot | None:
-    if plan.minor is None:
-        return None
-    return provider_for(plan.minor, plan.options.toolchain).provision(plan.minor, plan.mirror)
+def provision_toolchain(plan: Plan, minor: CudaMinor) -> CudaRoot:
+    return provider_for(minor, plan.options.toolchain).provision(minor, plan.mirror)
 
 
 def prepare_source(plan: Plan, work: Path) -> tuple[Path, dict[str, Any]]:
@@ -145,10 +144,10 @@ def _run(plan: Plan, work: Path) -> Path:
     timings = _Timings()
     started = time.monotonic()
     log.info(f"building {plan.describe()} (variant {plan.local_version}, {plan.mirror.name} mirror)")
-    with timings.step("toolchain"):
-        root = provision_toolchain(plan)
-    if root is None:
-        timings.seconds.pop("toolchain")
+    root = None
+    if plan.minor is not None:  # a CPU build has no toolchain step
+        with timings.step("toolchain"):
+            root = provision_toolchain(plan, plan.minor)
     with timings.step("source"):
         source_dir, source = prepare_source(plan, work)
     built = compile_source(plan, root, source_dir, work)
