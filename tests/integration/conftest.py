@@ -4,7 +4,9 @@ first run downloads about 525 MB, later runs reuse it)."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from llamawheel.core import paths
+from llamawheel.pipeline import manifest
+from llamawheel.recipe import catalog
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "cublas_probe"
@@ -47,13 +51,25 @@ def probe_wheel(cuda_root: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     yield wheel, result.stdout + result.stderr
 
 
+def current_build(wheel: Path) -> bool:
+    """Whether ``wheel`` was built from the recipes as they are now (its manifest's recipe sha256): a wheel
+    from before a recipe, its defaults or its patches changed is not what a build gives today."""
+    try:
+        made = json.loads(manifest.path_for(wheel).read_text())["recipe"]
+        recipe = catalog.all_recipes()[made["name"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return bool(made.get("sha256") == catalog.fingerprint(recipe))
+
+
 def cached_wheels(pattern: str) -> list[Path]:
-    """Wheels matching ``pattern`` in wheels/ or anywhere (three folders deep) in llamawheel's cache."""
+    """Wheels matching ``pattern``, built from today's recipes, in wheels/ or anywhere (three folders deep) in
+    llamawheel's cache."""
     cache = paths.cache_dir()
     found = sorted(ROOT.glob(f"wheels/{pattern}"))
     for depth in ("*", "*/*", "*/*/*"):
         found += sorted(p for p in cache.glob(f"{depth}/{pattern}") if "toolchains" not in p.parts)
-    return found
+    return [w for w in found if current_build(w)]
 
 
 @pytest.fixture(scope="session")
@@ -64,6 +80,7 @@ def cpu_wheel() -> Path:
     if found:
         return found[0]
     out = paths.cache_dir() / "test-wheels" / "cpu"
+    shutil.rmtree(out, ignore_errors=True)  # a wheel of older recipes
     result = llamawheel("build", "cpu", "--out", str(out))
     assert result.returncode == 0, result.stderr[-4000:]
     (wheel,) = out.glob(CPU_PATTERN)
@@ -82,6 +99,7 @@ def cu130_wheel() -> Path:
     if found:
         return found[0]
     out = paths.cache_dir() / "test-wheels" / "cu130.sm90"
+    shutil.rmtree(out, ignore_errors=True)  # a wheel of older recipes
     result = llamawheel("build", "13.0", "--arch", "90", "--out", str(out), timeout=5400)
     assert result.returncode == 0, result.stderr[-4000:]
     (wheel,) = out.glob(CU130_PATTERN)

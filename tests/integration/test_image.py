@@ -148,7 +148,8 @@ def test_image_declares_non_root_user_port_and_health_check(built: Built) -> Non
     assert config["Healthcheck"]["Test"] == ["CMD", "python3", "-m", "llamawheel_runtime.health"]
     env = dict(e.split("=", 1) for e in config["Env"])
     assert env["HOST"] == "0.0.0.0" and env["PORT"] == "8000"
-    assert env["MODEL_ALIAS"] == ALIAS and env["N_CTX"] == "4096" and env["N_GPU_LAYERS"] == "auto"
+    assert env["MODEL_CACHE"] == "/cache" and env["N_CTX"] == "4096" and env["N_GPU_LAYERS"] == "auto"
+    assert "MODEL_ALIAS" not in env  # the served id follows the model's file name (else the 7B id)
 
 
 def test_image_holds_no_compiler_no_pip_no_cache(built: Built) -> None:
@@ -203,10 +204,11 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def _serve(tag: str, models: Path, log: Path, port: int, *env: str) -> tuple[str, subprocess.Popen[str]]:
+def _serve(tag: str, models: Path, log: Path, port: int, *env: str,
+           volumes: tuple[str, ...] = ()) -> tuple[str, subprocess.Popen[str]]:
     container = buildah("from", "--pull-never", tag).stdout.strip()
     entrypoint = _config(tag)["Entrypoint"]
-    flags = [f"--env={e}" for e in (f"PORT={port}", *env)]
+    flags = [f"--env={e}" for e in (f"PORT={port}", *env)] + [f"--volume={v}" for v in volumes]
     process = subprocess.Popen(
         ["buildah", "run", "-v", f"{models}:/models:ro", *flags, container, "--", *entrypoint],
         stdout=log.open("w"), stderr=subprocess.STDOUT, text=True, env={**os.environ, **ENV}, start_new_session=True,
@@ -229,10 +231,10 @@ def _stop(container: str, process: subprocess.Popen[str]) -> None:
     buildah("rm", container, check=False)
 
 
-def _started(built: Built, models: Path, log: Path, *env: str) -> Api:
+def _started(built: Built, models: Path, log: Path, *env: str, volumes: tuple[str, ...] = ()) -> Api:
     """The image's entry point serving ``models`` on a free loopback port, once the port answers."""
     port = _free_port()
-    container, process = _serve(built.tag, models, log, port, *env)
+    container, process = _serve(built.tag, models, log, port, *env, volumes=volumes)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert process.poll() is None, log.read_text()
@@ -278,11 +280,10 @@ def _post(api: Api, body: dict[str, Any], key: str = KEY) -> tuple[int, str, byt
     return status, headers.get("Content-Type", ""), data
 
 
-def _ui_chat(messages: list[dict[str, str]]) -> dict[str, Any]:
+def _ui_chat(messages: list[dict[str, str]], model: str = ALIAS) -> dict[str, Any]:
     """The body llama-gpt's UI sends. (A random model never says stop, so its answer runs to the 1000 tokens
-    asked: about 30 s here, nearly all of it llama-cpp-python 0.3.36 detokenizing the whole answer again for
-    each streamed token; the model's own decoding takes 0.6 s.)"""
-    return {"model": ALIAS, "messages": [{"role": "system", "content": "You are a helpful assistant."}, *messages],
+    asked.)"""
+    return {"model": model, "messages": [{"role": "system", "content": "You are a helpful assistant."}, *messages],
             "max_tokens": 1000, "temperature": 0.5, "stream": True}
 
 
@@ -495,6 +496,63 @@ def test_the_declared_health_check_answers(api: Api, built: Built) -> None:
     assert "answered 401" in wrong.stdout + wrong.stderr
 
 
+# ----------------------------------------------------------------------------- llama-gpt's GGML v3 models
+
+GGML_ID = "/models/llama-2-13b-chat.bin"
+
+
+@pytest.fixture(scope="module")
+def ggml_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models folder as llama-gpt's 13B compose file leaves it: a GGML v3 (ggjt, q8_0) llama-2-13b-chat.bin."""
+    from llamawheel.mirror.profiles import load_profile
+    from llamawheel.verify.prove import sdist_vocabulary
+
+    from ..ggml_v3 import write_ggml_v3
+
+    folder = tmp_path_factory.mktemp("ggml-models")
+    write_ggml_v3(folder / "llama-2-13b-chat.bin", sdist_vocabulary(load_profile("default")))
+    folder.chmod(0o755)
+    (folder / "llama-2-13b-chat.bin").chmod(0o444)
+    return folder
+
+
+def test_a_ggml_v3_model_is_converted_into_the_cache_volume_served_and_reused(
+    built: Built, ggml_models: Path, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cache.chmod(0o777)  # a named volume takes the image's /cache (uid 1000); a bind mount keeps the host's mode
+    before = sorted(p.name for p in ggml_models.iterdir())
+    logs = []
+    for start in ("first", "second"):
+        log = tmp_path / f"{start}.log"
+        server = _started(built, ggml_models, log, f"API_KEY={KEY}", volumes=(f"{cache}:/cache",))
+        try:
+            status, listed = _get(server.url("/v1/models"), KEY)
+            assert status == 200 and [m["id"] for m in listed["data"]] == [GGML_ID]
+            status, _, stream = _post(server, _ui_chat([{"role": "user", "content": "Hello!"}], GGML_ID)
+                                      | {"max_tokens": 200})
+            _answered_in_full(status, stream)
+        finally:
+            _stop(server.container, server.process)
+        logs.append(log.read_text())
+    assert "is GGML v3 (ggjt)" in logs[0] and "converting it once to GGUF" in logs[0], logs[0][-3000:]
+    assert "converted /models/llama-2-13b-chat.bin in" in logs[0]
+    assert "made on an earlier start" in logs[1] and "converting it once" not in logs[1], logs[1][-3000:]
+    assert [p.suffix for p in cache.iterdir()] == [".gguf"]  # one finished file, nothing partial
+    assert sorted(p.name for p in ggml_models.iterdir()) == before  # /models was only read
+    print("first start:\n" + "\n".join(line for line in logs[0].splitlines() if line.startswith("llamawheel:")))
+
+
+def test_a_ggml_v3_model_without_a_cache_volume_says_which_to_mount(
+    built: Built, ggml_models: Path, tmp_path: Path
+) -> None:
+    out = _log_of_a_server_that_stops(built.tag, ggml_models, tmp_path)
+    assert "llama-2-13b-chat.bin is GGML v3 (ggjt)" in out
+    assert "is not a mounted volume" in out and "mount a writable volume there (-v llama-cache:/cache)" in out
+    assert "Traceback" not in out
+
+
 def _log_of_a_server_that_stops(tag: str, models: Path, tmp_path: Path) -> str:
     """Start the image's entry point on ``models``; it must exit by itself, with a non-zero status."""
     log = tmp_path / "server.log"
@@ -511,7 +569,8 @@ def test_a_missing_model_stops_with_a_message_not_a_traceback(built: Built, tmp_
     empty.mkdir()
     empty.chmod(0o755)
     out = _log_of_a_server_that_stops(built.tag, empty, tmp_path)
-    assert "ERROR no GGUF model under /models: mount a folder holding one (-v /path/to/models:/models)" in out
+    assert "ERROR no GGUF or GGML v3 model under /models: mount a folder holding one (-v /path/to/models:/models)" \
+        in out
     assert "Traceback" not in out
 
 

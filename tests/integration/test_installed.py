@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from llamawheel.core import paths
+
 from ..index_wheels import make_wheel
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,6 +29,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for member in ("llamawheel/_data/recipes/cuda-13.toml", "llamawheel/_data/recipes/defaults.toml",
                    "llamawheel/_data/recipes/recipe.schema.json", "llamawheel/_data/mirrors/tsinghua.toml",
                    "llamawheel/_data/docker/Containerfile", "llamawheel/runtime/serve.py",
+                   "llamawheel/_data/recipes/patches/stream-incremental.patch", "llamawheel/runtime/convert.py",
                    "llamawheel/verify/portable/verify_runner.py"):
         assert member in names, f"the llamawheel wheel lacks {member}"
     venv = work / "venv"
@@ -35,8 +38,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return venv / "bin"
 
 
-def run(bin_dir: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(cwd)}
+def run(bin_dir: Path, *args: str, cwd: Path, **extra_env: str) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(cwd), **extra_env}
     return subprocess.run([str(bin_dir / "llamawheel"), *args], capture_output=True, text=True, cwd=cwd, env=env)
 
 
@@ -59,11 +62,14 @@ def test_the_image_context_takes_the_packaged_containerfile(installed: Path, tmp
     published = run(installed, "publish", str(wheel), "--index", str(index), "--no-closure", cwd=tmp_path)
     assert published.returncode == 0, published.stderr
     ctx = tmp_path / "ctx"
+    # the shared cache: the sdist (76 MB) the GGML converter comes from is fetched by the other tests already
     result = run(installed, "image", "--variant", "cpu", "--index", str(index), "--context-only", str(ctx),
-                 cwd=tmp_path)
+                 cwd=tmp_path, LLAMAWHEEL_CACHE=str(paths.cache_dir()))
     assert result.returncode == 0, result.stderr
     assert (ctx / "Containerfile").read_bytes() == (ROOT / "docker" / "Containerfile").read_bytes()
     assert (ctx / "runtime" / "serve.py").read_bytes() == (ROOT / "src/llamawheel/runtime/serve.py").read_bytes()
+    converter = (ctx / "runtime" / "converter" / "convert_llama_ggml_to_gguf.py").read_text()
+    assert "llamawheel: gguf-py reads the shape" in converter  # the recipe's patch is applied to the copy
 
 
 def test_outside_a_checkout_wheels_go_to_the_working_directory(installed: Path, tmp_path: Path) -> None:

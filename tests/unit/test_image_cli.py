@@ -81,13 +81,18 @@ def test_context_only_writes_everything_the_containerfile_copies(
     pip = tmp_path / "pip-26.0-py3-none-any.whl"
     pip.write_bytes(b"a wheel")
     monkeypatch.setattr(image, "pip_wheel", lambda mirror: pip)  # no download in a unit test
+    converter = tmp_path / "converter"
+    (converter / "gguf").mkdir(parents=True)
+    (converter / image.CONVERTER_SCRIPT).write_text("# llama.cpp's converter\n")
+    monkeypatch.setattr(image, "converter_files", lambda mirror: converter)  # from the sdist in real builds
     dest = tmp_path / "context"
     code, out, _ = run(capsys, "image", "--variant", "cu130", "--index", str(wheels), "--context-only", str(dest))
     assert code == 0
     assert sorted(p.name for p in dest.iterdir()) == ["Containerfile", "constraints.txt", "index", "pip", "runtime"]
     assert (dest / "constraints.txt").read_text() == "nvidia-cuda-runtime==13.0.96\nnvidia-cublas==13.0.2.14\n"
     assert (dest / "index" / "simple" / "llama-cpp-python" / "index.html").is_file()
-    assert sorted(p.name for p in (dest / "runtime").iterdir()) == sorted(image.RUNTIME_FILES)
+    assert sorted(p.name for p in (dest / "runtime").iterdir()) == sorted([*image.RUNTIME_FILES, "converter"])
+    assert (dest / "runtime" / "converter" / image.CONVERTER_SCRIPT).is_file()
     (listed,) = [p for p in (dest / "index" / "files").rglob("*.whl") if "sm90" in p.name]
     assert listed.stat().st_size > 0
     assert "docker build -t localhost/llamawheel-api:cu130 --build-arg BASE_IMAGE=docker.io/library/debian:" \

@@ -125,6 +125,17 @@ def test_cmake_args_for_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not any("CUDA" in a for a in args)
 
 
+def test_builds_with_other_cmake_flags_get_other_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    plain = planning.plan_cpu(CPU, options.resolve({})).local_version
+    monkeypatch.setenv("CMAKE_ARGS", "-DGGML_NATIVE=ON")
+    native = planning.plan_cpu(CPU, options.resolve({})).local_version
+    monkeypatch.setenv("CMAKE_ARGS", "-DGGML_NATIVE=ON -DGGML_AVX512=ON")
+    both = planning.plan_cpu(CPU, options.resolve({})).local_version
+    assert plain == "cpu"
+    assert native.startswith("cpu.cm") and both.startswith("cpu.cm") and native != both
+    assert plan_cuda(arch="86").local_version.startswith("cu130.sm86.cm")
+
+
 def test_source_is_the_recipe_pin_by_default() -> None:
     assert planning._source(CUDA13, options.resolve({})) == CUDA13.llama_cpp_python
     pinned = CUDA13.llama_cpp_python.version

@@ -69,8 +69,14 @@ def _write_variant(tmp_path: Path, old: str, new: str, *, name: str = "cuda-13.t
     assert text.count(old) >= count, f"the shipped recipe no longer contains {old!r}: update this test"
     out = tmp_path / name
     out.write_text(text.replace(old, new, count))
-    shutil.copy(DEFAULTS, tmp_path / DEFAULTS.name)
+    _copy_defaults(tmp_path)
     return out
+
+
+def _copy_defaults(folder: Path) -> None:
+    """``defaults.toml`` and the patches it names, beside a recipe written to ``folder``."""
+    shutil.copy(DEFAULTS, folder / DEFAULTS.name)
+    shutil.copytree(RECIPES_DIR / "patches", folder / "patches", dirs_exist_ok=True)
 
 
 def _load_error(path: Path) -> RecipeError:
@@ -138,6 +144,14 @@ def test_defaults_are_shared_and_a_recipe_can_replace_them(tmp_path: Path) -> No
     assert "-DGGML_NATIVE=OFF" in shipped.cmake_args  # from defaults.toml
     path = _write_variant(tmp_path, 'kind = "cuda"', 'kind = "cuda"\npython-versions = ["3.12"]')
     assert catalog.load_recipe(path).python_versions == ("3.12",)
+    assert [p.name for p in shipped.patch_files] == ["stream-incremental.patch", "backend-modules.patch"]
+
+
+def test_a_missing_patch_names_the_key_and_the_file(tmp_path: Path) -> None:
+    path = _write_variant(tmp_path, "", "")
+    (tmp_path / "patches" / "backend-modules.patch").unlink()
+    err = _load_error(path)
+    assert "key 'build.patches'" in err.message and "backend-modules.patch" in err.message
 
 
 def test_without_defaults_a_recipe_must_pin_the_sdist_itself(tmp_path: Path) -> None:
@@ -272,7 +286,7 @@ def test_cpu_recipe_has_no_cuda_versions() -> None:
 
 def test_cpu_recipe_missing_is_reported(tmp_path: Path) -> None:
     shutil.copy(CUDA13, tmp_path / CUDA13.name)
-    shutil.copy(DEFAULTS, tmp_path / DEFAULTS.name)
+    _copy_defaults(tmp_path)
     with pytest.raises(RecipeError, match=r"no recipes/cpu\.toml"):
         catalog.cpu_recipe(tmp_path)
 

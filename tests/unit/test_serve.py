@@ -89,10 +89,10 @@ def test_a_missing_model_in_an_empty_or_missing_models_dir(tmp_path: Path) -> No
 
 
 def test_a_model_that_is_not_gguf_is_refused(tmp_path: Path) -> None:
-    (tmp_path / "llama-2-7b-chat.bin").write_bytes(b"ggjt" + bytes(100))
+    (tmp_path / "llama-2-7b-chat.bin").write_bytes(b"<html>not found</html>" + bytes(100))
     assert config_error(tmp_path, "llama-2-7b-chat.bin") == (
-        f"MODEL=llama-2-7b-chat.bin: {tmp_path / 'llama-2-7b-chat.bin'} is not a GGUF file;"
-        " llama.cpp reads only GGUF models")
+        f"MODEL=llama-2-7b-chat.bin: {tmp_path / 'llama-2-7b-chat.bin'} is neither a GGUF file nor a GGML v3"
+        " (ggjt) one")
 
 
 def test_a_model_that_is_a_directory_is_no_such_file(tmp_path: Path) -> None:
@@ -110,14 +110,15 @@ def test_unset_model_takes_the_one_gguf_anywhere_under_the_dir(tmp_path: Path) -
 def test_unset_model_with_no_gguf_says_how_to_mount_one(tmp_path: Path) -> None:
     (tmp_path / "README.txt").write_text("not a model")
     assert config_error(tmp_path, "") == (
-        f"no GGUF model under {tmp_path}: mount a folder holding one (-v /path/to/models:{tmp_path}) or set MODEL")
+        f"no GGUF or GGML v3 model under {tmp_path}: mount a folder holding one (-v /path/to/models:{tmp_path})"
+        " or set MODEL")
 
 
 def test_unset_model_with_two_ggufs_names_both(tmp_path: Path) -> None:
     a = fake_gguf(tmp_path / "a.gguf")
     b = fake_gguf(tmp_path / "sub" / "b.bin")
     assert config_error(tmp_path, "") == (
-        f"2 GGUF models under {tmp_path} ({a}, {b}): set MODEL to the one to serve")
+        f"2 models under {tmp_path} ({a}, {b}): set MODEL to the one to serve")
 
 
 def test_a_missing_models_dir_is_named(tmp_path: Path) -> None:
@@ -213,7 +214,7 @@ def test_a_setting_that_is_not_a_number_is_refused(tmp_path: Path, name: str, va
 
 
 def test_a_bad_model_is_refused_before_the_settings(tmp_path: Path) -> None:
-    with pytest.raises(serve.ConfigError, match="no GGUF model under"):
+    with pytest.raises(serve.ConfigError, match="no GGUF or GGML v3 model under"):
         serve.resolve({"MODELS_DIR": str(tmp_path), "N_CTX": "abc"}, gpu_offload=False)
 
 

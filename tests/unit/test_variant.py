@@ -8,7 +8,7 @@ from llamawheel.core.errors import UsageError
 from llamawheel.recipe import archs
 from llamawheel.recipe.archs import ArchTarget
 from llamawheel.recipe.catalog import load_recipe
-from llamawheel.recipe.variant import Variant, cuda_tag, cuda_version_of, index_name
+from llamawheel.recipe.variant import Variant, cuda_tag, cuda_version_of, flags_label, index_name
 
 from .helpers import RECIPES_DIR
 
@@ -65,3 +65,13 @@ def test_cuda_tags_round_trip() -> None:
                                              ("!x", "")])
 def test_index_name_is_the_first_label(local: str, name: str) -> None:
     assert index_name(local) == name
+
+
+def test_extra_cmake_flags_show_in_the_label() -> None:
+    native = flags_label(["-DGGML_NATIVE=ON"])
+    assert native != flags_label(["-DGGML_AVX512=ON"]) and native.startswith("cm") and len(native) == 10
+    cpu = Variant.for_build(None, (), (), flags=native)
+    assert cpu.label == f"cpu.{native}" and cpu.index == "cpu"
+    assert Variant.parse(cpu.label) == cpu
+    cuda = Variant.parse(f"cu130.sm86.sys.{native}")
+    assert (cuda.flags, cuda.system_runtime, cuda.label) == (native, True, f"cu130.sm86.sys.{native}")

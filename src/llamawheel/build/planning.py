@@ -17,9 +17,9 @@ from llamawheel.core import log, paths
 from llamawheel.core.compat import tomllib
 from llamawheel.core.errors import UsageError
 from llamawheel.mirror.profiles import MirrorProfile, load_profile
-from llamawheel.recipe import archs
+from llamawheel.recipe import archs, catalog
 from llamawheel.recipe.model import CudaMinor, Recipe, Sdist
-from llamawheel.recipe.variant import Variant
+from llamawheel.recipe.variant import Variant, flags_label
 from llamawheel.toolchain import CudaRoot, hostcc
 
 # Measured on a 2-core machine (FACTS.md): the CPU part of the build, and one CUDA architecture.
@@ -40,9 +40,10 @@ class Plan:
 
     @property
     def variant(self) -> Variant:
+        extra = user_cmake_args()
         return Variant.for_build(
             self.minor.version if self.minor else None, self.targets, self.recipe.default_targets(),
-            self.options.runtime == "system",
+            self.options.runtime == "system", flags_label(extra) if extra else "",
         )
 
     @property
@@ -59,7 +60,8 @@ class Plan:
         minor = self.minor
         return {
             "variant": self.local_version,
-            "recipe": {"name": self.recipe.name, "file": self.recipe.path.name},
+            "recipe": {"name": self.recipe.name, "file": self.recipe.path.name,
+                       "sha256": catalog.fingerprint(self.recipe)},
             "cuda": None if minor is None else {
                 "version": minor.version,
                 "packages": [f"{p.name}=={p.version}" for p in minor.packages],
@@ -164,8 +166,14 @@ def cmake_args_for(plan: Plan, root: CudaRoot | None) -> list[str]:
         args += [*root.cmake_args(), f"-DCMAKE_CUDA_ARCHITECTURES={archs.cmake_value(plan.targets)}"]
         if plan.host_compiler:
             args.append(f"-DCMAKE_CUDA_HOST_COMPILER={plan.host_compiler}")
-    user_args = os.environ.get("CMAKE_ARGS", "").strip()
+    user_args = user_cmake_args()
     if user_args:
-        log.info(f"adding CMAKE_ARGS from your environment (recorded in the manifest): {user_args}")
-        args += shlex.split(user_args)
+        log.info(f"adding CMAKE_ARGS from your environment (recorded in the manifest, labelled "
+                 f"{flags_label(user_args)} in the version): {shlex.join(user_args)}")
+        args += user_args
     return args
+
+
+def user_cmake_args() -> list[str]:
+    """Extra CMake flags from the ``CMAKE_ARGS`` environment variable (as scikit-build-core reads it)."""
+    return shlex.split(os.environ.get("CMAKE_ARGS", "").strip())

@@ -45,7 +45,7 @@ def _cmd_image(args: argparse.Namespace) -> int:
         dest = args.context_only.resolve()
         if dest.exists():
             raise UsageError(f"{dest} already exists", "pass a folder that does not exist yet")
-        image.write_context(wheel, dest, image.pip_wheel(mirror))
+        image.write_context(wheel, dest, image.pip_wheel(mirror), image.converter_files(mirror))
         base = args.base if args.base and args.base != "registry" else image.registry_base(mirror)
         build = ["docker", "build", "-t", image.tags_for(wheel)[0]]
         for key, value in image.build_args(base, mirror, wheel).items():

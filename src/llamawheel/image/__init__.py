@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Sequence
@@ -28,7 +29,7 @@ from typing import Any
 from packaging.version import Version
 
 from llamawheel import __version__, pipeline
-from llamawheel.build import options, planning
+from llamawheel.build import options, patches, planning, sdist
 from llamawheel.core import fileio, log, paths
 from llamawheel.core.errors import ImageError, UsageError
 from llamawheel.core.proc import CommandFailed, run_streamed
@@ -47,7 +48,11 @@ BASE_PACKAGES = ("python3-minimal", "libpython3.11-stdlib", "libstdc++6")
 BASE_EXCLUDES = ("/usr/share/man/*", "/usr/share/doc/*", "/usr/share/locale/*", "/usr/share/info/*")
 MERGED_USR_HOOKS = Path("/usr/share/mmdebstrap/hooks/merged-usr")
 """mmdebstrap's hook that merges /usr itself, so the usrmerge package (and the perl it pulls) stays out."""
-RUNTIME_FILES = ("__init__.py", "serve.py", "health.py", "gpu_layers.py")
+RUNTIME_FILES = ("__init__.py", "serve.py", "health.py", "gpu_layers.py", "convert.py")
+CONVERTER_SCRIPT = "convert_llama_ggml_to_gguf.py"
+"""llama.cpp's GGML v3 -> GGUF converter, shipped in the pinned sdist (with its ``gguf`` package)."""
+CONVERTER_PATCH = paths.recipes_dir() / "patches" / "convert-ggml-byte-shape.patch"
+"""Makes that converter work with the ``gguf`` package beside it (see the patch's header)."""
 REGISTRY_BASE = "library/debian:bookworm-slim"
 SIZE_TARGETS_MB = {"cpu": 300, "cuda": 1200}
 """Uncompressed size targets (measured by scripts/image-size.py, not by a test)."""
@@ -193,6 +198,33 @@ def pip_wheel(mirror: MirrorProfile) -> Path:
         return Path(shutil.move(str(wheel), folder / wheel.name))
 
 
+def converter_files(mirror: MirrorProfile) -> Path:
+    """llama.cpp's GGML v3 converter and its ``gguf`` package, from the pinned sdist (cached unpacked)."""
+    source = catalog.cpu_recipe().llama_cpp_python
+    final = paths.images_dir() / f"converter-{source.version}-{fileio.sha256_of(CONVERTER_PATCH)[:12]}"
+    with fileio.locked(final):
+        if (final / CONVERTER_SCRIPT).is_file():
+            return final
+        archive = sdist.fetch(source, mirror)
+        top = "vendor/llama.cpp/"
+        with fileio.new_dir(final) as tmp, tarfile.open(archive) as tar:
+            for member in tar.getmembers():
+                inner = member.name.split("/", 1)[-1]
+                if not member.isfile() or not inner.startswith(top):
+                    continue
+                rel = inner[len(top):]
+                if rel == CONVERTER_SCRIPT or (rel.startswith("gguf-py/gguf/") and rel.endswith(".py")):
+                    target = tmp / rel.removeprefix("gguf-py/")
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    data = tar.extractfile(member)
+                    assert data is not None
+                    target.write_bytes(data.read())
+            if not (tmp / CONVERTER_SCRIPT).is_file():
+                raise ImageError(f"{archive.name} holds no vendor/llama.cpp/{CONVERTER_SCRIPT}")
+            patches.apply(CONVERTER_PATCH, tmp)
+    return final
+
+
 def _link_tree(source: Path, dest: Path) -> None:
     """Copy ``source`` to ``dest`` with hard links where the file system allows (the wheels are big)."""
 
@@ -206,9 +238,10 @@ def _link_tree(source: Path, dest: Path) -> None:
     shutil.copytree(source, dest, copy_function=link)
 
 
-def write_context(wheel: IndexedWheel, dest: Path, pip: Path) -> None:
-    """The build context: the Containerfile, the variant's index, pip, the runtime package, and the
-    constraints that keep NVIDIA's runtime wheels at the release the wheel was built against."""
+def write_context(wheel: IndexedWheel, dest: Path, pip: Path, converter: Path) -> None:
+    """The build context: the Containerfile, the variant's index, pip, the runtime package (with llama.cpp's
+    GGML converter), and the constraints that keep NVIDIA's runtime wheels at the release the wheel was built
+    against."""
     dest.mkdir(parents=True)
     shutil.copy2(paths.containerfile(), dest / "Containerfile")
     shutil.copytree((wheel.index / "simple").resolve(), dest / "index" / "simple")
@@ -220,6 +253,7 @@ def write_context(wheel: IndexedWheel, dest: Path, pip: Path) -> None:
     (dest / "runtime").mkdir()
     for name in RUNTIME_FILES:
         shutil.copy2(paths.runtime_dir() / name, dest / "runtime" / name)
+    shutil.copytree(converter, dest / "runtime" / "converter")
 
 
 # ----------------------------------------------------------------------------- build
@@ -260,7 +294,7 @@ def _engine_build(engine: Engine, wheel: IndexedWheel, mirror: MirrorProfile, ba
     replaced = {engine.image_id(t) for t in tags}  # "" for a name not there yet
     with tempfile.TemporaryDirectory(prefix=f"context-{wheel.variant}-", dir=work) as tmp:
         context = Path(tmp) / "context"
-        write_context(wheel, context, pip)
+        write_context(wheel, context, pip, converter_files(mirror))
         log.info(f"building {tags[0]} with {engine.name}: llama-cpp-python {wheel.version} from {wheel.index}")
         started = time.monotonic()
         engine.build(context, tags, build_args(base_image, mirror, wheel), log_file, _show_build)

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from llamawheel import __version__, repair
-from llamawheel.build import sdist
+from llamawheel.build import patches, sdist
 from llamawheel.build.compile import BuildRequest, BuildResult, build_wheel, default_jobs
-from llamawheel.build.planning import Plan, cmake_args_for
+from llamawheel.build.planning import Plan, cmake_args_for, user_cmake_args
 from llamawheel.core import fileio, log, paths
 from llamawheel.pipeline import manifest
 from llamawheel.recipe.model import CudaMinor
@@ -81,11 +81,22 @@ def prepare_source(plan: Plan, work: Path) -> tuple[Path, dict[str, Any]]:
     manifest's description of it."""
     local = plan.options.source
     if local is not None:
-        log.info(f"building the local source tree {local} instead of the pinned sdist")
+        log.info(f"building the local source tree {local} instead of the pinned sdist"
+                 + (" (the recipe's patches are for the sdist: not applied)" if plan.recipe.patch_files else ""))
         shutil.rmtree(work / "src", ignore_errors=True)
         return Path(shutil.copytree(local, work / "src", symlinks=True)), sdist.describe(plan.source, None, local)
     archive = sdist.fetch(plan.source, plan.mirror)
-    return sdist.unpack(archive, work / "src"), sdist.describe(plan.source, archive, None)
+    tree = sdist.unpack(archive, work / "src")
+    pinned = plan.recipe.llama_cpp_python.version
+    if plan.recipe.patch_files and plan.source.version != pinned:
+        log.warn(f"the recipe's patches are made for llama-cpp-python {pinned}: building {plan.source.version} "
+                 "unpatched (streamed answers are slow on it, see recipes/patches/)")
+        applied = []
+    else:
+        applied = patches.apply_all(plan.recipe.patch_files, tree)
+    described = sdist.describe(plan.source, archive, None)
+    described["source"]["patches"] = [p.describe() for p in applied]
+    return tree, described
 
 
 def compile_source(plan: Plan, root: CudaRoot | None, source_dir: Path, work: Path) -> BuildResult:
@@ -115,7 +126,8 @@ def repair_built(plan: Plan, built: BuildResult) -> repair.RepairedWheel:
 
 def verify_repaired(plan: Plan, wheel: Path) -> Report:
     """Static verification; a wheel that fails it is renamed ``.rejected``, never left where pip would take it."""
-    expect = Expectations.for_plan(plan.minor, plan.targets, plan.options.runtime, plan.recipe)
+    expect = Expectations.for_plan(plan.minor, plan.targets, plan.options.runtime, plan.recipe,
+                                   tuple(user_cmake_args()))
     report = verify_wheel(wheel, expect)
     print(report.render())
     if not report.ok:

@@ -11,6 +11,7 @@ valid spelling. `schema` writes the JSON schema editors use from the same datacl
 from __future__ import annotations
 
 import copy
+import hashlib
 import re
 from collections.abc import Mapping
 from functools import cache
@@ -57,6 +58,15 @@ def load_recipe(path: Path) -> Recipe:
             minor.setdefault("runtime-requires", line["runtime-requires"])
     table = datafile.Table(data, path, "", RecipeError)
     return records.load(Recipe, table, name=path.stem, path=path)
+
+
+def fingerprint(recipe: Recipe) -> str:
+    """The sha256 of what makes a recipe: its file, the ``defaults.toml`` beside it and its patches."""
+    digest = hashlib.sha256()
+    defaults = recipe.path.parent / DEFAULTS
+    for part in (recipe.path, *([defaults] if defaults.is_file() else []), *recipe.patch_files):
+        digest.update(part.name.encode() + b"\0" + part.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def recipe_files(folder: Path) -> list[Path]:

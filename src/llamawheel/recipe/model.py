@@ -173,6 +173,9 @@ class BuildFlags:
     """CMake flags every build of this recipe gets (``defaults.toml`` gives the common ones)."""
     extra_cmake_args: tuple[str, ...] = ()
     """Flags added after ``cmake-args`` (a CUDA recipe's ``-DGGML_CUDA=ON``)."""
+    patches: tuple[str, ...] = ()
+    """Unified diffs applied to the unpacked sdist before building, relative to the recipes folder
+    (``patches/stream-incremental.patch``); the wheel's manifest lists each with its sha256."""
 
 
 @dataclass(frozen=True)
@@ -229,6 +232,14 @@ class Recipe:
                 raise table.fail("cuda.default-archs", exc.message) from None
             if target.sm not in self.cuda.supported_archs:
                 raise table.fail("cuda.default-archs", f"'{arch}' is not in supported-archs")
+        for patch in self.patch_files:
+            if not patch.is_file():
+                raise table.fail("build.patches", f"there is no file {patch}")
+
+    @property
+    def patch_files(self) -> tuple[Path, ...]:
+        """The recipe's patches, in the order they are applied."""
+        return tuple(self.path.parent / p for p in self.build.patches)
 
     @property
     def cmake_args(self) -> tuple[str, ...]:

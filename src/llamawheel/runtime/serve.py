@@ -3,8 +3,11 @@ server the way the stock llama-gpt UI needs it (see ``llama-gpt-contract.md``).
 
 Environment (every name is also one llama_cpp.server reads; anything else it reads passes through):
 
-- ``MODEL``: the GGUF to serve, absolute or relative to ``MODELS_DIR`` (``/models``). Unset: the one GGUF
-  file anywhere under ``/models`` (any extension: llama-gpt names GGUF files ``*.bin``).
+- ``MODEL``: the model to serve, absolute or relative to ``MODELS_DIR`` (``/models``). Unset: the one model
+  file anywhere under ``/models``, found by its first bytes, whatever its name (llama-gpt names GGUF files
+  ``*.bin``). A GGML v3 file (what llama-gpt downloads as ``llama-2-7b-chat.bin``) is converted once to GGUF
+  into ``MODEL_CACHE`` (``/cache``, a writable volume) and the conversion is reused on every later start;
+  ``/models`` itself is only read.
 - ``MODEL_ALIAS``: the id served on ``/v1/models``; default: the model's own path when that is an id the UI
   knows (``/models/llama-2-13b-chat.bin`` is served as itself, so the UI names it 13B), else
   ``/models/llama-2-7b-chat.bin`` (with an id it does not know, the UI spins forever).
@@ -39,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import gpu_layers
+from . import convert, gpu_layers
 
 UI_MODEL_IDS = (
     "/models/llama-2-7b-chat.bin",
@@ -52,7 +55,8 @@ UI_MODEL_IDS = (
 """Ids the stock llama-gpt UI lists (1.0.1 knows the first three)."""
 DEFAULT_ALIAS = UI_MODEL_IDS[0]
 MIN_CTX = 4096
-DEFAULTS = {"MODELS_DIR": "/models", "MODEL_ALIAS": DEFAULT_ALIAS, "N_CTX": str(MIN_CTX), "N_GPU_LAYERS": "auto",
+DEFAULTS = {"MODELS_DIR": "/models", "MODEL_CACHE": "/cache",
+            "MODEL_ALIAS": DEFAULT_ALIAS, "N_CTX": str(MIN_CTX), "N_GPU_LAYERS": "auto",
             "HOST": "0.0.0.0", "PORT": "8000", "MAX_QUEUE": "8", "INTERRUPT_REQUESTS": "false"}
 UI_MODELS_DIR = "/models"
 """Where the UI's ids say the models are (``/models/llama-2-13b-chat.bin``)."""
@@ -105,8 +109,13 @@ def is_gguf(path: Path) -> bool:
         return False
 
 
+def is_model(path: Path) -> bool:
+    """A GGUF file, or a GGML ggjt file (converted before it is served)."""
+    return is_gguf(path) or convert.read_header(path) is not None
+
+
 def find_model(models_dir: Path, model: str) -> Path:
-    """The model file: ``model`` (absolute, or under ``models_dir``), else the only GGUF under ``models_dir``."""
+    """The model file: ``model`` (absolute, or under ``models_dir``), else the only model under ``models_dir``."""
     if model:
         path = Path(model) if Path(model).is_absolute() else models_dir / model
         if not path.is_file():
@@ -114,8 +123,8 @@ def find_model(models_dir: Path, model: str) -> Path:
         if not os.access(path, os.R_OK):
             raise ConfigError(f"MODEL={model}: {path} cannot be read by this server's user (uid {os.getuid()}):"
                               " make it readable by others (chmod o+r)")
-        if not is_gguf(path):
-            raise ConfigError(f"MODEL={model}: {path} is not a GGUF file; llama.cpp reads only GGUF models")
+        if not is_model(path):
+            raise ConfigError(f"MODEL={model}: {path} is neither a GGUF file nor a GGML v3 (ggjt) one")
         return path
     if not models_dir.is_dir():
         raise ConfigError(f"{models_dir} does not exist: mount the folder that holds your model there"
@@ -123,14 +132,14 @@ def find_model(models_dir: Path, model: str) -> Path:
     if not os.access(models_dir, os.R_OK | os.X_OK):
         raise ConfigError(f"{models_dir} cannot be read by this server's user (uid {os.getuid()}): make the folder"
                           " you mount readable by others (chmod o+rx), or set MODEL to a readable file")
-    found = sorted(p for p in models_dir.rglob("*") if p.is_file() and is_gguf(p))
+    found = sorted(p for p in models_dir.rglob("*") if p.is_file() and is_model(p))
     if len(found) == 1:
         return found[0]
     if not found:
-        raise ConfigError(f"no GGUF model under {models_dir}: mount a folder holding one"
+        raise ConfigError(f"no GGUF or GGML v3 model under {models_dir}: mount a folder holding one"
                           f" (-v /path/to/models:{models_dir}) or set MODEL")
     names = ", ".join(str(p) for p in found)
-    raise ConfigError(f"{len(found)} GGUF models under {models_dir} ({names}): set MODEL to the one to serve")
+    raise ConfigError(f"{len(found)} models under {models_dir} ({names}): set MODEL to the one to serve")
 
 
 def _listing(models_dir: Path) -> str:
@@ -218,14 +227,23 @@ def resolve(
     gpu_offload: bool,
     gpu: gpu_layers.GpuMemory | gpu_layers.Query | None = gpu_layers.QUERY_NVML,
     threads_for: Callable[[], tuple[int, str]] = default_threads,
+    to_gguf: Callable[[Path, Path], Path] | None = None,
 ) -> ServeConfig:
     """Settings from ``environ`` with the defaults above; ``gpu_offload`` says whether the installed
     llama.cpp has a GPU backend, ``gpu`` is the GPU memory seen for ``N_GPU_LAYERS=auto`` (None: no GPU;
-    by default NVML is asked), ``threads_for`` the CPU threads when ``N_THREADS`` is not set (the cgroup's)."""
+    by default NVML is asked), ``threads_for`` the CPU threads when ``N_THREADS`` is not set (the cgroup's),
+    ``to_gguf`` converts a GGML file into the cache folder (by default `convert.ensure_gguf`)."""
     notes = []
     models_dir = Path(environ.get("MODELS_DIR") or DEFAULTS["MODELS_DIR"])
-    model = find_model(models_dir, environ.get("MODEL", ""))
-    alias = environ.get("MODEL_ALIAS") or default_alias(model, models_dir)
+    found = find_model(models_dir, environ.get("MODEL", ""))
+    alias = environ.get("MODEL_ALIAS") or default_alias(found, models_dir)
+    model = found
+    if not is_gguf(found):
+        cache_dir = Path(environ.get("MODEL_CACHE") or DEFAULTS["MODEL_CACHE"])
+        try:
+            model = (to_gguf or _convert)(found, cache_dir)
+        except convert.ConversionError as exc:
+            raise ConfigError(str(exc)) from None
     if alias not in UI_MODEL_IDS:
         notes.append(f"MODEL_ALIAS={alias} is not an id the stock llama-gpt UI lists ({', '.join(UI_MODEL_IDS[:3])}):"
                      " the UI will show no model")
@@ -260,6 +278,11 @@ def resolve(
     interrupt = (environ.get("INTERRUPT_REQUESTS") or DEFAULTS["INTERRUPT_REQUESTS"]).strip().lower()
     return ServeConfig(model, alias, n_ctx, n_gpu_layers, environ.get("HOST") or DEFAULTS["HOST"],
                        _integer(environ, "PORT"), tuple(notes), n_threads, why, max_queue, interrupt)
+
+
+def _convert(model: Path, cache_dir: Path) -> Path:
+    return convert.ensure_gguf(model, cache_dir, say=lambda line: print(f"llamawheel: {line}", file=sys.stderr,
+                                                                        flush=True))
 
 
 def error_body(exc: BaseException, request: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -426,6 +449,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for note in config.notes:
         print(f"llamawheel: {note}", file=sys.stderr)
+    cpu_variant = getattr(getattr(llama_cpp, "_backends", None), "CPU_VARIANT", None)
+    if cpu_variant:
+        print(f"llamawheel: llama.cpp runs its {cpu_variant} CPU code (the best of the wheel's x86-64 levels "
+              "that runs here)", file=sys.stderr)
     print(f"llamawheel: serving {config.model} as {config.alias} on {config.host}:{config.port}"
           f" (n_ctx {config.n_ctx}, n_gpu_layers {config.n_gpu_layers},"
           f" {config.n_threads} thread(s): {config.threads_why},"

@@ -10,6 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+import subprocess
+import sys
+import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,8 +25,12 @@ from llamawheel.recipe.variant import Variant
 from llamawheel.wheel import distmeta
 from llamawheel.wheel.distmeta import WheelName
 from llamawheel.wheel.elf import ElfInfo, is_elf, read_elf
-from llamawheel.wheel.policy import CUDA_LIBRARIES, whitelist
+from llamawheel.wheel.policy import ALL_VARIANTS_FLAG, CUDA_LIBRARIES, X86_CPU_VARIANTS, whitelist
 from llamawheel.wheel.wheelfile import Entry, dist_info_dir, read_entries
+
+CPU_MODULE = "libggml-cpu-"
+LLAMA_DISTRIBUTION = "llama_cpp_python"
+LOADER = "llama_cpp/_backends.py"
 
 
 @dataclass(frozen=True)
@@ -33,16 +40,20 @@ class Expectations:
     runtime: str = "pypi"
     runtime_rpath: tuple[str, ...] = ()
     requires: tuple[str, ...] = ()
+    cpu_variants: tuple[str, ...] = ()
+    """The CPU variant modules the wheel must hold (built with GGML_CPU_ALL_VARIANTS); none: not checked."""
 
     @classmethod
     def for_plan(
-        cls, minor: CudaMinor | None, targets: tuple[archs.ArchTarget, ...], runtime: str, recipe: Recipe
+        cls, minor: CudaMinor | None, targets: tuple[archs.ArchTarget, ...], runtime: str, recipe: Recipe,
+        extra_cmake_args: tuple[str, ...] = (),
     ) -> Expectations:
+        variants = cpu_variants_of([*recipe.cmake_args, *extra_cmake_args])
         if minor is None:
-            return cls(None)
+            return cls(None, cpu_variants=variants)
         return cls(
             minor.major, targets, runtime, recipe.runtime_rpath,
-            minor.runtime_requires if runtime == "pypi" else (),
+            minor.runtime_requires if runtime == "pypi" else (), variants,
         )
 
     @classmethod
@@ -55,7 +66,7 @@ class Expectations:
             recipe, minor = find_cuda(cuda)
             mode = runtime or "pypi"
             base = cls(minor.major, recipe.default_targets(), mode, recipe.runtime_rpath,
-                       minor.runtime_requires if mode == "pypi" else ())
+                       minor.runtime_requires if mode == "pypi" else (), cpu_variants_of(recipe.cmake_args))
         else:
             base = cls.from_version(version)
             if runtime and runtime != base.runtime:
@@ -86,10 +97,13 @@ class Expectations:
             variant = Variant.parse(local)
         except UsageError as exc:
             raise UsageError(f"version {version}: {exc.message}", exc.tip) from None
-        if variant.cuda is None:
-            return cls(None)
-        major = variant.cuda_major
         recipes = recipes if recipes is not None else all_recipes()
+        made_by = recipes.get("cpu" if variant.cuda is None else f"cuda-{variant.cuda_major}")
+        # other CMake flags (a ``cm`` label) may have changed the variants: then only what is there is checked
+        variants = cpu_variants_of(made_by.cmake_args) if made_by and not variant.flags else ()
+        if variant.cuda is None:
+            return cls(None, cpu_variants=variants)
+        major = variant.cuda_major
         recipe = recipes.get(f"cuda-{major}")
         cuda_minor = recipe.minors.get(variant.cuda) if recipe else None
         targets = variant.targets or (recipe.default_targets() if recipe else ())
@@ -98,7 +112,17 @@ class Expectations:
             major, targets, runtime,
             recipe.runtime_rpath if recipe else (),
             cuda_minor.runtime_requires if (cuda_minor and runtime == "pypi") else (),
+            variants,
         )
+
+
+def cpu_variants_of(cmake_args: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """The CPU variant modules a build with these CMake flags holds (the last value of a flag wins)."""
+    value = ""
+    for arg in cmake_args:
+        if arg.startswith(ALL_VARIANTS_FLAG.split("=")[0] + "="):
+            value = arg.split("=", 1)[1].upper()
+    return X86_CPU_VARIANTS if value in ("ON", "1", "TRUE", "YES") else ()
 
 
 @dataclass
@@ -181,6 +205,9 @@ def verify_wheel(path: Path, expect: Expectations | None = None) -> Report:
     _check_layout(report, entries, name)
     elves = _check_copies(report, entries)
     _check_containment(report, elves)
+    if name.distribution.lower().replace("-", "_") != LLAMA_DISTRIBUTION:  # a fixture package: none expected
+        expect = replace(expect, cpu_variants=())
+    _check_cpu_variants(report, entries, elves, expect)
     cuda_libs = _check_cuda_backend(report, elves, expect)
     if cuda_libs is None:
         return report
@@ -252,6 +279,55 @@ def _check_containment(report: Report, elves: dict[str, ElfInfo]) -> None:
     )
     report.add("relocatable", not absolute,
                "no absolute RUNPATH (no build-machine paths)" if not absolute else "; ".join(absolute))
+
+
+def _check_cpu_variants(report: Report, entries: list[Entry], elves: dict[str, ElfInfo], expect: Expectations) -> None:
+    """Every CPU variant module is there, is a ggml backend module, and loads (its symbols resolve); the
+    wheel carries the loader that picks one at import."""
+    modules = {posixpath.basename(n)[len(CPU_MODULE):-3]: n for n in elves
+               if posixpath.basename(n).startswith(CPU_MODULE) and n.endswith(".so")}
+    if not modules and not expect.cpu_variants:
+        return
+    missing = [v for v in expect.cpu_variants if v not in modules]
+    not_modules = sorted(v for v, n in modules.items() if not {"ggml_backend_init", "ggml_backend_score"}
+                         <= elves[n].exports)
+    has_loader = any(e.name.endswith(LOADER) for e in entries)
+    problems = ([f"missing {', '.join(missing)}"] if missing else []) + (
+        [f"{', '.join(not_modules)} export no ggml_backend_init/ggml_backend_score"] if not_modules else []) + (
+        [f"no {LOADER}: nothing loads the modules when llama_cpp is imported"] if not has_loader else [])
+    report.add("CPU variants", not problems,
+               f"{len(modules)} modules ({', '.join(v for v in X86_CPU_VARIANTS if v in modules)}), loaded by "
+               f"{LOADER}" if not problems else "; ".join(problems))
+    failed = _load_modules({e.name: e.data for e in entries if e.name in elves}, sorted(modules.values()))
+    report.add("CPU variants load", not failed,
+               "each module loads here with every symbol resolved" if not failed else "; ".join(failed))
+
+
+def _load_modules(libraries: dict[str, bytes], modules: list[str]) -> list[str]:
+    """dlopen (RTLD_NOW) each module in a child process, with the wheel's own libraries beside it; returns
+    what failed. Loading runs no variant code, so a variant this CPU cannot run still loads."""
+    script = (
+        "import ctypes, json, os, sys\n"
+        "bad = []\n"
+        "for path in sys.argv[1:]:\n"
+        "    try:\n"
+        "        ctypes.CDLL(path, mode=os.RTLD_NOW | os.RTLD_LOCAL)\n"
+        "    except OSError as exc:\n"
+        "        bad.append(str(exc))\n"
+        "print(json.dumps(bad))\n"
+    )
+    with tempfile.TemporaryDirectory(prefix="llamawheel-modules-") as tmp:
+        for name, data in libraries.items():
+            target = Path(tmp, name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        out = subprocess.run([sys.executable, "-I", "-c", script, *(str(Path(tmp, m)) for m in modules)],
+                             capture_output=True, text=True, timeout=300)
+        try:
+            failed: list[str] = json.loads(out.stdout)
+        except ValueError:
+            return [f"the loading process failed: {out.stderr.strip()[-500:]}"]
+        return [f.replace(tmp + "/", "") for f in failed]
 
 
 def _check_cuda_backend(report: Report, elves: dict[str, ElfInfo], expect: Expectations) -> dict[str, ElfInfo] | None:

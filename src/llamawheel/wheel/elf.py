@@ -13,6 +13,7 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
 from elftools.elf.gnuversions import GNUVerNeedSection
+from elftools.elf.sections import SymbolTableSection
 
 FATBIN_MAGIC = 0xBA55ED50
 _FATBIN_HEADER = struct.Struct("<IHHQ")  # magic, version, header size, size of the entries
@@ -38,6 +39,8 @@ class ElfInfo:
     """Highest version needed per family: {"GLIBC": (2, 34), "GLIBCXX": (3, 4, 30)}."""
     fatbin: list[FatbinEntry] = field(default_factory=list)
     machine: str = ""
+    exports: set[str] = field(default_factory=set)
+    """The ``ggml_backend_*`` functions the library defines (what ggml looks up in a backend module)."""
 
     @property
     def sass_archs(self) -> set[int]:
@@ -102,6 +105,12 @@ def read_elf(data: bytes) -> ElfInfo:
                         info.symbol_versions[family] = max(info.symbol_versions.get(family, ()), number)
         elif section.name == ".nv_fatbin":
             info.fatbin = parse_fatbin(section.data())
+        elif isinstance(section, SymbolTableSection) and section.name == ".dynsym":
+            info.exports = {
+                sym.name for sym in section.iter_symbols()
+                if sym.name.startswith("ggml_backend_") and sym["st_shndx"] != "SHN_UNDEF"
+                and sym["st_info"]["type"] == "STT_FUNC"
+            }
     return info
 
 

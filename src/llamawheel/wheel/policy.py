@@ -82,3 +82,12 @@ def system_library(name: str) -> Path | None:
         if len(parts) == 2 and parts[0].split(" ")[0] == name and "x86-64" in parts[0]:
             return Path(parts[1])
     return None
+
+
+# The CPU variants ggml builds for x86-64 with GGML_CPU_ALL_VARIANTS=ON (ggml/src/CMakeLists.txt), oldest
+# first: each is a module libggml-cpu-<name>.so that ggml scores against the CPU and loads.
+X86_CPU_VARIANTS = (
+    "x64", "sse42", "sandybridge", "ivybridge", "piledriver", "haswell", "skylakex", "cannonlake",
+    "cascadelake", "icelake", "cooperlake", "zen4", "alderlake", "sapphirerapids",
+)
+ALL_VARIANTS_FLAG = "-DGGML_CPU_ALL_VARIANTS=ON"
