@@ -28,6 +28,7 @@ def child(model: str, counts: list[int]) -> None:
     eos = llm.token_eos()
     messages = [{"role": "user", "content": "Tell me a long story about a lighthouse."}]
     common = dict(messages=messages, temperature=0.0, logit_bias={str(eos): -1e9}, seed=1)
+    llm.create_chat_completion(max_tokens=16, **common)  # warm up
     for n in counts:
         start = time.perf_counter()
         whole = llm.create_chat_completion(max_tokens=n, **common)

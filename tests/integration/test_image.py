@@ -79,6 +79,7 @@ def test_build_prints_the_size_and_records_it(built: Built) -> None:
     assert built.manifest["tags"] == ["localhost/llamawheel-api:cpu", "localhost/llamawheel-api:0.3.36-cpu"]
     assert built.manifest["llama_cpp_python"] == "0.3.36+cpu"
     assert built.manifest["user"] == "1000:1000"
+    assert built.manifest["ggml_converter"]["patches"][0]["file"] == "convert-ggml-byte-shape.patch"
     mb = f"{size / 1e6:.1f} MB"
     assert f"size {mb} uncompressed (target: under 300 MB)" in built.output
     assert f"image localhost/llamawheel-api:cpu: {mb} uncompressed (within the 300 MB target)" in built.output

@@ -339,6 +339,9 @@ def build(
         "size_target_bytes": target * 1_000_000, "seconds": {"base": round(base_seconds, 1),
                                                              "build": round(build_seconds, 1),
                                                              "total": round(time.monotonic() - started, 1)},
+        "ggml_converter": {"from": f"llama-cpp-python {catalog.cpu_recipe().llama_cpp_python.version} sdist",
+                           "script": CONVERTER_SCRIPT, "patches": [{"file": CONVERTER_PATCH.name,
+                                                                    "sha256": fileio.sha256_of(CONVERTER_PATCH)}]},
         "user": "1000:1000", "port": 8000, "llamawheel": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
