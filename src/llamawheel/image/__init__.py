@@ -222,6 +222,7 @@ def converter_files(mirror: MirrorProfile) -> Path:
             if not (tmp / CONVERTER_SCRIPT).is_file():
                 raise ImageError(f"{archive.name} holds no vendor/llama.cpp/{CONVERTER_SCRIPT}")
             patches.apply(CONVERTER_PATCH, tmp)
+            tmp.chmod(0o755)  # a temporary folder is 0700: the image's user (uid 1000) must read it
     return final
 
 
