@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from llamawheel.core import paths
+from llamawheel.recipe.variant import flags_label
 from llamawheel.wheel.elf import read_elf
 
 from .conftest import FIXTURE, llamawheel
@@ -98,7 +99,8 @@ def test_cpu_only_wheel_labelled_cuda_is_refused(tmp_path: Path) -> None:
     built = llamawheel("build", "13.0", "--arch", "90", "--source", str(FIXTURE), "--out", str(tmp_path),
                        "--no-verify", env={"CMAKE_ARGS": "-DPROBE_CUDA=OFF"})
     assert built.returncode == 0, built.stderr
-    (wheel,) = tmp_path.glob("*+cu130.sm90-*.whl")
+    (wheel,) = tmp_path.glob("*+cu130.sm90.cm*-*.whl")  # the extra CMake flag shows in the label
+    assert f"+cu130.sm90.{flags_label(['-DPROBE_CUDA=OFF'])}-" in wheel.name
     result = llamawheel("verify-static", str(wheel))
     assert result.returncode == 9
     assert "this wheel is CPU-only" in result.stdout
