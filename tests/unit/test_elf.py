@@ -8,6 +8,7 @@ import pytest
 
 from llamawheel import repair
 from llamawheel.wheel import elf
+from llamawheel.wheel import policy as policy_module
 from llamawheel.wheel.elf import ElfInfo, FatbinEntry
 
 from .helpers import find_system_libz
@@ -85,6 +86,12 @@ def test_read_real_shared_library(libz_bytes: bytes) -> None:
     assert info.sass_archs == set()
 
 
+def test_every_needed_version_is_read(libz_bytes: bytes) -> None:
+    info = elf.read_elf(libz_bytes)
+    assert "2.2.5" in info.required["GLIBC"]
+    assert info.symbol_versions["GLIBC"] == max(tuple(map(int, v.split("."))) for v in info.required["GLIBC"])
+
+
 def test_read_elf_file_on_the_system_libz() -> None:
     path = find_system_libz()
     if path is None:
@@ -95,26 +102,55 @@ def test_read_elf_file_on_the_system_libz() -> None:
     assert info.runpath == []
 
 
+def needs(**families: str) -> ElfInfo:
+    """A library needing these versions: needs(GLIBC="2.2.5 2.29") -> GLIBC_2.2.5 and GLIBC_2.29."""
+    return ElfInfo(required={family: frozenset(v.split()) for family, v in families.items()})
+
+
 @pytest.mark.parametrize(
-    ("needs", "tag"),
+    ("info", "tag"),
     [
-        ({}, "manylinux_2_17_x86_64"),
-        ({"GLIBC": (2, 2, 5)}, "manylinux_2_17_x86_64"),
-        ({"GLIBC": (2, 14)}, "manylinux_2_17_x86_64"),
-        ({"GLIBC": (2, 34)}, "manylinux_2_34_x86_64"),
-        ({"GLIBC": (2, 28), "GLIBCXX": (3, 4, 24)}, "manylinux_2_28_x86_64"),
-        ({"GLIBC": (2, 28), "GLIBCXX": (3, 4, 25)}, "manylinux_2_31_x86_64"),
+        (needs(), "manylinux_2_17_x86_64"),
+        (needs(GLIBC="2.2.5"), "manylinux_2_17_x86_64"),
+        (needs(GLIBC="2.2.5 2.14"), "manylinux_2_17_x86_64"),
+        (needs(GLIBC="2.34"), "manylinux_2_34_x86_64"),
+        (needs(GLIBC="2.28", GLIBCXX="3.4.24"), "manylinux_2_28_x86_64"),
+        (needs(GLIBC="2.28", GLIBCXX="3.4.25"), "manylinux_2_31_x86_64"),
+        # exp@GLIBC_2.29 alone (llama.cpp's math): past 2_28
+        (needs(GLIBC="2.2.5 2.29"), "manylinux_2_31_x86_64"),
         # libstdc++ from GCC 12 (GLIBCXX_3.4.30) is newer than manylinux_2_34's: the tag must say 2_35
-        ({"GLIBC": (2, 34), "GLIBCXX": (3, 4, 30)}, "manylinux_2_35_x86_64"),
-        ({"GLIBC": (2, 17), "CXXABI": (1, 3, 13)}, "manylinux_2_34_x86_64"),
+        (needs(GLIBC="2.34", GLIBCXX="3.4.30"), "manylinux_2_35_x86_64"),
+        (needs(GLIBC="2.17", CXXABI="1.3.13"), "manylinux_2_34_x86_64"),
+        # families beyond glibc and libstdc++: libgcc_s's GCC_ versions, zlib's, the non-numbered CXXABI_TM_1
+        (needs(GLIBC="2.17", CXXABI="1.3 TM_1", GCC="3.0 4.2.0"), "manylinux_2_17_x86_64"),
+        (needs(GLIBC="2.17", GCC="12.0.0"), "manylinux_2_35_x86_64"),  # libgcc_s of GCC 12
+        (needs(GLIBC="2.17", ZLIB="1.2.9"), "manylinux_2_27_x86_64"),
+        (needs(GLIBC="2.17", ZLIB="1.2.12"), "manylinux_2_37_x86_64"),
+        (needs(GLIBC="2.99"), "linux_x86_64"),  # newer than any policy
+        # a library's own version names (libcudart.so.13's) are not the system's business
+        (needs(GLIBC="2.17", LIBCUDART="13"), "manylinux_2_17_x86_64"),
     ],
 )
-def test_platform_tag_follows_newest_symbol_versions(needs: dict[str, tuple[int, ...]], tag: str) -> None:
-    assert repair.platform_tag([ElfInfo(symbol_versions=needs)]) == tag
+def test_platform_tag_follows_every_symbol_version_auditwheel_checks(info: ElfInfo, tag: str) -> None:
+    assert repair.platform_tag([info]) == tag
+
+
+def test_what_keeps_a_wheel_from_an_older_tag_is_named() -> None:
+    policy = next(p for p in policy_module.policies() if p.name == "manylinux_2_28")
+    libs = {"libllama.so": needs(GLIBC="2.2.5 2.29", GLIBCXX="3.4.21"), "libggml.so": needs(GLIBC="2.17")}
+    assert policy.violations(libs) == ["libllama.so needs GLIBC_2.29"]
+
+
+def test_which_distributions_take_a_wheel() -> None:
+    yes, no = policy_module.admitted({"GLIBC": (2, 34), "GLIBCXX": (3, 4, 30)}, "manylinux_2_35_x86_64")
+    assert "Debian 12" in yes and "Ubuntu 22.04" in yes
+    assert no == ["RHEL 8", "Debian 11", "Ubuntu 20.04", "RHEL 9"]
+    yes, no = policy_module.admitted({"GLIBC": (2, 29), "GLIBCXX": (3, 4, 28)}, "manylinux_2_31_x86_64")
+    assert no == ["RHEL 8"] and "Debian 11" in yes
 
 
 def test_platform_tag_takes_the_newest_library() -> None:
-    infos = [ElfInfo(symbol_versions={"GLIBC": (2, 17)}), ElfInfo(symbol_versions={"GLIBC": (2, 34)}), ElfInfo()]
+    infos = [needs(GLIBC="2.17"), needs(GLIBC="2.34"), ElfInfo()]
     assert repair.platform_tag(infos) == "manylinux_2_34_x86_64"
     assert repair.platform_tag([]) == "manylinux_2_17_x86_64"
     assert repair.platform_tag([ElfInfo()], machine="aarch64") == "manylinux_2_17_aarch64"

@@ -124,9 +124,12 @@ def test_repaired_wheel_passes_static_verification_as_cpu(repaired: repair.Repai
         "internal links": True,
         "self-contained": True,
         "relocatable": True,
+        "platform tag": True,
         "CPU build": True,
     }
     assert report.ok
+    tag = next(c.detail for c in report.checks if c.name == "platform tag")
+    assert "earned (needs GLIBC_" in tag and "installs on" in tag
     assert report.version == "1.0+cu130.sm86"
     report.raise_if_failed()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+import re
 import subprocess
 import sys
 import tempfile
@@ -25,7 +26,16 @@ from llamawheel.recipe.variant import Variant
 from llamawheel.wheel import distmeta
 from llamawheel.wheel.distmeta import WheelName
 from llamawheel.wheel.elf import ElfInfo, is_elf, read_elf
-from llamawheel.wheel.policy import ALL_VARIANTS_FLAG, CUDA_LIBRARIES, X86_CPU_VARIANTS, whitelist
+from llamawheel.wheel.policy import (
+    ALL_VARIANTS_FLAG,
+    CUDA_LIBRARIES,
+    X86_CPU_VARIANTS,
+    admitted,
+    earned_policy,
+    needs_of,
+    policies,
+    whitelist,
+)
 from llamawheel.wheel.wheelfile import Entry, dist_info_dir, read_entries
 
 CPU_MODULE = "libggml-cpu-"
@@ -205,6 +215,7 @@ def verify_wheel(path: Path, expect: Expectations | None = None) -> Report:
     _check_layout(report, entries, name)
     elves = _check_copies(report, entries)
     _check_containment(report, elves)
+    _check_platform(report, elves, name)
     if name.distribution.lower().replace("-", "_") != LLAMA_DISTRIBUTION:  # a fixture package: none expected
         expect = replace(expect, cpu_variants=())
     _check_cpu_variants(report, entries, elves, expect)
@@ -279,6 +290,30 @@ def _check_containment(report: Report, elves: dict[str, ElfInfo]) -> None:
     )
     report.add("relocatable", not absolute,
                "no absolute RUNPATH (no build-machine paths)" if not absolute else "; ".join(absolute))
+
+
+def _check_platform(report: Report, elves: dict[str, ElfInfo], name: WheelName) -> None:
+    """The platform tag is no older than every versioned symbol the libraries need allows (as auditwheel judges
+    it: GLIBC, GLIBCXX, CXXABI, GCC, LIBATOMIC, ZLIB), and which common distributions can take the wheel."""
+    libs = {posixpath.basename(n): i for n, i in elves.items()}
+    earned = earned_policy(libs)
+    claimed = re.search(r"manylinux_(\d+)_(\d+)_", name.platform)
+    if earned is None:
+        report.add("platform tag", False, "no manylinux policy allows what the libraries need: "
+                   + "; ".join(policies()[-1].violations(libs)[:4]))
+        return
+    if claimed and (int(claimed.group(1)), int(claimed.group(2))) < earned.glibc:
+        older = next(p for p in policies() if p.glibc == (int(claimed.group(1)), int(claimed.group(2))))
+        report.add("platform tag", False, f"{name.platform} claims too old a system: "
+                   + "; ".join(older.violations(libs)[:4]) + f" (earned: {earned.name})")
+        return
+    needs = needs_of(list(libs.values()))
+    yes, no = admitted(needs, name.platform)
+    wanted = ", ".join(f"{family}_{'.'.join(map(str, needs[family]))}" for family in ("GLIBC", "GLIBCXX", "CXXABI")
+                       if family in needs)
+    report.add("platform tag", True, f"{earned.name} earned (needs {wanted or 'no versioned symbols'}); installs"
+               f" on {', '.join(yes) or 'none of the common distributions'}"
+               + (f"; not on {', '.join(no)}" if no else ""))
 
 
 def _check_cpu_variants(report: Report, entries: list[Entry], elves: dict[str, ElfInfo], expect: Expectations) -> None:

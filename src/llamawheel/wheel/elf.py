@@ -21,7 +21,9 @@ _FATBIN_HEADER = struct.Struct("<IHHQ")  # magic, version, header size, size of 
 _ENTRY_HEADER = struct.Struct("<HHIQII HHI")
 KIND_PTX = 1
 KIND_CUBIN = 2
-_VERSION = re.compile(r"^(GLIBC|GLIBCXX|CXXABI)_(\d+(?:\.\d+)*)$")
+_VERSION = re.compile(r"^([A-Z]+)_(\w+(?:\.\w+)*)$")
+"""A version a library needs from a system library: ``GLIBC_2.29``, ``GLIBCXX_3.4.30``, ``CXXABI_TM_1``,
+``GCC_7.0.0``; the family is the upper-case prefix."""
 
 
 @dataclass(frozen=True)
@@ -35,12 +37,22 @@ class ElfInfo:
     soname: str | None = None
     needed: list[str] = field(default_factory=list)
     runpath: list[str] = field(default_factory=list)
-    symbol_versions: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    """Highest version needed per family: {"GLIBC": (2, 34), "GLIBCXX": (3, 4, 30)}."""
+    required: dict[str, frozenset[str]] = field(default_factory=dict)
+    """Every symbol version needed, per family: {"GLIBC": {"2.2.5", "2.29"}, "CXXABI": {"1.3", "TM_1"}}."""
     fatbin: list[FatbinEntry] = field(default_factory=list)
     machine: str = ""
     exports: set[str] = field(default_factory=set)
     """The ``ggml_backend_*`` functions the library defines (what ggml looks up in a backend module)."""
+
+    @property
+    def symbol_versions(self) -> dict[str, tuple[int, ...]]:
+        """The newest numbered version needed per family: {"GLIBC": (2, 34), "GLIBCXX": (3, 4, 30)}."""
+        out: dict[str, tuple[int, ...]] = {}
+        for family, versions in self.required.items():
+            numbered = [tuple(int(x) for x in v.split(".")) for v in versions if re.fullmatch(r"\d+(\.\d+)*", v)]
+            if numbered:
+                out[family] = max(numbered)
+        return out
 
     @property
     def sass_archs(self) -> set[int]:
@@ -97,12 +109,13 @@ def read_elf(data: bytes) -> ElfInfo:
                     path: str = getattr(tag, "runpath" if kind == "DT_RUNPATH" else "rpath")
                     info.runpath.extend(p for p in path.split(":") if p)
         elif isinstance(section, GNUVerNeedSection):
+            required: dict[str, set[str]] = {}
             for _verneed, auxiliaries in section.iter_versions():
                 for aux in auxiliaries:
                     match = _VERSION.match(aux.name)
                     if match:
-                        family, number = match.group(1), tuple(int(x) for x in match.group(2).split("."))
-                        info.symbol_versions[family] = max(info.symbol_versions.get(family, ()), number)
+                        required.setdefault(match.group(1), set()).add(match.group(2))
+            info.required = {family: frozenset(v) for family, v in required.items()}
         elif section.name == ".nv_fatbin":
             info.fatbin = parse_fatbin(section.data())
         elif isinstance(section, SymbolTableSection) and section.name == ".dynsym":

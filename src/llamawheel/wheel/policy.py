@@ -14,7 +14,6 @@ from pathlib import Path
 
 from llamawheel.wheel.elf import ElfInfo
 
-FAMILIES = ("GLIBC", "GLIBCXX", "CXXABI")
 # Provided by NVIDIA's runtime wheels (Requires-Dist) or the driver, never carried in the wheel.
 CUDA_LIBRARIES = re.compile(r"^lib(cudart|cublas|cublasLt|cuda|nvidia-ml)\.so")
 
@@ -23,12 +22,30 @@ CUDA_LIBRARIES = re.compile(r"^lib(cudart|cublas|cublasLt|cuda|nvidia-ml)\.so")
 class Policy:
     name: str
     priority: int
-    newest: dict[str, tuple[int, ...]]
+    allowed: dict[str, frozenset[str]]
+    """Per family auditwheel checks (GLIBC, GLIBCXX, CXXABI, GCC, LIBATOMIC, ZLIB), the versions allowed."""
     whitelist: frozenset[str]
 
+    @property
+    def glibc(self) -> tuple[int, int]:
+        """``manylinux_2_31`` -> (2, 31)."""
+        major, minor = self.name.split("_")[1:3]
+        return int(major), int(minor)
 
-def _version(text: str) -> tuple[int, ...] | None:
-    return tuple(int(x) for x in text.split(".")) if re.fullmatch(r"\d+(\.\d+)*", text) else None
+    def violations(self, infos: dict[str, ElfInfo]) -> list[str]:
+        """What keeps libraries ``{name: info}`` from this policy: ``libllama.so needs GLIBC_2.29``."""
+        out = []
+        for name, info in infos.items():
+            for family, versions in info.required.items():
+                allowed = self.allowed.get(family)
+                if allowed is None:
+                    continue  # a family auditwheel does not check (a library's own version names)
+                out += [f"{name} needs {family}_{v}" for v in sorted(versions - allowed, key=_order)]
+        return out
+
+
+def _order(version: str) -> tuple[int, ...]:
+    return tuple(int(x) if x.isdigit() else -1 for x in re.split(r"[._]", version))
 
 
 @cache
@@ -38,28 +55,74 @@ def policies(machine: str = "x86_64") -> tuple[Policy, ...]:
     out = []
     for entry in data:
         versions = entry.get("symbol_versions", {}).get(machine, {})
-        newest = {}
-        for family in FAMILIES:
-            parsed = [v for v in (_version(x) for x in versions.get(family, [])) if v]
-            if parsed:
-                newest[family] = max(parsed)
-        if entry["name"].startswith("manylinux_") and newest:
-            out.append(Policy(entry["name"], entry["priority"], newest, frozenset(entry["lib_whitelist"])))
+        if entry["name"].startswith("manylinux_") and versions:
+            allowed = {family: frozenset(v) for family, v in versions.items()}
+            out.append(Policy(entry["name"], entry["priority"], allowed, frozenset(entry["lib_whitelist"])))
     return tuple(sorted(out, key=lambda p: -p.priority))
 
 
-def platform_tag(infos: list[ElfInfo], machine: str = "x86_64") -> str:
-    """The oldest manylinux tag whose symbol versions cover every library's needs (at least 2_17)."""
+def earned_policy(infos: dict[str, ElfInfo] | list[ElfInfo], machine: str = "x86_64") -> Policy | None:
+    """The oldest manylinux policy (2_17 at the least) every versioned symbol the libraries need is allowed
+    by, as auditwheel judges it: each version of each family it checks must be in the policy's list.
+    None: not even the newest policy allows them (a ``linux_`` wheel)."""
+    named = infos if isinstance(infos, dict) else {str(i): info for i, info in enumerate(infos)}
+    for policy in policies(machine):
+        if policy.glibc >= (2, 17) and not policy.violations(named):
+            return policy
+    return None
+
+
+def platform_tag(infos: dict[str, ElfInfo] | list[ElfInfo], machine: str = "x86_64") -> str:
+    """The tag of `earned_policy`: ``manylinux_2_31_x86_64``, or ``linux_x86_64``."""
+    policy = earned_policy(infos, machine)
+    return f"{policy.name}_{machine}" if policy else f"linux_{machine}"
+
+
+@dataclass(frozen=True)
+class Distribution:
+    name: str
+    glibc: tuple[int, ...]
+    glibcxx: tuple[int, ...]
+    """The newest GLIBCXX_ version its libstdc++6 provides (its GCC's)."""
+    cxxabi: tuple[int, ...]
+
+
+# What each distribution's own glibc and libstdc++6 provide (its release's GCC: 8 -> 3.4.25, 10 -> 3.4.28,
+# 11 -> 3.4.29, 12 -> 3.4.30, 14 -> 3.4.33).
+DISTRIBUTIONS = (
+    Distribution("RHEL 8", (2, 28), (3, 4, 25), (1, 3, 11)),
+    Distribution("Debian 11", (2, 31), (3, 4, 28), (1, 3, 12)),
+    Distribution("Ubuntu 20.04", (2, 31), (3, 4, 28), (1, 3, 12)),
+    Distribution("RHEL 9", (2, 34), (3, 4, 29), (1, 3, 13)),
+    Distribution("Ubuntu 22.04", (2, 35), (3, 4, 30), (1, 3, 13)),
+    Distribution("Debian 12", (2, 36), (3, 4, 30), (1, 3, 13)),
+    Distribution("Ubuntu 24.04", (2, 39), (3, 4, 33), (1, 3, 15)),
+    Distribution("RHEL 10", (2, 39), (3, 4, 33), (1, 3, 15)),
+    Distribution("Debian 13", (2, 41), (3, 4, 33), (1, 3, 15)),
+)
+
+
+def needs_of(infos: list[ElfInfo]) -> dict[str, tuple[int, ...]]:
+    """The newest numbered version of each family any library needs."""
     needs: dict[str, tuple[int, ...]] = {}
     for info in infos:
         for family, version in info.symbol_versions.items():
             needs[family] = max(needs.get(family, ()), version)
-    for policy in policies(machine):
-        if int(policy.name.split("_")[2]) < 17:
-            continue
-        if all(family not in needs or needs[family] <= policy.newest.get(family, ()) for family in FAMILIES):
-            return f"{policy.name}_{machine}"
-    return f"linux_{machine}"
+    return needs
+
+
+def admitted(needs: dict[str, tuple[int, ...]], tag: str) -> tuple[list[str], list[str]]:
+    """Which common distributions can install a wheel with this tag and load libraries with these needs,
+    and which cannot: pip takes a manylinux_2_X wheel where glibc >= 2.X, and the loader needs the
+    GLIBCXX/CXXABI versions from the system's libstdc++."""
+    match = re.match(r"manylinux_(\d+)_(\d+)_", tag)
+    tag_glibc = (int(match.group(1)), int(match.group(2))) if match else (99, 0)
+    yes, no = [], []
+    for d in DISTRIBUTIONS:
+        ok = (d.glibc >= tag_glibc and needs.get("GLIBC", ()) <= d.glibc and needs.get("GLIBCXX", ()) <= d.glibcxx
+              and needs.get("CXXABI", ()) <= d.cxxabi)
+        (yes if ok else no).append(d.name)
+    return yes, no
 
 
 # The dynamic loader is the system's own by definition (auditwheel leaves it out of its lists too).
