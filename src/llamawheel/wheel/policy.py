@@ -117,7 +117,8 @@ def admitted(needs: dict[str, tuple[int, ...]], tag: str) -> tuple[list[str], li
     GLIBCXX/CXXABI versions from the system's libstdc++."""
     match = re.match(r"manylinux_(\d+)_(\d+)_", tag)
     tag_glibc = (int(match.group(1)), int(match.group(2))) if match else (99, 0)
-    yes, no = [], []
+    yes: list[str] = []
+    no: list[str] = []
     for d in DISTRIBUTIONS:
         ok = (d.glibc >= tag_glibc and needs.get("GLIBC", ()) <= d.glibc and needs.get("GLIBCXX", ()) <= d.glibcxx
               and needs.get("CXXABI", ()) <= d.cxxabi)
