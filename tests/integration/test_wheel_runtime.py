@@ -230,3 +230,20 @@ def test_a_ggml_v3_model_converts_once_with_llama_2_settings_and_answers(
     ctx, eps, rest = out.stdout.split(" ", 2)
     assert (ctx, float(eps)) == ("4096", 1e-5)
     assert rest.startswith("[1, 15043, 3186]")  # a real llama vocabulary: "Hello world"
+
+
+def test_a_cuda_wheel_without_its_cuda_libraries_fails_to_import_rather_than_run_on_the_cpu(
+    cu130_wheel: Path, tmp_path: Path
+) -> None:
+    """The CUDA backend is a module now; when it cannot load (NVIDIA's cuBLAS and cudart wheels missing), the
+    import fails with the loader's own words, as it did when ggml linked it, instead of quietly using the CPU."""
+    folder = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
+    pip = subprocess.run([str(folder / "bin" / "pip"), "install", "--quiet", "--no-deps", str(cu130_wheel), "numpy",
+                          "typing-extensions", "diskcache", "jinja2", "MarkupSafe"], capture_output=True, text=True)
+    assert pip.returncode == 0, pip.stderr
+    env = {"PATH": "/usr/bin:/bin"}  # no LD_LIBRARY_PATH: nothing but the wheel's own RUNPATH
+    out = subprocess.run([str(folder / "bin" / "python"), "-c", "import llama_cpp"], capture_output=True, text=True,
+                         env=env, cwd=tmp_path)
+    assert out.returncode != 0
+    assert "libggml-cuda.so" in out.stderr and "cannot open shared object file" in out.stderr, out.stderr[-2000:]
