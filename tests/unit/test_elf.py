@@ -7,8 +7,10 @@ import struct
 import pytest
 
 from llamawheel import repair
+from llamawheel.verify import static as verify_static
 from llamawheel.wheel import elf
 from llamawheel.wheel import policy as policy_module
+from llamawheel.wheel.distmeta import WheelName
 from llamawheel.wheel.elf import ElfInfo, FatbinEntry
 
 from .helpers import find_system_libz
@@ -154,3 +156,25 @@ def test_platform_tag_takes_the_newest_library() -> None:
     assert repair.platform_tag(infos) == "manylinux_2_34_x86_64"
     assert repair.platform_tag([]) == "manylinux_2_17_x86_64"
     assert repair.platform_tag([ElfInfo()], machine="aarch64") == "manylinux_2_17_aarch64"
+
+
+def _platform_check(platform: str, libs: dict[str, ElfInfo]) -> list[tuple[bool, str]]:
+    report = verify_static.Report("pkg.whl", "1.0", 0, "a claim")
+    verify_static._check_platform(report, libs, WheelName.parse(f"pkg-1.0-py3-none-{platform}.whl"))
+    return [(c.ok, c.detail) for c in report.checks]
+
+
+def test_verify_static_fails_a_tag_older_than_the_libraries_need() -> None:
+    ((ok, detail),) = _platform_check("manylinux_2_28_x86_64", {"pkg/libexp.so": needs(GLIBC="2.2.5 2.29")})
+    assert not ok
+    assert detail == ("manylinux_2_28_x86_64 claims too old a system: libexp.so needs GLIBC_2.29"
+                      " (earned: manylinux_2_31)")
+
+
+def test_verify_static_passes_an_honest_or_cautious_tag_and_names_the_distributions() -> None:
+    libs = {"pkg/lib.so": needs(GLIBC="2.17", GLIBCXX="3.4.19")}
+    ((ok, detail),) = _platform_check("manylinux_2_17_x86_64.manylinux2014_x86_64", libs)
+    assert ok and detail.startswith("manylinux_2_17 earned (needs GLIBC_2.17, GLIBCXX_3.4.19); installs on RHEL 8,")
+    ((ok, detail),) = _platform_check("manylinux_2_35_x86_64", libs)  # newer than needed: fewer systems, honest
+    assert ok and "not on RHEL 8, Debian 11, Ubuntu 20.04, RHEL 9" in detail
+    assert _platform_check("manylinux_2_35_x86_64", {}) == []  # no libraries: nothing to judge

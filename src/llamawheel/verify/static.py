@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
-import re
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from llamawheel.wheel.policy import (
     earned_policy,
     needs_of,
     policies,
+    tag_glibc,
     whitelist,
 )
 from llamawheel.wheel.wheelfile import Entry, dist_info_dir, read_entries
@@ -295,17 +295,19 @@ def _check_containment(report: Report, elves: dict[str, ElfInfo]) -> None:
 def _check_platform(report: Report, elves: dict[str, ElfInfo], name: WheelName) -> None:
     """The platform tag is no older than every versioned symbol the libraries need allows (as auditwheel judges
     it: GLIBC, GLIBCXX, CXXABI, GCC, LIBATOMIC, ZLIB), and which common distributions can take the wheel."""
+    if not elves:
+        return  # pure Python: the tag says nothing about the system
     libs = {posixpath.basename(n): i for n, i in elves.items()}
     earned = earned_policy(libs)
-    claimed = re.search(r"manylinux_(\d+)_(\d+)_", name.platform)
+    claimed = tag_glibc(name.platform)
     if earned is None:
         report.add("platform tag", False, "no manylinux policy allows what the libraries need: "
                    + "; ".join(policies()[-1].violations(libs)[:4]))
         return
-    if claimed and (int(claimed.group(1)), int(claimed.group(2))) < earned.glibc:
-        older = next(p for p in policies() if p.glibc == (int(claimed.group(1)), int(claimed.group(2))))
-        report.add("platform tag", False, f"{name.platform} claims too old a system: "
-                   + "; ".join(older.violations(libs)[:4]) + f" (earned: {earned.name})")
+    if claimed and claimed != (0, 0) and claimed < earned.glibc:
+        covering = [p for p in policies() if p.glibc <= claimed]
+        why = "; ".join(covering[-1].violations(libs)[:4]) if covering else "older than any policy"
+        report.add("platform tag", False, f"{name.platform} claims too old a system: {why} (earned: {earned.name})")
         return
     needs = needs_of(list(libs.values()))
     yes, no = admitted(needs, name.platform)

@@ -111,17 +111,35 @@ def needs_of(infos: list[ElfInfo]) -> dict[str, tuple[int, ...]]:
     return needs
 
 
+LEGACY_TAGS = {"manylinux1": (2, 5), "manylinux2010": (2, 12), "manylinux2014": (2, 17)}
+
+
+def tag_glibc(platform: str) -> tuple[int, int] | None:
+    """The glibc a wheel's platform tag asks for, the oldest of its tags (``manylinux_2_31_x86_64``,
+    ``manylinux2014_x86_64``); (0, 0) for ``linux_*``, which pip takes anywhere; None for anything else."""
+    found = []
+    for tag in platform.split("."):
+        match = re.match(r"manylinux_(\d+)_(\d+)_", tag)
+        legacy = LEGACY_TAGS.get(tag.split("_")[0])
+        if match:
+            found.append((int(match.group(1)), int(match.group(2))))
+        elif legacy:
+            found.append(legacy)
+        elif tag.startswith("linux_"):
+            found.append((0, 0))
+    return min(found) if found else None
+
+
 def admitted(needs: dict[str, tuple[int, ...]], tag: str) -> tuple[list[str], list[str]]:
     """Which common distributions can install a wheel with this tag and load libraries with these needs,
     and which cannot: pip takes a manylinux_2_X wheel where glibc >= 2.X, and the loader needs the
     GLIBCXX/CXXABI versions from the system's libstdc++."""
-    match = re.match(r"manylinux_(\d+)_(\d+)_", tag)
-    tag_glibc = (int(match.group(1)), int(match.group(2))) if match else (99, 0)
+    tag_glibc_version = tag_glibc(tag) or (99, 0)
     yes: list[str] = []
     no: list[str] = []
     for d in DISTRIBUTIONS:
-        ok = (d.glibc >= tag_glibc and needs.get("GLIBC", ()) <= d.glibc and needs.get("GLIBCXX", ()) <= d.glibcxx
-              and needs.get("CXXABI", ()) <= d.cxxabi)
+        ok = (d.glibc >= tag_glibc_version and needs.get("GLIBC", ()) <= d.glibc
+              and needs.get("GLIBCXX", ()) <= d.glibcxx and needs.get("CXXABI", ()) <= d.cxxabi)
         (yes if ok else no).append(d.name)
     return yes, no
 
