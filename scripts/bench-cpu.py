@@ -4,8 +4,8 @@
 Each build is an interpreter with a wheel installed (a virtual environment's python), optionally with
 environment settings (``LLAMA_CPP_CPU_VARIANT=skylakex`` forces one of the all-variants wheel's levels).
 For each weight type a model is written once with ``llamawheel tiny-model`` (12 layers, 768 wide, 32000
-tokens), then each build evaluates a 256-token prompt and decodes 128 tokens, three times; the best run
-counts. llama.cpp's own counters (llama_perf_context) give the times, so Python's overhead is left out.
+tokens), then each build evaluates a 256-token prompt and decodes 128 tokens, three times (``--runs``); the
+best run counts. llama.cpp's own counters (llama_perf_context) give the times, so Python's overhead is left out.
 
     python scripts/bench-cpu.py today=/tmp/old/bin/python all-variants=/tmp/new/bin/python \\
         'avx512=/tmp/new/bin/python LLAMA_CPP_CPU_VARIANT=skylakex'
@@ -26,7 +26,7 @@ DECODE_TOKENS = 128
 RUNS = 3
 
 
-def child(model: str, threads: int) -> None:
+def child(model: str, threads: int, runs: int) -> None:
     """Runs inside the interpreter being measured; prints one JSON line."""
     import llama_cpp
 
@@ -35,7 +35,7 @@ def child(model: str, threads: int) -> None:
     variant = getattr(getattr(llama_cpp, "_backends", None), "CPU_VARIANT", None) or "(one fixed level)"
     prompt = list(range(1000, 1000 + PROMPT_TOKENS))
     best_prompt = best_decode = 0.0
-    for _ in range(RUNS):
+    for _ in range(runs):
         llm.reset()
         llama_cpp.llama_perf_context_reset(llm.ctx)
         llm.eval(prompt)
@@ -53,10 +53,11 @@ def main() -> int:
     p.add_argument("--models", type=Path, default=Path("/tmp/llamawheel-bench"), help="where the models go")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--types", default="q8_0,f16")
+    p.add_argument("--runs", type=int, default=RUNS, help=f"runs per build, the best counts (default {RUNS})")
     p.add_argument("--child", nargs=2, metavar=("MODEL", "THREADS"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        child(args.child[0], int(args.child[1]))
+        child(args.child[0], int(args.child[1]), args.runs)
         return 0
     args.models.mkdir(parents=True, exist_ok=True)
     print(f"{'weights':<8} {'build':<14} {'CPU code':<16} {'prompt tok/s':>12} {'decode tok/s':>12}")
@@ -72,7 +73,8 @@ def main() -> int:
             label, _, rest = spec.partition("=")
             python, *settings = rest.split()
             env = {**os.environ, **dict(s.split("=", 1) for s in settings)}
-            out = subprocess.run([python, __file__, "--child", str(model), str(args.threads), "x"],
+            out = subprocess.run([python, __file__, "--child", str(model), str(args.threads), "--runs",
+                                  str(args.runs), "x"],
                                  capture_output=True, text=True, env=env)
             if out.returncode:
                 print(f"{label}: failed ({out.returncode})\n{out.stderr[-2000:]}", file=sys.stderr)
