@@ -34,22 +34,21 @@ from llamawheel.mirror.profiles import MirrorProfile
 from llamawheel.recipe import catalog
 from llamawheel.recipe.variant import Variant
 from llamawheel.wheel import distmeta
+from llamawheel.wheel.policy import LEGACY_TAGS, manylinux_glibc
 
 EXTRAS = ("server",)
 """The extras whose dependencies an index carries (when the wheel declares them)."""
 
 MAX_ROUNDS = 6
-_LEGACY = {"manylinux1": 5, "manylinux2010": 12, "manylinux2014": 17}
+_LEGACY = {name: glibc[1] for name, glibc in LEGACY_TAGS.items()}
 
 
 def _glibc_and_arch(wheel_platforms: Sequence[str]) -> tuple[int | None, str, list[str]]:
     glibc: int | None = None
     arch, other = "x86_64", []
     for tag in wheel_platforms:
-        if m := re.fullmatch(r"manylinux_2_(\d+)_(\w+)", tag):
-            minor, arch = int(m[1]), m[2]
-        elif m := re.fullmatch(r"(manylinux1|manylinux2010|manylinux2014)_(\w+)", tag):
-            minor, arch = _LEGACY[m[1]], m[2]
+        if (version := manylinux_glibc(tag)) and version[0] == 2:
+            minor, arch = version[1], re.sub(r"^manylinux(_\d+_\d+|1|2010|2014)_", "", tag)
         else:
             if tag != "any":
                 other.append(tag)

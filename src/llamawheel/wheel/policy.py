@@ -114,19 +114,19 @@ def needs_of(infos: list[ElfInfo]) -> dict[str, tuple[int, ...]]:
 LEGACY_TAGS = {"manylinux1": (2, 5), "manylinux2010": (2, 12), "manylinux2014": (2, 17)}
 
 
+def manylinux_glibc(tag: str) -> tuple[int, int] | None:
+    """The glibc one manylinux tag asks for: ``manylinux_2_31_x86_64`` -> (2, 31), ``manylinux2014_x86_64`` ->
+    (2, 17); None for any other tag."""
+    if match := re.fullmatch(r"manylinux_(\d+)_(\d+)_\w+", tag):
+        return int(match[1]), int(match[2])
+    return LEGACY_TAGS.get(tag.split("_")[0]) if re.fullmatch(r"manylinux(1|2010|2014)_\w+", tag) else None
+
+
 def tag_glibc(platform: str) -> tuple[int, int] | None:
     """The glibc a wheel's platform tag asks for, the oldest of its tags (``manylinux_2_31_x86_64``,
     ``manylinux2014_x86_64``); (0, 0) for ``linux_*``, which pip takes anywhere; None for anything else."""
-    found = []
-    for tag in platform.split("."):
-        match = re.match(r"manylinux_(\d+)_(\d+)_", tag)
-        legacy = LEGACY_TAGS.get(tag.split("_")[0])
-        if match:
-            found.append((int(match.group(1)), int(match.group(2))))
-        elif legacy:
-            found.append(legacy)
-        elif tag.startswith("linux_"):
-            found.append((0, 0))
+    found = [glibc for tag in platform.split(".") if (glibc := manylinux_glibc(tag))]
+    found += [(0, 0) for tag in platform.split(".") if tag.startswith("linux_")]
     return min(found) if found else None
 
 
