@@ -22,7 +22,7 @@ from llamawheel.publish import closure, index, index_carry, index_check
 from llamawheel.publish.index_pages import IndexedFile, parse_links, project_page, root_page
 from llamawheel.recipe import catalog
 from llamawheel.recipe.variant import index_name
-from llamawheel.wheel import distmeta
+from llamawheel.wheel import distmeta, requirements
 
 from ..index_wheels import make_wheel
 
@@ -455,8 +455,9 @@ def test_markers_are_evaluated_for_the_target_python(tmp_path: Path) -> None:
     platforms = closure.platforms_for(["manylinux_2_17_x86_64"])
 
     def unmet(version: str, extras: tuple[str, ...]) -> list[str]:
-        env = closure.target_environment(version, "x86_64")
-        return closure.unmet_requirements(folder, root, extras, env, closure.supported_tags(version, platforms))
+        env = requirements.target_environment(version, "x86_64")
+        return requirements.unmet_requirements(folder, root, extras, env,
+                                               requirements.supported_tags(version, platforms))
 
     assert unmet("3.12", ()) == []
     assert unmet("3.10", ()) == ["exceptiongroup>=1.0"]

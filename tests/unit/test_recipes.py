@@ -144,7 +144,9 @@ def test_defaults_are_shared_and_a_recipe_can_replace_them(tmp_path: Path) -> No
     assert "-DGGML_NATIVE=OFF" in shipped.cmake_args  # from defaults.toml
     path = _write_variant(tmp_path, 'kind = "cuda"', 'kind = "cuda"\npython-versions = ["3.12"]')
     assert catalog.load_recipe(path).python_versions == ("3.12",)
-    assert [p.name for p in shipped.patch_files] == ["stream-incremental.patch", "backend-modules.patch"]
+    assert [p.name for p in shipped.patch_files] == ["stream-incremental.patch", "backend-modules.patch",
+                                                   "cpu-variants-compiler.patch"]
+    assert shipped.build.env == "bullseye"  # from defaults.toml
 
 
 def test_a_missing_patch_names_the_key_and_the_file(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llamawheel.build.rootbuild import Runner
 from llamawheel.core import log, paths
 from llamawheel.core.errors import BuildError
 from llamawheel.core.proc import CommandFailed, run_streamed
@@ -62,10 +63,11 @@ class CacheStats:
         return f"{self.tool}: {self.hits} of {total} compiles served from cache ({100 * self.hits // total}%)"
 
 
-def _ccache_stats(tool: Path, env: dict[str, str]) -> tuple[int, int]:
+def _ccache_stats(tool: Path, env: dict[str, str], runner: Runner) -> tuple[int, int]:
     if tool.name != "ccache":
         return 0, 0
-    out = subprocess.run([str(tool), "--print-stats"], capture_output=True, text=True, env={**os.environ, **env}).stdout
+    cmd, extra = runner.command([str(tool), "--print-stats"], env)
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(extra or {})}).stdout
     stats = dict(line.split("\t", 1) for line in out.splitlines() if "\t" in line)
     hits = int(stats.get("direct_cache_hit", 0)) + int(stats.get("preprocessed_cache_hit", 0))
     misses = int(stats.get("cache_miss", 0))
@@ -83,6 +85,8 @@ class BuildRequest:
     kind: str = "cpu"
     env: dict[str, str] = field(default_factory=dict)
     log_file: Path | None = None
+    runner: Runner = field(default_factory=Runner)
+    """Where the build runs: this machine, or a build root."""
 
 
 @dataclass
@@ -136,10 +140,20 @@ class Progress:
         log.info(f"compiling [{self.steps}/{self.total}] {pct}%, {log.human_time(elapsed)} elapsed{eta}")
 
 
-def _with_compile_cache(env: dict[str, str], work: Path) -> Path | None:
+def _compile_cache(runner: Runner) -> tuple[Path | None, Path]:
+    """The compile cache tool and its store: this machine's ccache (else sccache) in ``ccache/``, or the build
+    root's own ccache in a store of its own (``ccache-bullseye/``: another ccache version, other compilers)."""
+    if runner.root is None:
+        return find_compile_cache(), paths.compile_cache_dir()
+    tool = Path("/usr/bin/ccache")
+    return (tool if (runner.root.path / "usr/bin/ccache").exists() else None), \
+        paths.cache_dir() / f"ccache-{runner.root.suite}"
+
+
+def _with_compile_cache(env: dict[str, str], work: Path, runner: Runner) -> Path | None:
     """Route C, C++ and CUDA compiles through ccache (else sccache) via CMake's launchers, with ggml's own
     ccache detection off so nothing is wrapped twice; returns the tool, or None when there is none."""
-    tool = find_compile_cache()
+    tool, store = _compile_cache(runner)
     if tool is None:
         log.warn("no ccache or sccache on PATH: every compile runs cold (apt-get install ccache)")
         return None
@@ -147,27 +161,34 @@ def _with_compile_cache(env: dict[str, str], work: Path) -> Path | None:
         [f"-DCMAKE_{lang}_COMPILER_LAUNCHER={tool}" for lang in ("C", "CXX", "CUDA")] + ["-DGGML_CCACHE=OFF"]
     )
     env.update(
-        CCACHE_DIR=str(paths.compile_cache_dir()),
+        CCACHE_DIR=str(store),
         CCACHE_BASEDIR=str(work),
         CCACHE_MAXSIZE=os.environ.get("CCACHE_MAXSIZE", "20G"),
         CCACHE_SLOPPINESS="time_macros,include_file_mtime,include_file_ctime",
         CCACHE_NOHASHDIR="1",
-        SCCACHE_DIR=str(paths.compile_cache_dir() / "sccache"),
+        SCCACHE_DIR=str(store / "sccache"),
     )
-    log.info(f"compile cache: {tool.name} at {paths.compile_cache_dir()}")
+    log.info(f"compile cache: {tool.name} at {store}")
     return tool
 
 
 def _pip_wheel(req: BuildRequest, env: dict[str, str], tree: Path, raw: Path, progress: Progress) -> float:
     """Run scikit-build-core through ``pip wheel``, showing ninja's progress; returns the seconds it took."""
-    cmd = [
-        sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(raw),
-        "-C", f"build-dir={tree}", "-C", "cmake.build-type=Release", str(req.source),
-    ]
+    python = req.runner.python or sys.executable
     start = time.monotonic()
-    log.info(f"building with {req.jobs} parallel job(s); full log: {req.log_file}")
     try:
-        run_streamed(cmd, env=env, log_file=req.log_file, on_line=progress, keep=60)
+        if req.runner.root is not None:  # Debian 11's pip 20.3 knows no -C: the wheelhouse has a newer one
+            cmd, extra = req.runner.command([python, "-m", "pip", "install", "--upgrade", "--quiet", "pip"], env)
+            run_streamed(cmd, env=extra, log_file=req.log_file)
+            where = f"in the {req.runner.root.suite} root ({req.runner.root.path}), network cut"
+        else:
+            where = "on this machine"
+        cmd, extra = req.runner.command([
+            python, "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(raw),
+            "-C", f"build-dir={tree}", "-C", "cmake.build-type=Release", str(req.source),
+        ], env)
+        log.info(f"building {where} with {req.jobs} parallel job(s); full log: {req.log_file}")
+        run_streamed(cmd, env=extra, log_file=req.log_file, on_line=progress, keep=60)
     except CommandFailed as exc:
         raise BuildError(
             f"the build failed after {log.human_time(time.monotonic() - start)}\n{exc.describe()}",
@@ -190,9 +211,9 @@ def build_wheel(req: BuildRequest) -> BuildResult:
         "CMAKE_BUILD_PARALLEL_LEVEL": str(req.jobs),
         "FORCE_CMAKE": "1",
     }
-    tool = _with_compile_cache(env, req.work)
+    tool = _with_compile_cache(env, req.work, req.runner)
     # counted as a difference, so that builds sharing the store do not reset each other's numbers
-    before = _ccache_stats(tool, env) if tool else (0, 0)
+    before = _ccache_stats(tool, env, req.runner) if tool else (0, 0)
     progress = Progress()
     seconds = _pip_wheel(req, env, tree, raw, progress)
     wheels = sorted(raw.glob("*.whl"))
@@ -200,7 +221,7 @@ def build_wheel(req: BuildRequest) -> BuildResult:
         raise BuildError(f"expected one wheel in {raw}, found {[w.name for w in wheels]}")
     cache = None
     if tool:
-        hits, misses = _ccache_stats(tool, env)
+        hits, misses = _ccache_stats(tool, env, req.runner)
         cache = CacheStats(tool.name, hits - before[0], misses - before[1])
         log.info(cache.describe())
     log.info(f"compiled {progress.steps} steps in {log.human_time(seconds)}")

@@ -33,6 +33,9 @@ class BuildOptions:
     """Toolchain provider: auto (the recipe's), pypi, deb, system (``LLAMAWHEEL_TOOLCHAIN``)."""
     runtime: str = "pypi"
     """Where the wheel finds cudart/cuBLAS: NVIDIA's PyPI wheels (``pypi``) or the system (``system``)."""
+    build_env: str | None = None
+    """Where to compile (``LLAMAWHEEL_BUILD_ENV``): an older Debian root (``bullseye``) or ``host``; None: the
+    recipe's ``build.env``."""
     verify: bool = True
     """Run static verification after the build."""
 

@@ -20,7 +20,7 @@ from llamawheel.mirror.profiles import MirrorProfile, load_profile
 from llamawheel.recipe import archs, catalog
 from llamawheel.recipe.model import CudaMinor, Recipe, Sdist
 from llamawheel.recipe.variant import Variant, flags_label
-from llamawheel.toolchain import CudaRoot, hostcc
+from llamawheel.toolchain import CudaRoot, buildroot, hostcc
 
 # Measured on a 2-core machine (FACTS.md): the CPU part of the build, and one CUDA architecture.
 CPU_PART_SECONDS_2CORES = 560.0
@@ -37,6 +37,13 @@ class Plan:
     options: BuildOptions
     host_compiler: str | None = None
     """A g++-N for nvcc when the default g++ is newer than the CUDA version accepts."""
+    build_env: str = buildroot.HOST
+    """Where it is compiled: ``host`` or a Debian suite whose root is made from the mirror (``bullseye``)."""
+
+    @property
+    def suite(self) -> buildroot.Suite | None:
+        """The build root's Debian release; None on the host."""
+        return buildroot.SUITES.get(self.build_env)
 
     @property
     def variant(self) -> Variant:
@@ -137,7 +144,10 @@ def plan_cuda(recipe: Recipe, minor: CudaMinor, opts: BuildOptions) -> Plan:
     mirror = load_profile(opts.mirror)
     gpus = archs.detect_native()
     targets = archs.select(opts.arch, recipe.default_archs, recipe.supported_for(minor), minor.version, gpus)
-    plan = Plan(recipe, minor, targets, mirror, _source(recipe, opts), opts, hostcc.choose(minor))
+    env = build_env_for(recipe, opts)
+    suite = buildroot.SUITES.get(env)
+    plan = Plan(recipe, minor, targets, mirror, _source(recipe, opts), opts,
+                hostcc.choose(minor, root_gcc=suite.gcc if suite else None), env)
     if opts.arch is None:
         jobs = opts.jobs or default_jobs("cuda")
         if gpus:
@@ -156,7 +166,15 @@ def plan_cpu(recipe: Recipe, opts: BuildOptions) -> Plan:
     if opts.arch:
         raise UsageError("--arch applies to CUDA builds only")
     check_output_dir(output_folder(opts))
-    return Plan(recipe, None, (), load_profile(opts.mirror), _source(recipe, opts), opts)
+    return Plan(recipe, None, (), load_profile(opts.mirror), _source(recipe, opts), opts,
+                build_env=build_env_for(recipe, opts))
+
+
+def build_env_for(recipe: Recipe, opts: BuildOptions) -> str:
+    """``--build-env`` (``LLAMAWHEEL_BUILD_ENV``), else the recipe's ``build.env``."""
+    if opts.build_env:
+        return buildroot.check_env(opts.build_env)
+    return buildroot.check_env(recipe.build.env, f"{recipe.path.name}: build.env")
 
 
 def cmake_args_for(plan: Plan, root: CudaRoot | None) -> list[str]:

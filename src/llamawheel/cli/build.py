@@ -5,7 +5,6 @@ in `llamawheel.build.planning` (every option checked before anything is download
 from __future__ import annotations
 
 import argparse
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from llamawheel.core import log, paths
 from llamawheel.core.errors import UsageError, did_you_mean
 from llamawheel.mirror import profiles
 from llamawheel.recipe import catalog
-from llamawheel.toolchain import cached_roots, provider_for
+from llamawheel.toolchain import buildroot, cached_roots, provider_for
 
 
 def _add_build_options(p: argparse.ArgumentParser) -> None:
@@ -29,6 +28,8 @@ def _add_build_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", type=Path, help="build this local source tree instead of the pinned sdist")
     p.add_argument("--toolchain", help="toolchain provider: auto, pypi, deb, system")
     p.add_argument("--runtime", help="pypi (depend on NVIDIA's runtime wheels, default) or system")
+    p.add_argument("--build-env", help="where to compile: bullseye (an older Debian root: wheels for glibc 2.31+, "
+                                       "the recipes' default), bookworm, trixie, or host (this machine as it is)")
     p.add_argument("--no-verify", dest="verify", action="store_false", default=None,
                    help="skip static verification after the build")
 
@@ -39,12 +40,13 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     b.add_argument("target", help="a CUDA line (13), a CUDA minor (13.0) or cpu")
     _add_build_options(b)
 
-    tl = sub.add_parser("toolchains", help="list cached CUDA toolchains (size, origin); --clean removes them")
+    tl = sub.add_parser("toolchains", help="list cached CUDA toolchains and build roots (size, origin); --clean "
+                                           "removes them")
     tl.add_argument("--clean", nargs="?", const="all", metavar="NAME",
-                    help="remove one cached toolchain (e.g. cuda-12.4-deb), or all of them")
+                    help="remove one cached toolchain (e.g. cuda-12.4-deb, buildroot-bullseye), or all of them")
 
-    t = sub.add_parser("toolchain", help="provision (or reuse) the CUDA toolchain for a version")
-    t.add_argument("version", help="a CUDA line (13) or minor (13.0)")
+    t = sub.add_parser("toolchain", help="provision (or reuse) the CUDA toolchain for a version, or a build root")
+    t.add_argument("version", help="a CUDA line (13) or minor (13.0), or a build root's Debian suite (bullseye)")
     t.add_argument("--mirror")
     t.add_argument("--toolchain", default="auto")
 
@@ -53,7 +55,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     opts = options.resolve({
         "mirror": args.mirror, "arch": args.arch, "jobs": args.jobs, "llama_cpp_python": args.llama_cpp_python,
         "sdist_sha256": args.sdist_sha256, "out": args.out, "source": args.source, "toolchain": args.toolchain,
-        "runtime": args.runtime, "verify": args.verify,
+        "runtime": args.runtime, "verify": args.verify, "build_env": args.build_env,
     })
     if args.target == "cpu":
         plan = planning.plan_cpu(catalog.cpu_recipe(), opts)
@@ -66,6 +68,9 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_toolchain(args: argparse.Namespace) -> int:
+    if args.version in buildroot.SUITES:
+        print(buildroot.build_root(args.version, profiles.load_profile(args.mirror)).path)
+        return 0
     _, minor = catalog.find_cuda(args.version)
     root = provider_for(minor, args.toolchain).provision(minor, profiles.load_profile(args.mirror))
     print(root.path)
@@ -75,23 +80,30 @@ def _cmd_toolchain(args: argparse.Namespace) -> int:
 def _cmd_toolchains(args: argparse.Namespace) -> int:
     folder = paths.toolchains_dir()
     roots = cached_roots(folder)
+    builds = buildroot.cached_roots(folder)
     if args.clean:
-        chosen = roots if args.clean == "all" else [r for r in roots if r.path.name == args.clean]
+        named = [(r.path, r.size_bytes) for r in roots] + [(b.path, b.size_bytes) for b in builds]
+        chosen = named if args.clean == "all" else [(p, n) for p, n in named if p.name == args.clean]
         if not chosen and args.clean != "all":
-            names = [r.path.name for r in roots]
+            names = [p.name for p, _ in named]
             raise UsageError(f"no cached toolchain named {args.clean}{did_you_mean(args.clean, names)}",
                              f"cached: {', '.join(names) or 'none'}")
-        for root in chosen:
-            shutil.rmtree(root.path)
-            print(f"removed {root.path} ({log.human_size(root.size_bytes)})")
+        for path, size in chosen:
+            buildroot.remove_root(path)
+            print(f"removed {path} ({log.human_size(size)})")
         return 0
-    if not roots:
+    if not roots and not builds:
         print(f"no toolchains cached in {folder}")
         return 0
-    print(f"{'name':<18} {'CUDA':<18} {'on disk':>9} {'download':>9}  origin")
+    if roots:
+        print(f"{'name':<18} {'CUDA':<18} {'on disk':>9} {'download':>9}  origin")
     for r in roots:
         print(f"{r.path.name:<18} {r.nvcc_version:<18} {log.human_size(r.size_bytes):>9} "
               f"{log.human_size(r.download_bytes):>9}  {r.origin}")
+    if builds:
+        print(f"{'build root':<18} {'glibc':<6} {'GCC':<7} {'Python':<7} {'on disk':>9}  origin")
+    for b in builds:
+        print(f"{b.name:<18} {b.glibc:<6} {b.gcc:<7} {b.python:<7} {log.human_size(b.size_bytes):>9}  {b.origin}")
     print(f"in {folder}")
     return 0
 

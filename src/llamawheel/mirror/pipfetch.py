@@ -52,6 +52,32 @@ def download(
     return sorted(set(dest.iterdir()) - before) or sorted(dest.iterdir())
 
 
+def download_for(
+    requirements: Sequence[str], dest: Path, mirror: MirrorProfile, *, python_version: str,
+    platforms: Sequence[str], constraint_file: Path | None = None, tip: str = "",
+) -> None:
+    """``pip download`` wheels (only wheels) of ``requirements`` and what they need, as CPython
+    ``python_version`` on ``platforms`` would take them, into ``dest`` (files already there are kept)."""
+    abi = "cp" + python_version.replace(".", "")
+    cmd = [
+        sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--progress-bar", "off",
+        "--dest", str(dest), "--python-version", python_version, "--implementation", "cp", "--abi", abi,
+    ]
+    for platform in platforms:
+        cmd += ["--platform", platform]
+    if constraint_file is not None:
+        cmd += ["--constraint", str(constraint_file)]
+    try:
+        run_streamed([*cmd, *requirements], env=mirror.pip_env(), on_line=show_pip_line)
+    except CommandFailed as exc:
+        index = mirror.pypi_index() or "pip's configured index"
+        raise DownloadError(
+            f"could not fetch {', '.join(requirements)} for Python {python_version} from {index}\n{exc.describe()}",
+            f"check that the index answers (llamawheel mirrors check {mirror.name}) and offers wheels for Python"
+            f" {python_version}" + (f"; {tip}" if tip else ""),
+        ) from None
+
+
 def _explain(exc: CommandFailed, mirror: MirrorProfile) -> DownloadError:
     text = "\n".join(exc.tail)
     index = mirror.pypi_index() or "pip's default index"

@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from llamawheel import __version__, repair
-from llamawheel.build import patches, sdist
+from llamawheel.build import patches, rootbuild, sdist
 from llamawheel.build.compile import BuildRequest, BuildResult, build_wheel, default_jobs
 from llamawheel.build.planning import Plan, cmake_args_for, user_cmake_args
 from llamawheel.core import fileio, log, paths
-from llamawheel.pipeline import manifest
+from llamawheel.pipeline import manifest, wheelhouse
 from llamawheel.recipe.model import CudaMinor
-from llamawheel.toolchain import CudaRoot, provider_for
+from llamawheel.toolchain import CudaRoot, buildroot, provider_for
 from llamawheel.verify.static import Expectations, Report, verify_wheel
 
 
@@ -44,10 +44,14 @@ class _Timings:
             self.seconds[name] = time.monotonic() - started
 
 
-def tool_versions(root: CudaRoot | None) -> dict[str, str]:
-    """The first line of each build tool's ``--version``, for the manifest."""
+def tool_versions(root: CudaRoot | None, build_root: buildroot.Root | None = None) -> dict[str, str]:
+    """The first line of each build tool's ``--version``, for the manifest (a build root's own gcc, ccache and
+    Python; its CMake and ninja are wheels, named in ``build_env.wheelhouse``)."""
 
     def first_line(cmd: list[str]) -> str:
+        if build_root is not None:
+            out = build_root.output(cmd)
+            return out.splitlines()[0] if out else ""
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout
             return out.strip().splitlines()[0] if out.strip() else ""
@@ -56,10 +60,10 @@ def tool_versions(root: CudaRoot | None) -> dict[str, str]:
 
     versions = {
         "llamawheel": __version__,
-        "python": platform.python_version(),
-        "cmake": first_line(["cmake", "--version"]),
+        "python": first_line(["python3", "--version"]) if build_root else platform.python_version(),
+        "cmake": "" if build_root else first_line(["cmake", "--version"]),
         "gcc": first_line(["gcc", "--version"]),
-        "ninja": first_line(["ninja", "--version"]),
+        "ninja": "" if build_root else first_line(["ninja", "--version"]),
         "ccache": first_line(["ccache", "--version"]),
     }
     if root:
@@ -69,7 +73,8 @@ def tool_versions(root: CudaRoot | None) -> dict[str, str]:
 
 def work_dir(plan: Plan) -> Path:
     """This variant's own build folder in the cache (source tree, CMake tree, raw wheel, log)."""
-    return paths.builds_dir() / f"{plan.source.name}-{plan.local_version}"
+    where = "" if plan.build_env == buildroot.HOST else f"-{plan.build_env}"
+    return paths.builds_dir() / f"{plan.source.name}-{plan.local_version}{where}"
 
 
 def provision_toolchain(plan: Plan, minor: CudaMinor) -> CudaRoot:
@@ -99,27 +104,40 @@ def prepare_source(plan: Plan, work: Path) -> tuple[Path, dict[str, Any]]:
     return tree, described
 
 
-def compile_source(plan: Plan, root: CudaRoot | None, source_dir: Path, work: Path) -> BuildResult:
+def compile_source(plan: Plan, root: CudaRoot | None, source_dir: Path, work: Path,
+                   build_root: buildroot.Root | None = None) -> tuple[BuildResult, dict[str, Any]]:
+    """Compile on this machine or in the build root; returns the result and, for a root, the manifest's
+    ``build_env`` (the root and every wheel its pip was given)."""
     env: dict[str, str] = {}
     if root is not None:
         env.update(root.env())
-        env["PATH"] = f"{root.path / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"
-    env.update(plan.mirror.pip_env())
+    runner = rootbuild.Runner()
+    described: dict[str, Any] = {"build_env": {"name": buildroot.HOST}}
+    if build_root is not None and plan.suite is not None:
+        house, files = wheelhouse.fetch(source_dir, plan.suite, plan.mirror)
+        runner = rootbuild.runner_for(build_root, house, root.path if root else None)
+        described = build_root.manifest_fields()
+        described["build_env"]["wheelhouse"] = files
+    else:
+        if root is not None:
+            env["PATH"] = f"{root.path / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"
+        env.update(plan.mirror.pip_env())
     kind = "cpu" if root is None else "cuda"
     log_file = work / "build.log"
     log_file.unlink(missing_ok=True)
     request = BuildRequest(source_dir, work, cmake_args_for(plan, root), plan.options.jobs or default_jobs(kind),
-                           kind, env, log_file)
-    return build_wheel(request)
+                           kind, env, log_file, runner)
+    return build_wheel(request), described
 
 
-def repair_built(plan: Plan, built: BuildResult) -> repair.RepairedWheel:
+def repair_built(plan: Plan, built: BuildResult, sysroot: Path | None = None) -> repair.RepairedWheel:
     cuda = plan.minor is not None
     spec = repair.RepairSpec(
         local_version=plan.local_version,
         runtime=plan.options.runtime if cuda else "none",
         runtime_rpath=plan.recipe.runtime_rpath if cuda else (),
         requires=plan.minor.runtime_requires if (plan.minor and plan.options.runtime == "pypi") else (),
+        sysroot=sysroot,
     )
     return repair.repair_wheel(built.wheel, plan.output_dir, spec)
 
@@ -127,7 +145,7 @@ def repair_built(plan: Plan, built: BuildResult) -> repair.RepairedWheel:
 def verify_repaired(plan: Plan, wheel: Path) -> Report:
     """Static verification; a wheel that fails it is renamed ``.rejected``, never left where pip would take it."""
     expect = Expectations.for_plan(plan.minor, plan.targets, plan.options.runtime, plan.recipe,
-                                   tuple(user_cmake_args()))
+                                   tuple(user_cmake_args()), plan.build_env)
     report = verify_wheel(wheel, expect)
     print(report.render())
     if not report.ok:
@@ -160,20 +178,24 @@ def _run(plan: Plan, work: Path) -> Path:
     if plan.minor is not None:  # a CPU build has no toolchain step
         with timings.step("toolchain"):
             root = provision_toolchain(plan, plan.minor)
+    build_root = None
+    if plan.suite is not None:
+        with timings.step("build_root"):
+            build_root = buildroot.build_root(plan.suite.name, plan.mirror)
     with timings.step("source"):
         source_dir, source = prepare_source(plan, work)
-    built = compile_source(plan, root, source_dir, work)
+    built, build_env = compile_source(plan, root, source_dir, work, build_root)
     timings.seconds["compile"] = built.seconds
     with timings.step("repair"):
-        repaired = repair_built(plan, built)
+        repaired = repair_built(plan, built, build_root.path if build_root else None)
     report = None
     if plan.options.verify:
         with timings.step("verify"):
             report = verify_repaired(plan, repaired.path)
     timings.seconds["total"] = time.monotonic() - started
     durations = {"durations_seconds": {k: round(v, 1) for k, v in timings.seconds.items()}}
-    tools = {"tools": tool_versions(root)}
-    manifest.write(repaired.path, manifest.compose(repaired.path, plan, root, source, built, repaired,
+    tools = {"tools": tool_versions(root, build_root)}
+    manifest.write(repaired.path, manifest.compose(repaired.path, plan, root, build_env, source, built, repaired,
                                                    report or {"verify_static": None}, durations, tools))
     shutil.rmtree(work / "src", ignore_errors=True)
     log.info(

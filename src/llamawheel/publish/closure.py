@@ -15,26 +15,18 @@ is missing is fetched in a further round.
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from packaging import tags
-from packaging.markers import UndefinedEnvironmentName
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.tags import Tag
-from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
-from packaging.version import Version
-
 from llamawheel.core import log
 from llamawheel.core.errors import DownloadError, LlamawheelError
-from llamawheel.core.proc import CommandFailed, run_streamed
-from llamawheel.mirror.pipfetch import show_pip_line
+from llamawheel.mirror import pipfetch
 from llamawheel.mirror.profiles import MirrorProfile
 from llamawheel.recipe import catalog
 from llamawheel.recipe.variant import Variant
 from llamawheel.wheel import distmeta
 from llamawheel.wheel.policy import LEGACY_TAGS, manylinux_glibc
+from llamawheel.wheel.requirements import supported_tags, target_environment, unmet_requirements
 
 EXTRAS = ("server",)
 """The extras whose dependencies an index carries (when the wheel declares them)."""
@@ -79,79 +71,6 @@ def wheel_arch(wheel_platforms: Sequence[str]) -> str:
     return _glibc_and_arch(wheel_platforms)[1]
 
 
-def target_environment(python_version: str, arch: str) -> dict[str, str]:
-    """Marker values for a CPython ``python_version`` on Linux ``arch``."""
-    return {
-        "python_version": python_version,
-        "python_full_version": f"{python_version}.0",
-        "implementation_name": "cpython",
-        "implementation_version": f"{python_version}.0",
-        "platform_python_implementation": "CPython",
-        "sys_platform": "linux",
-        "platform_system": "Linux",
-        "os_name": "posix",
-        "platform_machine": arch,
-    }
-
-
-def _active(req: Requirement, env: dict[str, str], extras: set[str]) -> bool:
-    if req.marker is None:
-        return True
-    try:
-        return any(req.marker.evaluate({**env, "extra": e}) for e in {"", *extras})
-    except UndefinedEnvironmentName:
-        return True
-
-
-def supported_tags(python_version: str, platforms: Sequence[str]) -> frozenset[Tag]:
-    """The wheel tags CPython ``python_version`` accepts on ``platforms`` (what ``pip --python-version`` uses)."""
-    major, minor = (int(x) for x in python_version.split("."))
-    interpreter = f"cp{major}{minor}"
-    return frozenset((
-        *tags.cpython_tags((major, minor), abis=[interpreter], platforms=platforms),
-        *tags.compatible_tags((major, minor), interpreter, platforms),
-    ))
-
-
-def unmet_requirements(
-    folder: Path, root: Path, root_extras: Sequence[str], env: dict[str, str], supported: frozenset[Tag]
-) -> list[str]:
-    """Requirements reachable from ``root[root_extras]`` under the marker values ``env`` that no wheel in
-    ``folder`` with a ``supported`` tag meets."""
-    dists: dict[str, list[tuple[Version, Path]]] = {}
-    for path in folder.glob("*.whl"):
-        try:
-            name, version, _, wheel_tags = parse_wheel_filename(path.name)
-        except InvalidWheelFilename:
-            continue
-        if wheel_tags & supported:
-            dists.setdefault(str(name), []).append((version, path))
-    unmet: list[str] = []
-    queue: list[tuple[Path, set[str]]] = [(root, {distmeta.normalize(e) for e in root_extras})]
-    seen: set[tuple[Path, frozenset[str]]] = set()
-    while queue:
-        path, extras = queue.pop()
-        if (path, frozenset(extras)) in seen:
-            continue
-        seen.add((path, frozenset(extras)))
-        for line in distmeta.read(path).requires_dist:
-            try:
-                req = Requirement(line)
-            except InvalidRequirement:
-                log.warn(f"{path.name}: ignoring a malformed Requires-Dist line: {line}")
-                continue
-            if not _active(req, env, extras):
-                continue
-            candidates = dists.get(str(canonicalize_name(req.name)), [])
-            fits = sorted((d for d in candidates if req.specifier.contains(d[0], prereleases=True)), reverse=True)
-            if fits:
-                queue.append((fits[0][1], {distmeta.normalize(e) for e in req.extras}))
-            else:
-                wanted = f"{req.name}[{','.join(sorted(req.extras))}]" if req.extras else req.name
-                unmet.append(f"{wanted}{req.specifier}")
-    return sorted(set(unmet))
-
-
 def fetch(
     wheel: Path,
     *,
@@ -184,7 +103,10 @@ def fetch(
         requirements = [root_req]
         supported = supported_tags(version, platforms)
         for _ in range(MAX_ROUNDS):
-            _pip_download(requirements, dest, version, platforms, mirror, constraint_file)
+            pipfetch.download_for(
+                requirements, dest, mirror, python_version=version, platforms=platforms,
+                constraint_file=constraint_file,
+                tip="narrow the versions with --python-version, or publish with --no-closure")
             requirements = unmet_requirements(dest, wheel, extras, target_environment(version, arch), supported)
             if not requirements:
                 break
@@ -196,30 +118,6 @@ def fetch(
                 "try another --mirror; or publish with --no-closure and add the missing wheels yourself",
             )
     return [p for p in sorted(dest.glob("*.whl")) if p.name != wheel.name]
-
-
-def _pip_download(
-    requirements: Sequence[str], folder: Path, version: str, platforms: Sequence[str], mirror: MirrorProfile,
-    constraint_file: Path | None = None,
-) -> None:
-    abi = "cp" + version.replace(".", "")
-    cmd = [
-        sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--progress-bar", "off",
-        "--dest", str(folder), "--python-version", version, "--implementation", "cp", "--abi", abi,
-    ]
-    for platform in platforms:
-        cmd += ["--platform", platform]
-    if constraint_file is not None:
-        cmd += ["--constraint", str(constraint_file)]
-    try:
-        run_streamed([*cmd, *requirements], env=mirror.pip_env(), on_line=show_pip_line)
-    except CommandFailed as exc:
-        index = mirror.pypi_index() or "pip's configured index"
-        raise DownloadError(
-            f"could not fetch the dependencies for Python {version} from {index}\n{exc.describe()}",
-            f"check that the index answers (llamawheel mirrors check {mirror.name}) and offers wheels for Python"
-            f" {version}; narrow the versions with --python-version, or publish with --no-closure",
-        ) from None
 
 
 def runtime_pins(wheel: Path) -> tuple[str, ...]:

@@ -46,7 +46,8 @@ def matrix(
                         "variant": variant,
                         "runtime": runtime,
                         "provider": minor.provider,
-                        "gcc": f"g++-{minor.max_gcc}" if minor.max_gcc < 12 else "",
+                        # a build root brings its own GCC (bullseye: 10); on the host, an older g++ where needed
+                        "gcc": f"g++-{minor.max_gcc}" if minor.max_gcc < 12 and recipe.build.env == "host" else "",
                     })
     return entries
 

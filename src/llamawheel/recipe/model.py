@@ -19,7 +19,7 @@ from llamawheel.recipe import archs, variant
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 PROVIDERS = ("pypi", "deb", "system")
-DEFAULT_PYTHONS = ("3.10", "3.11", "3.12", "3.13")
+DEFAULT_PYTHONS = ("3.8", "3.9", "3.10", "3.11", "3.12", "3.13")
 
 
 def _sha256(value: str | tuple[str, ...]) -> str | None:
@@ -176,6 +176,10 @@ class BuildFlags:
     patches: tuple[str, ...] = ()
     """Unified diffs applied to the unpacked sdist before building, relative to the recipes folder
     (``patches/stream-incremental.patch``); the wheel's manifest lists each with its sha256."""
+    env: Literal["bullseye", "bookworm", "trixie", "host"] = "host"
+    """Where the wheel is compiled: an older Debian root made from the apt mirror (``bullseye``: glibc 2.31
+    and GCC 10, so the wheel installs on Debian 11, Ubuntu 20.04 and newer), or ``host``, this machine as it
+    is. ``--build-env`` overrides it."""
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,8 @@ class RepairSpec:
     runtime: str = "pypi"  # "pypi", "system" or "none" (a CPU build)
     runtime_rpath: tuple[str, ...] = ()
     requires: tuple[str, ...] = ()
+    sysroot: Path | None = None
+    """The root the wheel was built in (its libraries are the ones to carry), None for this machine."""
 
 
 @dataclass
@@ -118,7 +120,7 @@ def repair_wheel(raw: Path, out_dir: Path, spec: RepairSpec) -> RepairedWheel:
     kept = _keep_package(entries, info_dir, packages, result)
     rename: dict[str, str] = {}  # old base name -> kept base name (same folder)
     kept = _dedupe_libraries(kept, rename, result)
-    kept += _graft_external(kept, rename, result)
+    kept += _graft_external(kept, rename, result, spec.sysroot)
     infos = _patch_libraries(kept, rename, spec, result)
     _write_repaired(kept, name, info_dir, infos, spec, out_dir, result)
     return result
@@ -220,7 +222,8 @@ def _write_repaired(
              f"{log.human_size(result.size_after)}")
 
 
-def _graft_external(kept: list[Entry], rename: dict[str, str], result: RepairedWheel) -> list[Entry]:
+def _graft_external(kept: list[Entry], rename: dict[str, str], result: RepairedWheel,
+                    sysroot: Path | None) -> list[Entry]:
     """Copy in the system libraries a wheel needs that not every manylinux system has (libgomp),
     under a unique name, as auditwheel does; CUDA's come from NVIDIA's wheels or the driver."""
     allowed = whitelist()
@@ -235,11 +238,11 @@ def _graft_external(kept: list[Entry], rename: dict[str, str], result: RepairedW
                     wanted.setdefault(needed, posixpath.dirname(e.name))
         pending = []
         for needed, folder in sorted(wanted.items()):
-            source = system_library(needed)
+            source = system_library(needed, sysroot)
             if source is None:
                 raise RepairError(
                     f"the wheel needs {needed}, which is not in it, not a library every manylinux system has, "
-                    "and not found on this machine (ldconfig -p)",
+                    f"and not found {f'in the build root {sysroot}' if sysroot else 'on this machine (ldconfig -p)'}",
                     f"install the package that provides {needed} on the build machine",
                 )
             data = source.read_bytes()

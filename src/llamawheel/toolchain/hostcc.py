@@ -24,8 +24,16 @@ def gcc_major(compiler: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def choose(minor: CudaMinor, default: str = "g++") -> str | None:
-    """``None`` when the default ``g++`` will do, else the path of a suitable ``g++-N``."""
+def choose(minor: CudaMinor, default: str = "g++", root_gcc: int | None = None) -> str | None:
+    """``None`` when the default ``g++`` will do, else the path of a suitable ``g++-N``.
+
+    ``root_gcc``: the build happens in a root whose ``g++`` is that major; it must be one nvcc accepts."""
+    if root_gcc is not None:
+        if root_gcc > minor.max_gcc:
+            raise ToolchainError(
+                f"CUDA {minor.version}'s nvcc accepts GCC {minor.max_gcc} at most, but the build root's g++ is "
+                f"{root_gcc}", "choose an older root with --build-env (llamawheel toolchains lists them)")
+        return None
     found = shutil.which(default)
     major = gcc_major(found) if found else None
     if major is not None and major <= minor.max_gcc:

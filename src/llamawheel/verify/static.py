@@ -22,6 +22,7 @@ from llamawheel.recipe import archs
 from llamawheel.recipe.catalog import all_recipes, find_cuda
 from llamawheel.recipe.model import CudaMinor, Recipe
 from llamawheel.recipe.variant import Variant
+from llamawheel.toolchain.buildroot import HOST, SUITES
 from llamawheel.wheel import distmeta
 from llamawheel.wheel.distmeta import WheelName
 from llamawheel.wheel.elf import ElfInfo, is_elf, read_elf
@@ -30,6 +31,7 @@ from llamawheel.wheel.policy import (
     CUDA_LIBRARIES,
     X86_CPU_VARIANTS,
     admitted,
+    cpu_variants_for_gcc,
     earned_policy,
     needs_of,
     policies,
@@ -56,9 +58,9 @@ class Expectations:
     @classmethod
     def for_plan(
         cls, minor: CudaMinor | None, targets: tuple[archs.ArchTarget, ...], runtime: str, recipe: Recipe,
-        extra_cmake_args: tuple[str, ...] = (),
+        extra_cmake_args: tuple[str, ...] = (), build_env: str | None = None,
     ) -> Expectations:
-        variants = cpu_variants_of([*recipe.cmake_args, *extra_cmake_args])
+        variants = cpu_variants_of([*recipe.cmake_args, *extra_cmake_args], build_env or recipe.build.env)
         if minor is None:
             return cls(None, cpu_variants=variants)
         return cls(
@@ -76,7 +78,8 @@ class Expectations:
             recipe, minor = find_cuda(cuda)
             mode = runtime or "pypi"
             base = cls(minor.major, recipe.default_targets(), mode, recipe.runtime_rpath,
-                       minor.runtime_requires if mode == "pypi" else (), cpu_variants_of(recipe.cmake_args))
+                       minor.runtime_requires if mode == "pypi" else (),
+                       cpu_variants_of(recipe.cmake_args, recipe.build.env))
         else:
             base = cls.from_version(version)
             if runtime and runtime != base.runtime:
@@ -110,7 +113,7 @@ class Expectations:
         recipes = recipes if recipes is not None else all_recipes()
         made_by = recipes.get("cpu" if variant.cuda is None else f"cuda-{variant.cuda_major}")
         # other CMake flags (a ``cm`` label) may have changed the variants: then only what is there is checked
-        variants = cpu_variants_of(made_by.cmake_args) if made_by and not variant.flags else ()
+        variants = cpu_variants_of(made_by.cmake_args, made_by.build.env) if made_by and not variant.flags else ()
         if variant.cuda is None:
             return cls(None, cpu_variants=variants)
         major = variant.cuda_major
@@ -126,13 +129,15 @@ class Expectations:
         )
 
 
-def cpu_variants_of(cmake_args: list[str] | tuple[str, ...]) -> tuple[str, ...]:
-    """The CPU variant modules a build with these CMake flags holds (the last value of a flag wins)."""
+def cpu_variants_of(cmake_args: list[str] | tuple[str, ...], build_env: str = HOST) -> tuple[str, ...]:
+    """The CPU variant modules a build with these CMake flags holds (the last value of a flag wins), in the
+    build environment ``build_env`` (an older root's GCC builds fewer)."""
     value = ""
     for arg in cmake_args:
         if arg.startswith(ALL_VARIANTS_FLAG.split("=")[0] + "="):
             value = arg.split("=", 1)[1].upper()
-    return X86_CPU_VARIANTS if value in ("ON", "1", "TRUE", "YES") else ()
+    suite = SUITES.get(build_env)
+    return cpu_variants_for_gcc(suite.gcc if suite else None) if value in ("ON", "1", "TRUE", "YES") else ()
 
 
 @dataclass

@@ -153,8 +153,15 @@ def whitelist(machine: str = "x86_64") -> frozenset[str]:
     return policies(machine)[0].whitelist | LOADERS
 
 
-def system_library(name: str) -> Path | None:
-    """Where the dynamic loader would find ``name`` on this machine."""
+def system_library(name: str, sysroot: Path | None = None) -> Path | None:
+    """Where the dynamic loader would find ``name`` on this machine, or in the root ``sysroot`` (a build
+    root: a wheel built there carries that root's libgomp, not this machine's newer one)."""
+    if sysroot is not None:
+        for folder in ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib64", "usr/lib64", "usr/lib"):
+            found = sysroot / folder / name
+            if found.exists():
+                return found.resolve()
+        return None
     try:
         out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, timeout=30).stdout
     except OSError:
@@ -173,3 +180,11 @@ X86_CPU_VARIANTS = (
     "cascadelake", "icelake", "cooperlake", "zen4", "alderlake", "sapphirerapids",
 )
 ALL_VARIANTS_FLAG = "-DGGML_CPU_ALL_VARIANTS=ON"
+CPU_VARIANT_MIN_GCC = {"alderlake": 11, "sapphirerapids": 11}
+"""Variants an older GCC cannot compile (-mavxvnni, AMX came in GCC 11): recipes/patches/cpu-variants-compiler.patch
+skips them there."""
+
+
+def cpu_variants_for_gcc(gcc: int | None) -> tuple[str, ...]:
+    """The x86-64 CPU variants GCC ``gcc`` builds (None: a current compiler, all of them)."""
+    return tuple(v for v in X86_CPU_VARIANTS if gcc is None or gcc >= CPU_VARIANT_MIN_GCC.get(v, 0))

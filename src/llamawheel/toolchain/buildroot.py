@@ -1,0 +1,272 @@
+"""The build environment: the host as it is, or an older Debian root the wheel is compiled in, so that the
+wheel needs only what that older system has (bullseye: glibc 2.31 and GCC 10's libstdc++, which gives
+``manylinux_2_31``) and installs where users' systems are, not only where it was built.
+
+A root is made with mmdebstrap from the mirror profile's Debian archive (else this machine's apt), cached
+under the toolchains folder like a CUDA root (made in a temporary folder, renamed into place only when
+complete, its marker written last, reused while its package list is unchanged), and entered with
+bubblewrap: no container engine, no daemon. Inside, the network is cut: everything the build needs (the
+build backend, CMake and ninja as wheels) is fetched on the host through the mirror profile first, so a
+build root can never contact a host the profile does not name.
+
+The same maker gives the test roots (bookworm, trixie) that the wheels are installed into.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llamawheel.core import fileio, log, paths
+from llamawheel.core.errors import ToolchainError, UsageError, did_you_mean
+from llamawheel.core.proc import CommandFailed, run_streamed
+from llamawheel.mirror.profiles import MirrorProfile
+from llamawheel.toolchain.assemble import tree_size
+
+HOST = "host"
+ROOT_MARKER = "llamawheel-root.json"
+VENV = "/opt/llamawheel"
+"""The virtual environment inside a build root that runs ``pip wheel`` (made with the root's own Python)."""
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A Debian release as a build or test environment: what a wheel built in it needs from a system."""
+
+    name: str
+    debian: str
+    glibc: tuple[int, int]
+    gcc: int
+    python: str
+
+    @property
+    def label(self) -> str:
+        return f"Debian {self.debian} ({self.name}: glibc {self.glibc[0]}.{self.glibc[1]}, GCC {self.gcc}, " \
+               f"Python {self.python})"
+
+
+SUITES = {
+    s.name: s for s in (
+        Suite("bullseye", "11", (2, 31), 10, "3.9"),
+        Suite("bookworm", "12", (2, 36), 12, "3.11"),
+        Suite("trixie", "13", (2, 41), 14, "3.13"),
+    )
+}
+"""The Debian releases the machine's mirror still serves (buster is gone from it: bullseye is the oldest)."""
+
+BUILD_PACKAGES = ("build-essential", "python3", "python3-venv", "python3-dev", "ccache")
+"""A build root: GCC, make, the C library's headers, Python to run pip and scikit-build-core, ccache.
+CMake and ninja come as wheels (Debian 11's CMake 3.18 is older than llama.cpp asks for)."""
+
+
+def build_envs() -> tuple[str, ...]:
+    return (HOST, *SUITES)
+
+
+def check_env(name: str, option: str = "--build-env") -> str:
+    if name != HOST and name not in SUITES:
+        raise UsageError(f"{option} {name}: not a build environment{did_you_mean(name, build_envs())}",
+                         f"choose one of {', '.join(build_envs())} ('host' builds on this machine as it is)")
+    return name
+
+
+@dataclass(frozen=True)
+class Root:
+    """A finished Debian root (its marker written)."""
+
+    path: Path
+    suite: str
+    packages: tuple[str, ...]
+    origin: str
+    size_bytes: int
+    seconds: float
+    glibc: str
+    gcc: str
+    python: str
+
+    @classmethod
+    def from_marker(cls, path: Path) -> Root:
+        data = json.loads((path / ROOT_MARKER).read_text())
+        return cls(path, data["suite"], tuple(data["packages"]), data["origin"], int(data["size_bytes"]),
+                   float(data["seconds"]), data["glibc"], data["gcc"], data["python"])
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def describe(self) -> str:
+        known = (("glibc", self.glibc), ("GCC", self.gcc), ("Python", self.python))
+        facts = ", ".join(f"{k} {v}" for k, v in known if v)
+        return f"{self.name}: Debian {self.suite} root ({facts}), {log.human_size(self.size_bytes)}, from {self.origin}"
+
+    def manifest_fields(self) -> dict[str, Any]:
+        return {"build_env": {"name": self.suite, "root": self.name, "glibc": self.glibc, "gcc": self.gcc,
+                              "python": self.python, "packages": list(self.packages), "origin": self.origin}}
+
+    # ------------------------------------------------------------------ running things inside
+
+    def command(self, argv: Sequence[str], *, env: Mapping[str, str], binds: Sequence[Path] = (),
+                ro_binds: Sequence[Path] = (), network: bool = False, cwd: Path | None = None) -> list[str]:
+        """``argv`` run inside this root with bubblewrap: the root as ``/`` (writable: pip caches and
+        ``__pycache__`` land in it), a fresh /tmp, ``binds`` at their own paths, only ``env`` in the
+        environment, and no network unless asked."""
+        bwrap = shutil.which("bwrap")
+        if bwrap is None:
+            raise ToolchainError("bubblewrap is not installed: it enters the build root (no container engine needed)",
+                                 "apt-get install bubblewrap; or build on this machine as it is: --build-env host")
+        cmd = [bwrap, "--bind", str(self.path), "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
+               "--die-with-parent", "--clearenv"]
+        if not network:
+            cmd.append("--unshare-net")
+        for b in binds:
+            cmd += ["--bind", str(b), str(b)]
+        for b in ro_binds:
+            cmd += ["--ro-bind", str(b), str(b)]
+        for key, value in {"PATH": f"{VENV}/bin:/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8",
+                           **env}.items():
+            cmd += ["--setenv", key, value]
+        if cwd is not None:
+            cmd += ["--chdir", str(cwd)]
+        return [*cmd, "--", *argv]
+
+    def output(self, argv: Sequence[str]) -> str:
+        """The output of a short command inside (``gcc -dumpfullversion``); '' if it fails."""
+        try:
+            done = subprocess.run(self.command(argv, env={}), capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.SubprocessError, ToolchainError):
+            return ""
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+
+# ---------------------------------------------------------------------- making roots
+
+
+def debian_sources(mirror: MirrorProfile, suite: str) -> list[str]:
+    """apt lines for ``suite``: the profile's Debian mirror, else this machine's apt configuration."""
+    debian = mirror.apt_url("debian")
+    security = mirror.apt_url("debian-security")
+    if not debian:
+        raise ToolchainError(
+            f"the mirror profile '{mirror.name}' has no Debian URL and this machine's apt has none either",
+            'add debian = "https://..." to a profile (llamawheel mirrors list)',
+        )
+    lines = [f"deb {debian} {suite} main", f"deb {debian} {suite}-updates main"]
+    if security:
+        lines.append(f"deb {security} {suite}-security main")
+    return lines
+
+
+def _key(suite: str, packages: Sequence[str], hooks: Sequence[str]) -> str:
+    data = json.dumps({"suite": suite, "packages": sorted(packages), "hooks": list(hooks)}, sort_keys=True)
+    return hashlib.sha256(data.encode()).hexdigest()[:12]
+
+
+def _show(line: str) -> None:
+    if line.startswith(("I: success", "E: ", "W: ")) or "downloading packages" in line or "installing" in line:
+        log.info("mmdebstrap: " + line.strip())
+
+
+def make_root(name: str, suite: str, packages: Sequence[str], mirror: MirrorProfile, *,
+              hooks: Sequence[str] = (), folder: Path | None = None) -> Root:
+    """The Debian ``suite`` root ``folder/name`` with ``packages`` (minbase variant), made with mmdebstrap from
+    the mirror unless one with the same packages is there already. ``hooks`` are mmdebstrap customize hooks
+    (``$1`` is the root)."""
+    if suite not in SUITES:
+        raise UsageError(f"Debian {suite}: not a suite llamawheel knows{did_you_mean(suite, SUITES)}",
+                         f"choose one of {', '.join(SUITES)}")
+    final = (folder or paths.toolchains_dir()) / name
+    key = _key(suite, packages, hooks)
+    with fileio.locked(final):
+        marker = final / ROOT_MARKER
+        if marker.is_file() and json.loads(marker.read_text()).get("key") == key:
+            return Root.from_marker(final)
+        exe = shutil.which("mmdebstrap")
+        if exe is None:
+            raise ToolchainError(f"mmdebstrap is not installed: it makes the Debian {suite} root from the apt mirror",
+                                 "apt-get install mmdebstrap; or build on this machine as it is: --build-env host")
+        sources = debian_sources(mirror, suite)
+        log.info(f"making a Debian {suite} root ({', '.join(packages)}) with mmdebstrap from the {mirror.name} apt "
+                 "mirror (about a minute, once)")
+        started = time.monotonic()
+        log_file = final.with_name(final.name + ".log")
+        log_file.unlink(missing_ok=True)
+        with fileio.new_dir(final) as tmp:
+            cmd = [exe, "--variant=minbase", f"--include={','.join(packages)}",
+                   "--customize-hook=rm -rf \"$1\"/var/cache/apt/archives/*.deb",
+                   *[f"--customize-hook={h}" for h in hooks], suite, str(tmp), *sources]
+            try:
+                run_streamed(cmd, log_file=log_file, on_line=_show)
+            except CommandFailed as exc:
+                raise ToolchainError(
+                    f"mmdebstrap could not make the Debian {suite} root\n{exc.describe()}",
+                    f"check the apt mirror (llamawheel mirrors check {mirror.name}) and that it still serves "
+                    f"{suite}; full log: {log_file}",
+                ) from None
+            seconds = time.monotonic() - started
+            facts = _facts(tmp)
+            data = {"key": key, "suite": suite, "packages": list(packages), "origin": f"{mirror.name} apt mirror",
+                    "size_bytes": tree_size(tmp), "seconds": round(seconds, 1), **facts}
+            (tmp / ROOT_MARKER).write_text(json.dumps(data, indent=2) + "\n")
+        root = Root.from_marker(final)
+    log.info(f"Debian {suite} root ready at {final}: {log.human_size(root.size_bytes)} in {log.human_time(seconds)}")
+    return root
+
+
+def _dpkg_version(root: Path, package: str) -> str:
+    status = root / "var/lib/dpkg/status"
+    block = ""
+    for chunk in status.read_text(errors="replace").split("\n\n"):
+        if re.search(rf"^Package: {re.escape(package)}$", chunk, re.M):
+            block = chunk
+            break
+    match = re.search(r"^Version: (\S+)$", block, re.M)
+    return match.group(1) if match else ""
+
+
+def _facts(root: Path) -> dict[str, str]:
+    """glibc, GCC and Python of a finished root, from its dpkg database (nothing run inside)."""
+    glibc = re.match(r"(\d+\.\d+)", _dpkg_version(root, "libc6"))
+    gccs = sorted((p.name for p in (root / "usr/bin").glob("gcc-*") if re.fullmatch(r"gcc-\d+", p.name)),
+                  key=lambda n: int(n[4:]))
+    gcc = ""
+    if gccs:
+        found = re.search(r"(\d+\.\d+(?:\.\d+)?)", _dpkg_version(root, gccs[-1]))
+        gcc = found.group(1) if found else gccs[-1][4:]
+    pythons = sorted(p.name[6:] for p in (root / "usr/bin").glob("python3.*") if re.fullmatch(r"python3\.\d+", p.name))
+    return {"glibc": glibc.group(1) if glibc else "", "gcc": gcc, "python": pythons[-1] if pythons else ""}
+
+
+def build_root(suite: str, mirror: MirrorProfile) -> Root:
+    """The build root for ``suite``: GCC, Python and ccache, with a virtual environment at ``/opt/llamawheel``."""
+    return make_root(f"buildroot-{suite}", suite, BUILD_PACKAGES, mirror,
+                     hooks=[f'chroot "$1" python3 -m venv {VENV}'])
+
+
+def cached_roots(folder: Path) -> list[Root]:
+    if not folder.is_dir():
+        return []
+    return [Root.from_marker(d) for d in sorted(folder.iterdir()) if (d / ROOT_MARKER).is_file()]
+
+
+def remove_root(root: Path) -> None:
+    """Remove a root (it may hold files only root can delete, and device nodes)."""
+    shutil.rmtree(root, ignore_errors=True)
+    if root.exists():
+        subprocess.run(["rm", "-rf", "--one-file-system", str(root)], check=False)
+    for extra in (root.with_name(root.name + ".log"), root.with_name(root.name + ".lock")):
+        extra.unlink(missing_ok=True)
+
+
+def env_for_pip(wheelhouse: Path) -> dict[str, str]:
+    """pip inside a root: only the wheelhouse, no index, no configuration of the host's or the root's."""
+    return {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheelhouse), "PIP_CONFIG_FILE": os.devnull,
+            "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_CACHE_DIR": "1"}
