@@ -58,6 +58,20 @@ def test_manifest_says_how_it_was_built(probe_wheel: tuple[Path, str]) -> None:
     assert "-DCMAKE_CUDA_ARCHITECTURES=90-real" in manifest["cmake_args"]
     assert manifest["repair"]["plain_wheel_size"] > manifest["size"]
     assert manifest["verify_static"]["ok"] is True
+    # compiled in the recipes' Debian 11 root, from a wheelhouse fetched through the mirror profile
+    env = manifest["build_env"]
+    assert (env["name"], env["glibc"], env["python"]) == ("bullseye", "2.31", "3.9") and env["gcc"].startswith("10.")
+    assert any(f["file"].startswith("scikit_build_core-") and len(f["sha256"]) == 64 for f in env["wheelhouse"])
+    assert manifest["tools"]["gcc"].startswith("gcc (Debian 10.")
+
+
+def test_build_env_host_compiles_on_this_machine(cuda_root: Path, tmp_path: Path) -> None:
+    result = llamawheel("build", "13.0", "--arch", "90", "--source", str(FIXTURE), "--out", str(tmp_path),
+                        "--build-env", "host")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "building on this machine" in result.stderr
+    (wheel,) = tmp_path.glob("*.whl")
+    assert json.loads(wheel.with_name(wheel.name + ".json").read_text())["build_env"] == {"name": "host"}
     assert manifest["mirror"]["name"] == "default"
 
 

@@ -104,3 +104,14 @@ def test_a_roots_facts_come_from_its_dpkg_database(tmp_path: Path) -> None:
         (tmp_path / "usr/bin" / name).touch()
     (tmp_path / buildroot.ROOT_MARKER).write_text(json.dumps({}))
     assert buildroot._facts(tmp_path) == {"glibc": "2.31", "gcc": "10.2.1", "python": "3.9"}
+
+
+def test_without_bubblewrap_a_root_build_stops_before_any_download(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    plan = planning.plan_cpu(CPU, options.resolve({"build_env": "bullseye", "out": tmp_path / "out"}))
+    monkeypatch.setenv("PATH", str(tmp_path))  # a PATH with nothing on it: no bwrap, no mmdebstrap
+    monkeypatch.setenv("LLAMAWHEEL_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ToolchainError, match="bubblewrap is not installed") as err:
+        pipeline.run(plan)
+    assert "apt-get install bubblewrap" in str(err.value.tip) and "--build-env host" in str(err.value.tip)
+    assert not (tmp_path / "cache" / "sdists").exists()  # nothing was fetched

@@ -173,7 +173,10 @@ def run(plan: Plan) -> Path:
 def _run(plan: Plan, work: Path) -> Path:
     timings = _Timings()
     started = time.monotonic()
-    log.info(f"building {plan.describe()} (variant {plan.local_version}, {plan.mirror.name} mirror)")
+    if plan.suite is not None:  # before anything is downloaded
+        buildroot.check_can_build(plan.suite.name)
+    log.info(f"building {plan.describe()} (variant {plan.local_version}, {plan.mirror.name} mirror"
+             + (f", in a {plan.suite.label} root)" if plan.suite else ", on this machine)"))
     root = None
     if plan.minor is not None:  # a CPU build has no toolchain step
         with timings.step("toolchain"):

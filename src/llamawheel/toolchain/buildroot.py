@@ -79,6 +79,25 @@ def check_env(name: str, option: str = "--build-env") -> str:
     return name
 
 
+def check_can_build(suite: str) -> None:
+    """Before anything is downloaded: bubblewrap is installed and may make namespaces here (a container that is
+    not privileged may not), and mmdebstrap is there if the root is still to be made."""
+    host_tip = "or build on this machine as it is: --build-env host (the wheel then needs this machine's glibc)"
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        raise ToolchainError(f"bubblewrap is not installed: it enters the Debian {suite} build root",
+                             f"apt-get install bubblewrap; {host_tip}")
+    probe = subprocess.run([bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--unshare-net", "--", "true"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        raise ToolchainError(f"bubblewrap cannot make its namespaces here: {probe.stderr.strip()}",
+                             f"in a container, run it privileged (docker run --privileged); {host_tip}")
+    made = (paths.toolchains_dir() / f"buildroot-{suite}" / ROOT_MARKER).is_file()
+    if not made and shutil.which("mmdebstrap") is None:
+        raise ToolchainError(f"mmdebstrap is not installed: it makes the Debian {suite} build root from the apt "
+                             "mirror (once)", f"apt-get install mmdebstrap; {host_tip}")
+
+
 @dataclass(frozen=True)
 class Root:
     """A finished Debian root (its marker written)."""
