@@ -51,6 +51,15 @@ def probe_wheel(cuda_root: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     yield wheel, result.stdout + result.stderr
 
 
+@pytest.fixture(scope="session")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny q8_0 llama (random weights, the sdist's real 32000-token vocabulary), made on the spot."""
+    path = tmp_path_factory.mktemp("model") / "tiny.gguf"
+    result = llamawheel("tiny-model", str(path), "--type", "q8_0")
+    assert result.returncode == 0, result.stderr
+    return path
+
+
 def current_build(wheel: Path) -> bool:
     """Whether ``wheel`` was built from the recipes as they are now (its manifest's recipe sha256): a wheel
     from before a recipe, its defaults or its patches changed is not what a build gives today."""

@@ -60,14 +60,6 @@ def index(cpu_wheel: Path, cu130_wheel: Path, tmp_path_factory: pytest.TempPathF
     return folder
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("old-model") / "tiny.gguf"
-    result = llamawheel("tiny-model", str(path), "--type", "q8_0")
-    assert result.returncode == 0, result.stderr
-    return path
-
-
 def inside(root: buildroot.Root, *argv: str, ro: tuple[Path, ...] = ()) -> subprocess.CompletedProcess[str]:
     """``argv`` in ``root`` with the network cut (bubblewrap's own network namespace: loopback only)."""
     cmd = root.command(argv, env={"PATH": f"{VENV}/bin:/usr/bin:/bin"}, ro_binds=ro)

@@ -25,8 +25,6 @@ from llamawheel.pipeline import manifest
 from llamawheel.recipe import catalog
 from llamawheel.wheel import policy
 
-from .conftest import llamawheel
-
 STREAM_SCRIPT = r'''
 import json, sys
 import llama_cpp
@@ -52,14 +50,6 @@ def venv(cpu_wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     return folder
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "tiny.gguf"
-    result = llamawheel("tiny-model", str(path), "--type", "q8_0")
-    assert result.returncode == 0, result.stderr
-    return path
 
 
 def _site_packages(venv: Path) -> Path:

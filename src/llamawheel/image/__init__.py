@@ -77,18 +77,12 @@ def size_target_mb(variant: str) -> int:
 
 def _debian_sources(mirror: MirrorProfile) -> list[str]:
     """apt lines for the base: the profile's Debian mirror, else this machine's apt configuration."""
-    debian = mirror.apt_url("debian")
-    security = mirror.apt_url("debian-security")
-    if not debian:
+    lines = mirror.debian_sources(SUITE)
+    if not lines:
         raise ImageError(
             f"the mirror profile '{mirror.name}' has no Debian URL and this machine's apt has none either",
             'add debian = "https://..." to a profile (llamawheel mirrors list), or pass --base IMAGE',
         )
-    lines = [f"deb {debian} {SUITE} main", f"deb {debian} {SUITE}-updates main"]
-    if security:
-        lines.append(f"deb {security} {SUITE}-security main")
-    else:
-        log.warn("no Debian security mirror configured: the base gets no security updates")
     return lines
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llamawheel.core import datafile, paths, records
+from llamawheel.core import datafile, log, paths, records
 from llamawheel.core.errors import MirrorError, did_you_mean
 from llamawheel.core.records import DERIVED
 
@@ -65,6 +65,20 @@ class MirrorProfile:
         security = upstream.endswith("-security")
         ubuntu = upstream.startswith("ubuntu")
         return next((u for u in system if ("security" in u) == security and ("ubuntu" in u) == ubuntu), "")
+
+    def debian_sources(self, suite: str) -> list[str]:
+        """apt lines for Debian ``suite`` (main, updates, security): this profile's Debian mirror, else this
+        machine's apt configuration; none when neither names a Debian archive."""
+        debian = self.apt_url("debian")
+        if not debian:
+            return []
+        lines = [f"deb {debian} {suite} main", f"deb {debian} {suite}-updates main"]
+        security = self.apt_url("debian-security")
+        if security:
+            lines.append(f"deb {security} {suite}-security main")
+        else:
+            log.warn(f"no Debian security mirror configured: Debian {suite} gets no security updates")
+        return lines
 
     def pypi_index(self) -> str:
         """The index pip will really use: this profile's, else pip's own configuration."""

@@ -169,21 +169,6 @@ class Root:
 # ---------------------------------------------------------------------- making roots
 
 
-def debian_sources(mirror: MirrorProfile, suite: str) -> list[str]:
-    """apt lines for ``suite``: the profile's Debian mirror, else this machine's apt configuration."""
-    debian = mirror.apt_url("debian")
-    security = mirror.apt_url("debian-security")
-    if not debian:
-        raise ToolchainError(
-            f"the mirror profile '{mirror.name}' has no Debian URL and this machine's apt has none either",
-            'add debian = "https://..." to a profile (llamawheel mirrors list)',
-        )
-    lines = [f"deb {debian} {suite} main", f"deb {debian} {suite}-updates main"]
-    if security:
-        lines.append(f"deb {security} {suite}-security main")
-    return lines
-
-
 def _key(suite: str, packages: Sequence[str], hooks: Sequence[str]) -> str:
     data = json.dumps({"suite": suite, "packages": sorted(packages), "hooks": list(hooks)}, sort_keys=True)
     return hashlib.sha256(data.encode()).hexdigest()[:12]
@@ -212,7 +197,11 @@ def make_root(name: str, suite: str, packages: Sequence[str], mirror: MirrorProf
         if exe is None:
             raise ToolchainError(f"mmdebstrap is not installed: it makes the Debian {suite} root from the apt mirror",
                                  "apt-get install mmdebstrap; or build on this machine as it is: --build-env host")
-        sources = debian_sources(mirror, suite)
+        sources = mirror.debian_sources(suite)
+        if not sources:
+            raise ToolchainError(
+                f"the mirror profile '{mirror.name}' has no Debian URL and this machine's apt has none either",
+                'add debian = "https://..." to a profile (llamawheel mirrors list), or --build-env host')
         log.info(f"making a Debian {suite} root ({', '.join(packages)}) with mmdebstrap from the {mirror.name} apt "
                  "mirror (about a minute, once)")
         started = time.monotonic()
