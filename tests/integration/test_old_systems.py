@@ -67,9 +67,19 @@ def inside(root: buildroot.Root, *argv: str, ro: tuple[Path, ...] = ()) -> subpr
     return subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
 
 
-def pip_install(root: buildroot.Root, index: Path, variant: str) -> subprocess.CompletedProcess[str]:
-    return inside(root, f"{VENV}/bin/pip", "install", "--disable-pip-version-check", "--no-cache-dir",
-                  "--index-url", f"{index.as_uri()}/{variant}/simple", "llama-cpp-python", ro=(index,))
+def pip_install(root: buildroot.Root, index: Path, variant: str) -> tuple[str, subprocess.CompletedProcess[str]]:
+    """A venv of its own for ``variant`` (made by the system's python3, with its pip), and ``pip install
+    llama-cpp-python`` into it from the variant's index; returns the venv's python and pip's result."""
+    venv = f"/opt/venv-{variant}"
+    made = inside(root, "python3", "-m", "venv", venv)
+    assert made.returncode == 0, made.stderr
+    return f"{venv}/bin/python", inside(root, f"{venv}/bin/pip", "install", "--disable-pip-version-check",
+                                        "--no-cache-dir", "--index-url", f"{index.as_uri()}/{variant}/simple",
+                                        "llama-cpp-python", ro=(index,))
+
+
+def _installed(pip_output: str) -> str:
+    return next((line for line in pip_output.splitlines() if line.startswith("Successfully installed")), "")
 
 
 ANSWER = r'''
@@ -82,10 +92,10 @@ print(llama_cpp.__version__, _backends.CPU_VARIANT, out["usage"]["completion_tok
 
 
 def test_cpu_wheel_installs_offline_and_answers(root: buildroot.Root, index: Path, model: Path) -> None:
-    installed = pip_install(root, index, "cpu")
+    python, installed = pip_install(root, index, "cpu")
     assert installed.returncode == 0, installed.stdout[-3000:] + installed.stderr[-3000:]
-    print(f"{root.suite}: {installed.stdout.strip().splitlines()[-1]}")
-    ran = inside(root, f"{VENV}/bin/python", "-c", ANSWER, str(model), ro=(model.parent,))
+    print(f"{root.suite}: {_installed(installed.stdout)}")
+    ran = inside(root, python, "-c", ANSWER, str(model), ro=(model.parent,))
     assert ran.returncode == 0, ran.stderr[-3000:]
     version, variant, tokens, _ = ran.stdout.split(maxsplit=3)
     print(f"{root.suite} (glibc {root.glibc}, Python {root.python}): {ran.stdout.strip()}")
@@ -107,10 +117,11 @@ sys.exit(1 if missing else 0)
 
 
 def test_cuda_wheel_installs_offline_imports_and_resolves_every_library(root: buildroot.Root, index: Path) -> None:
-    installed = pip_install(root, index, "cu130")
+    python, installed = pip_install(root, index, "cu130")
     assert installed.returncode == 0, installed.stdout[-3000:] + installed.stderr[-3000:]
     assert "nvidia-cublas" in installed.stdout, installed.stdout[-2000:]
-    ran = inside(root, f"{VENV}/bin/python", "-c", RESOLVE)
+    print(f"{root.suite}: {_installed(installed.stdout)}")
+    ran = inside(root, python, "-c", RESOLVE)
     print(f"{root.suite}: {ran.stdout.strip()}")
     assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
     assert "libggml-cuda.so" in ran.stdout and "libggml-cpu-haswell.so" in ran.stdout

@@ -72,7 +72,8 @@ def test_project_page_has_hash_escaped_requires_python_and_metadata_attributes()
     quoted = "llama_cpp_python-0.3.36%2Bcu130.sm90-py3-none-manylinux_2_35_x86_64.whl"
     assert link["href"] == f"../../files/{'ab' * 32}/{quoted}#sha256={'ab' * 32}"
     assert link["data-requires-python"] == '>=3.8,<4,!="3.9.0"'
-    assert link["data-dist-info-metadata"] == link["data-core-metadata"] == f"sha256={'cd' * 32}"
+    assert link["data-core-metadata"] == f"sha256={'cd' * 32}"
+    assert "data-dist-info-metadata" not in link  # pip 23.0 (Debian 12's) misreads it: see project_page
     assert link["#text"] == f.name
     assert "<title>Links for llama-cpp-python</title>" in text
 
@@ -253,7 +254,6 @@ def test_check_finds_a_tampered_metadata_file(root: Path, built: Path) -> None:
     metadata = root / "cpu" / "files" / sha256(wheel) / (wheel.name + ".metadata")
     metadata.write_bytes(metadata.read_bytes().replace(b"diskcache", b"diskcach3"))
     problems = index_check.check(root).problems
-    assert any("does not match data-dist-info-metadata" in p for p in problems)
     assert any("does not match data-core-metadata" in p for p in problems)
     assert any("differs from the METADATA inside the wheel" in p for p in problems)
     metadata.unlink()

@@ -1,6 +1,7 @@
 """What a variant index lists, and its HTML pages: PEP 503 (normalized names, ``#sha256=`` on every
-link), PEP 592/658/714 attributes (``data-requires-python``, ``data-dist-info-metadata`` and
-``data-core-metadata``), and the top-level page with the exact pip command for each variant."""
+link), PEP 592/658/714 attributes (``data-requires-python``, ``data-core-metadata``: not the older
+``data-dist-info-metadata``, which Debian 12's pip 23.0 misreads), and the top-level page with the exact pip
+command for each variant."""
 
 from __future__ import annotations
 
@@ -91,7 +92,9 @@ def project_page(project: str, files: Sequence[IndexedFile]) -> str:
         attrs = [f'href="{html.escape(href)}"']
         if f.requires_python:
             attrs.append(f'data-requires-python="{html.escape(f.requires_python)}"')
-        attrs.append(f'data-dist-info-metadata="sha256={f.metadata_sha256}"')
+        # PEP 714's name only. pip 23.0 (Debian 12's) reads the older data-dist-info-metadata, then wants the
+        # Name in the metadata file spelled as the requirement was ("typing-extensions" vs typing_extensions)
+        # and refuses the file; pip 23.2+ reads data-core-metadata and compares canonical names.
         attrs.append(f'data-core-metadata="sha256={f.metadata_sha256}"')
         links.append(f"    <a {' '.join(attrs)}>{html.escape(f.name)}</a><br>")
     return _page(f"Links for {project}", links)
