@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from llamawheel.core import paths
+from llamawheel.core.errors import ToolchainError
 from llamawheel.mirror.profiles import load_profile
 from llamawheel.toolchain import buildroot
 from llamawheel.wheel import policy
@@ -165,3 +166,14 @@ def test_a_wheel_needing_newer_libstdcxx_is_refused_in_bullseye(tmp_path: Path) 
     taken = inside(new, f"{VENV}/bin/pip", "install", "--no-index", "--target", "/tmp/t", str(wheel),
                    ro=(tmp_path,))
     assert taken.returncode == 0, taken.stdout + taken.stderr
+
+
+def test_a_root_that_cannot_be_made_leaves_nothing_behind(tmp_path: Path) -> None:
+    """mmdebstrap fails for real (a package no Debian release has): the error names the suite and the log, and
+    no half-made root is left for a later run to trust."""
+    with pytest.raises(ToolchainError) as err:
+        buildroot.make_root("broken", "bullseye", ("python3", "llamawheel-no-such-package"),
+                            load_profile("default"), folder=tmp_path)
+    assert "mmdebstrap could not make the Debian bullseye root" in err.value.message
+    assert "broken.log" in str(err.value.tip)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.lock", "broken.log"]
