@@ -138,12 +138,9 @@ class Root:
         """``argv`` run inside this root with bubblewrap: the root as ``/`` (writable: pip caches and
         ``__pycache__`` land in it), a fresh /tmp, ``binds`` at their own paths, only ``env`` in the
         environment, and no network unless asked."""
-        bwrap = shutil.which("bwrap")
-        if bwrap is None:
-            raise ToolchainError("bubblewrap is not installed: it enters the build root (no container engine needed)",
-                                 "apt-get install bubblewrap; or build on this machine as it is: --build-env host")
-        cmd = [bwrap, "--bind", str(self.path), "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
-               "--die-with-parent", "--clearenv"]
+        # `check_can_build` has said what to install when there is none
+        cmd = [shutil.which("bwrap") or "bwrap", "--bind", str(self.path), "/", "--dev", "/dev", "--proc", "/proc",
+               "--tmpfs", "/tmp", "--die-with-parent", "--clearenv"]
         if not network:
             cmd.append("--unshare-net")
         for b in binds:
