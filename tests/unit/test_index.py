@@ -18,7 +18,7 @@ import pytest
 
 from llamawheel import cli
 from llamawheel.core.errors import IndexCheckError, PublishError, UsageError
-from llamawheel.publish import closure, index, index_carry, index_check
+from llamawheel.publish import index, index_carry, index_check
 from llamawheel.publish.index_pages import IndexedFile, parse_links, project_page, root_page
 from llamawheel.recipe import catalog
 from llamawheel.recipe.variant import index_name
@@ -436,11 +436,12 @@ def test_upload_refuses_a_password_in_the_url(built: Path) -> None:
 
 
 def test_platforms_cover_every_manylinux_tag_up_to_the_wheels_glibc() -> None:
-    tags = closure.platforms_for(["manylinux_2_35_x86_64"])
+    tags = requirements.platforms_for(["manylinux_2_35_x86_64"])
     assert tags[0] == "manylinux_2_35_x86_64"
     assert {"manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux_2_28_x86_64", "manylinux1_x86_64"} <= set(tags)
     assert "manylinux_2_36_x86_64" not in tags and "linux_x86_64" not in tags
-    assert closure.platforms_for(["manylinux2014_aarch64", "manylinux_2_17_aarch64"])[0] == "manylinux_2_17_aarch64"
+    arm = requirements.platforms_for(["manylinux2014_aarch64", "manylinux_2_17_aarch64"])
+    assert arm[0] == "manylinux_2_17_aarch64"
 
 
 def test_markers_are_evaluated_for_the_target_python(tmp_path: Path) -> None:
@@ -452,7 +453,7 @@ def test_markers_are_evaluated_for_the_target_python(tmp_path: Path) -> None:
     make_wheel(folder, name="diskcache", version="5.6.3", platform="any", requires=(), extras=(), package="diskcache")
     make_wheel(folder, name="typing_extensions", version="4.1.0", platform="any", requires=(), extras=(),
                package="typing_extensions")
-    platforms = closure.platforms_for(["manylinux_2_17_x86_64"])
+    platforms = requirements.platforms_for(["manylinux_2_17_x86_64"])
 
     def unmet(version: str, extras: tuple[str, ...]) -> list[str]:
         env = requirements.target_environment(version, "x86_64")
