@@ -61,9 +61,26 @@ def test_manifest_says_how_it_was_built(probe_wheel: tuple[Path, str]) -> None:
     # compiled in the recipes' Debian 11 root, from a wheelhouse fetched through the mirror profile
     env = manifest["build_env"]
     assert (env["name"], env["glibc"], env["python"]) == ("bullseye", "2.31", "3.9") and env["gcc"].startswith("10.")
-    assert any(f["file"].startswith("scikit_build_core-") and len(f["sha256"]) == 64 for f in env["wheelhouse"])
     assert manifest["tools"]["gcc"].startswith("gcc (Debian 10.")
     assert manifest["mirror"]["name"] == "default"
+
+
+def test_manifest_lists_every_file_fetched_for_the_build(probe_wheel: tuple[Path, str]) -> None:
+    wheel, _ = probe_wheel
+    fetched = json.loads(wheel.with_name(wheel.name + ".json").read_text())["fetched"]
+    # NVIDIA's compiler wheels, the root's Debian packages, the build requirements pip was given
+    assert set(fetched) == {"toolchain", "build_root", "build_requirements"}
+    names = {stage: [f["file"] for f in files] for stage, files in fetched.items()}
+    assert any(n.startswith("nvidia_cuda_nvcc") for n in names["toolchain"])
+    assert any(n.startswith("libc6_2.31") for n in names["build_root"])
+    assert any(n.startswith("scikit_build_core-") for n in names["build_requirements"])
+    for stage, files in fetched.items():
+        for f in files:
+            assert f["url"].startswith(("https://", "http://", "file://")), (stage, f)
+            served = f["url"].rsplit("/", 1)[-1]
+            # apt names a downloaded package with its epoch (1%3a...), the archive without: same package
+            assert served == f["file"] or served.split("_")[0] == f["file"].split("_")[0], (stage, f)
+            assert len(f["sha256"]) == 64 and f["size"] > 0, (stage, f)
 
 
 def test_build_env_host_compiles_on_this_machine(cuda_root: Path, tmp_path: Path) -> None:

@@ -195,8 +195,10 @@ def test_nvidia_repository_minor_resolves_to_the_newest_update(version: str, sig
     assert [n for n, _ in resolved] == [d.name for d in minor.deb_packages]
     assert all(v == f"{version}.85-1" for _, v in resolved)
     debs = session.download(resolved, tmp_path / "debs")
-    assert sorted(d.name for d in debs) == sorted(f"{n}_{v}_amd64.deb" for n, v in resolved)
-    assert f"/debian12/x86_64/./{debs[0].name}" in signed_repo.mirror.requests
+    assert sorted(d.path.name for d in debs) == sorted(f"{n}_{v}_amd64.deb" for n, v in resolved)
+    assert f"/debian12/x86_64/./{debs[0].path.name}" in signed_repo.mirror.requests
+    # each recorded with the URL apt fetched it from
+    assert all(d.url == f"{url}./{d.path.name}" and len(d.sha256) == 64 for d in debs), debs
 
 
 def test_repository_key_with_another_fingerprint_is_refused(signed_repo: SignedRepo, tmp_path: Path) -> None:

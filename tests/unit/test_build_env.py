@@ -67,7 +67,8 @@ def test_gcc_10_builds_every_cpu_level_but_alderlake_and_sapphirerapids() -> Non
 
 def test_a_root_is_entered_with_no_network_no_host_environment_and_the_cache_bound(tmp_path: Path) -> None:
     root = buildroot.Root(tmp_path / "buildroot-bullseye", "bullseye", (), "test", 0, 0.0, "2.31", "10.2.1", "3.9")
-    runner = rootbuild.runner_for(root, tmp_path / "house", tmp_path / "cuda")
+    work = tmp_path / "cache" / "build" / "llama-cpu"
+    runner = rootbuild.runner_for(root, tmp_path / "house", tmp_path / "cuda", work)
     cmd, extra = runner.command(["python", "-V"], {"CMAKE_ARGS": "-DX=1"})
     assert extra is None  # everything is inside the command
     assert cmd[cmd.index("--bind") + 1:cmd.index("--bind") + 3] == [str(root.path), "/"]
@@ -75,9 +76,16 @@ def test_a_root_is_entered_with_no_network_no_host_environment_and_the_cache_bou
     env = {cmd[i + 1]: cmd[i + 2] for i, a in enumerate(cmd) if a == "--setenv"}
     assert env["PIP_NO_INDEX"] == "1" and env["PIP_FIND_LINKS"] == str(tmp_path / "house")
     assert env["PIP_CONFIG_FILE"] == "/dev/null"  # neither this machine's pip settings nor the root's
-    assert env["PATH"].startswith(f"{tmp_path / 'cuda'}/bin:{buildroot.VENV}/bin:")
+    assert env["PATH"].startswith(f"/opt/cuda/bin:{buildroot.VENV}/bin:")
     assert env["CMAKE_ARGS"] == "-DX=1"
     assert cmd[-3:] == ["--", "python", "-V"]
+    # the build's folder and the CUDA root at fixed paths inside, whatever this machine calls them: the paths
+    # compiled into the libraries are the same on every machine; this machine's paths in arguments follow them
+    assert ["--bind", str(work), "/build"] == cmd[cmd.index(str(work)) - 1:cmd.index(str(work)) + 2]
+    assert ["--ro-bind", str(tmp_path / "cuda"), "/opt/cuda"] == \
+        cmd[cmd.index(str(tmp_path / "cuda")) - 1:cmd.index(str(tmp_path / "cuda")) + 2]
+    moved, _ = runner.command(["pip", "wheel", f"{work}/src", f"-DCUDAToolkit_ROOT={tmp_path / 'cuda'}"], {})
+    assert moved[-5:] == ["--", "pip", "wheel", "/build/src", "-DCUDAToolkit_ROOT=/opt/cuda"]
     assert rootbuild.Runner().command(["python", "-V"], {"A": "1"}) == (["python", "-V"], {"A": "1"})
 
 

@@ -67,7 +67,7 @@ def test_models_mount_at_models_and_the_gpu_is_reserved(compose: dict[str, Any])
 
 def test_the_ui_image_is_pinned_and_its_registry_can_be_a_mirror(compose: dict[str, Any]) -> None:
     image = compose["services"]["ui"]["image"]
-    assert image == "${UI_REGISTRY:-ghcr.io}/getumbrel/llama-gpt-ui:1.0.1"
+    assert image == "${UI_IMAGE:-ghcr.io/getumbrel/llama-gpt-ui:1.0.1}"
     assert default(compose["services"]["api"]["image"]) == "localhost/llamawheel-api:cu130"
 
 

@@ -61,9 +61,9 @@ def test_tags_and_build_arguments_pin_the_exact_wheel(wheels: Path) -> None:
     assert "APT_MIRROR" not in image.build_args("b", profiles.load_profile("default"), chosen)
 
 
-def test_the_registry_base_goes_through_the_profiles_registry_mirror(tmp_path: Path) -> None:
+def test_the_registry_base_goes_through_the_profiles_docker_hub_mirror(tmp_path: Path) -> None:
     own = tmp_path / "mine.toml"
-    own.write_text('registry = "hub.example.internal/proxy"\n')
+    own.write_text('dockerhub = "hub.example.internal/proxy"\n')
     assert image.registry_base(profiles.load_profile(str(own))) == (
         "hub.example.internal/proxy/library/debian:bookworm-slim")
     assert image.registry_base(profiles.load_profile("default")) == "docker.io/library/debian:bookworm-slim"

@@ -1,13 +1,16 @@
-"""Mirror profiles: shipped ones load, their URLs reach pip and uv, and a bad profile
+"""Mirror profiles: shipped ones load, their URLs reach pip (and only theirs), and a bad profile
 fails naming the file and the key."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from llamawheel.core import proc
 from llamawheel.core.errors import MirrorError
 from llamawheel.mirror import profiles
 
@@ -34,7 +37,7 @@ def test_every_shipped_profile_loads(path: Path) -> None:
     assert profile.path.resolve() == path.resolve()
     assert profile.description, f"{path.name} has no description for 'llamawheel mirrors list'"
     for key, url in profile.urls().items():
-        if url and key != "registry":
+        if url and key not in ("dockerhub", "ghcr"):
             assert url.startswith(("http://", "https://", "file://")), (key, url)
 
 
@@ -53,26 +56,71 @@ def test_no_name_follows_llamawheel_mirror(monkeypatch: pytest.MonkeyPatch) -> N
     assert profiles.load_profile(None).name == "ustc"
 
 
-def test_default_profile_uv_follows_pip_index_url(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_default_profile_keeps_pips_own_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PIP_INDEX_URL", "file:///srv/simple/")
     profile = profiles.load_profile("default")
     assert profile.pip_env() == {}
-    assert profile.uv_env() == {"UV_DEFAULT_INDEX": "file:///srv/simple/"}
+    assert profile.pypi_index() == "file:///srv/simple/"
+
+
+def _pip_sees(env: dict[str, str]) -> dict[str, str]:
+    """What a real pip reports as its configuration under ``env`` laid over this process's environment."""
+    out = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True,
+                         env=proc.child_env(env), check=True).stdout
+    return {line.partition("=")[0].rpartition(".")[2]: line.partition("=")[2].strip("'") for line in out.splitlines()}
 
 
 @pytest.mark.parametrize("path", NAMED, ids=[p.stem for p in NAMED])
-def test_named_profile_points_pip_and_uv_at_its_index(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # the profile's own index wins over whatever pip is configured with
+def test_a_profiles_index_is_the_only_place_pip_looks(
+    path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a user's own pip settings that would send pip elsewhere, in a config file and in the environment
+    conf = tmp_path / "pip.conf"
+    conf.write_text("[global]\nextra-index-url = http://127.0.0.1:9/simple/\nfind-links = /srv/wheels\n"
+                    f"constraint = {tmp_path / 'c.txt'}\ntimeout = 77\n")
+    monkeypatch.setenv("PIP_CONFIG_FILE", str(conf))
     monkeypatch.setenv("PIP_INDEX_URL", "file:///somewhere/else/")
+    monkeypatch.setenv("PIP_FIND_LINKS", "/opt/elsewhere")
+    monkeypatch.setenv("PIP_CERT", "/etc/ssl/certs/ca-certificates.crt")
     pypi = tomllib.loads(path.read_text())["pypi"]
     assert pypi.startswith("https://")
-    profile = profiles.load_profile(path.stem)
-    assert profile.pip_env() == {"PIP_INDEX_URL": pypi}
-    assert profile.uv_env() == {"UV_DEFAULT_INDEX": pypi}
+    assert {"extra-index-url", "find-links", "constraint"} <= _pip_sees({}).keys()  # what the user set applies
+    profiles._set_aside_notice.cache_clear()
+    env = profiles.load_profile(path.stem).pip_env()
+    seen = _pip_sees(env)
+    assert seen.get("index-url") == pypi
+    assert not {"extra-index-url", "find-links", "constraint"} & seen.keys(), seen
+    # settings that only say how to connect are kept
+    assert seen.get("cert") == "/etc/ssl/certs/ca-certificates.crt" and seen.get("timeout") == "77"
+    said = capsys.readouterr().err
+    assert "set aside" in said and "extra-index-url" in said and "find-links" in said
 
 
 def test_tsinghua_index() -> None:
-    assert profiles.load_profile("tsinghua").pip_env() == {"PIP_INDEX_URL": "https://pypi.tuna.tsinghua.edu.cn/simple/"}
+    assert profiles.load_profile("tsinghua").pip_env()["PIP_INDEX_URL"] == "https://pypi.tuna.tsinghua.edu.cn/simple/"
+
+
+def test_cuda_apt_defaults_to_nvidias_repository_and_the_china_profiles_reach_one() -> None:
+    assert profiles.load_profile("default").apt_url("cuda-apt") == profiles.NVIDIA_CUDA_APT
+    for name in ("tsinghua", "ustc", "aliyun"):
+        url = profiles.load_profile(name).apt_url("cuda-apt")
+        assert url and url != profiles.NVIDIA_CUDA_APT, name  # NVIDIA's China CDN or the operator's mirror
+
+
+def test_the_old_registry_key_says_what_replaced_it(tmp_path: Path) -> None:
+    old = tmp_path / "old.toml"
+    old.write_text('registry = "hub.example.internal"\n')
+    with pytest.raises(MirrorError) as info:
+        profiles.load_profile(str(old))
+    assert "'dockerhub'" in info.value.message and "'ghcr'" in info.value.message and "old.toml" in info.value.message
+
+
+def test_a_registry_mirror_with_a_scheme_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('ghcr = "https://ghcr.example.internal/"\n')
+    with pytest.raises(MirrorError) as info:
+        profiles.load_profile(str(bad))
+    assert "ghcr" in info.value.message and "host/prefix" in info.value.message
 
 
 def test_unknown_profile_suggests_the_close_name() -> None:
@@ -89,12 +137,17 @@ def test_unknown_profile_suggests_the_close_name() -> None:
 def test_user_profile_by_path(tmp_path: Path) -> None:
     path = tmp_path / "corp.toml"
     path.write_text('description = "our proxy"\npypi = "https://pypi.corp.example/simple/"\n'
-                    'registry = "registry.corp.example/hub"\n')
+                    'dockerhub = "registry.corp.example/hub"\nghcr = "registry.corp.example/ghcr"\n')
     profile = profiles.load_profile(str(path))
     assert profile.name == "corp"
-    assert profile.pip_env() == {"PIP_INDEX_URL": "https://pypi.corp.example/simple/"}
-    assert profile.uv_env() == {"UV_DEFAULT_INDEX": "https://pypi.corp.example/simple/"}
-    assert profile.registry == "registry.corp.example/hub"  # a registry is a host, not a URL
+    env = profile.pip_env()
+    assert env["PIP_INDEX_URL"] == "https://pypi.corp.example/simple/"
+    assert env["PIP_CONFIG_FILE"] == os.devnull  # the user's pip files are set aside
+    # a registry mirror is a host (and prefix), not a URL
+    assert profile.image("dockerhub", "library/debian:bookworm-slim") == (
+        "registry.corp.example/hub/library/debian:bookworm-slim")
+    assert profile.image("ghcr", "getumbrel/llama-gpt-ui:1.0.1") == (
+        "registry.corp.example/ghcr/getumbrel/llama-gpt-ui:1.0.1")
 
 
 def test_user_profile_path_that_does_not_exist(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llamawheel.build.rootbuild import Runner
+from llamawheel.build.rootbuild import BUILD_DIR, CUDA_DIR, Runner
 from llamawheel.core import log, paths
 from llamawheel.core.errors import BuildError
 from llamawheel.core.proc import CommandFailed, run_streamed
@@ -87,6 +87,10 @@ class BuildRequest:
     log_file: Path | None = None
     runner: Runner = field(default_factory=Runner)
     """Where the build runs: this machine, or a build root."""
+    source_date_epoch: int = 315532800
+    """The time every timestamp in the build says (``SOURCE_DATE_EPOCH``), so that the same inputs give the same
+    wheel: the sdist's own date, else 1980-01-01 (the earliest a zip file can hold)."""
+    cuda_root: Path | None = None
 
 
 @dataclass
@@ -172,6 +176,21 @@ def _with_compile_cache(env: dict[str, str], work: Path, runner: Runner) -> Path
     return tool
 
 
+def _reproducible(env: dict[str, str], req: BuildRequest) -> None:
+    """What makes two builds of the same inputs give the same bytes: one time for every timestamp, and no path of
+    this machine in the libraries. In a root the build's folder and the CUDA root are seen at fixed paths anyway;
+    on this machine the compilers are told to write those paths instead (``-ffile-prefix-map``)."""
+    env["SOURCE_DATE_EPOCH"] = str(req.source_date_epoch)
+    if req.runner.root is not None:
+        return
+    maps = [f"-ffile-prefix-map={req.work}={BUILD_DIR}"]
+    if req.cuda_root is not None:
+        maps.append(f"-ffile-prefix-map={req.cuda_root}={CUDA_DIR}")
+    for var in ("CFLAGS", "CXXFLAGS"):
+        env[var] = " ".join([os.environ.get(var, ""), *maps]).strip()
+    env["CUDAFLAGS"] = " ".join([os.environ.get("CUDAFLAGS", ""), *(f"-Xcompiler={m}" for m in maps)]).strip()
+
+
 def _pip_wheel(req: BuildRequest, env: dict[str, str], tree: Path, raw: Path, progress: Progress) -> float:
     """Run scikit-build-core through ``pip wheel``, showing ninja's progress; returns the seconds it took."""
     python = req.runner.python or sys.executable
@@ -211,6 +230,7 @@ def build_wheel(req: BuildRequest) -> BuildResult:
         "CMAKE_BUILD_PARALLEL_LEVEL": str(req.jobs),
         "FORCE_CMAKE": "1",
     }
+    _reproducible(env, req)
     tool = _with_compile_cache(env, req.work, req.runner)
     # counted as a difference, so that builds sharing the store do not reset each other's numbers
     before = _ccache_stats(tool, env, req.runner) if tool else (0, 0)

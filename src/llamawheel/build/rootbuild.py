@@ -11,16 +11,33 @@ from pathlib import Path
 from llamawheel.core import paths
 from llamawheel.toolchain.buildroot import VENV, Root, env_for_pip
 
+BUILD_DIR = "/build"
+"""Where a root build sees its own folder (source, CMake tree, raw wheel), whatever the cache's path here: paths
+compiled into the libraries (``__FILE__`` in ggml's asserts) are then the same on every machine."""
+CUDA_DIR = "/opt/cuda"
+"""Where a root build sees the CUDA root."""
+
 
 @dataclass(frozen=True)
 class Runner:
-    """Where build commands run: this machine (``root`` None), or inside a build root with the cache (source,
-    build tree, compile cache, CUDA root, wheelhouse) bound at its own path."""
+    """Where build commands run: this machine (``root`` None), or inside a build root with the cache (compile
+    cache, wheelhouse) bound at its own path and the build's folder and the CUDA root at fixed paths (`moved`)."""
 
     root: Root | None = None
     binds: tuple[Path, ...] = ()
     ro_binds: tuple[Path, ...] = ()
     base_env: Mapping[str, str] | None = None
+    moved: tuple[tuple[Path, str], ...] = ()
+    """Folders of this machine seen at another path inside (bound there): (here, inside)."""
+    moved_ro: tuple[tuple[Path, str], ...] = ()
+    """The same, read-only (the CUDA root)."""
+
+    def inside(self, text: str) -> str:
+        """``text`` (a path, an argument, an environment value) with this machine's paths of the `moved` folders
+        replaced by where the root sees them."""
+        for here, there in sorted(self.moved + self.moved_ro, key=lambda m: -len(str(m[0]))):
+            text = text.replace(str(here), there)
+        return text
 
     @property
     def python(self) -> str | None:
@@ -31,14 +48,16 @@ class Runner:
         """The command line to run and the extra environment to give it (None: it is inside the command)."""
         if self.root is None:
             return list(argv), dict(env)
-        merged = {**(self.base_env or {}), **env}
-        return self.root.command(argv, env=merged, binds=self.binds, ro_binds=self.ro_binds), None
+        merged = {k: self.inside(v) for k, v in {**(self.base_env or {}), **env}.items()}
+        binds = [(str(b), str(b)) for b in self.binds] + [(str(here), there) for here, there in self.moved]
+        ro = [(str(b), str(b)) for b in self.ro_binds] + [(str(here), there) for here, there in self.moved_ro]
+        return self.root.command([self.inside(a) for a in argv], env=merged, binds=binds, ro_binds=ro), None
 
 
-def runner_for(root: Root, house: Path, cuda_root: Path | None) -> Runner:
-    """A runner into ``root`` whose pip sees only ``house``; the cache folder is bound read-write, a CUDA root
-    outside it (an installed toolkit) read-only."""
-    cache = paths.cache_dir()
-    ro = (cuda_root,) if cuda_root is not None and not cuda_root.is_relative_to(cache) else ()
-    path = ([f"{cuda_root}/bin"] if cuda_root else []) + [f"{VENV}/bin", "/usr/local/bin", "/usr/bin", "/bin"]
-    return Runner(root, (cache,), ro, {**env_for_pip(house), "PATH": ":".join(path)})
+def runner_for(root: Root, house: Path, cuda_root: Path | None, work: Path) -> Runner:
+    """A runner into ``root`` whose pip sees only ``house``; the cache folder is bound read-write, the build's own
+    folder ``work`` at `BUILD_DIR` and the CUDA root at `CUDA_DIR`."""
+    path = ([f"{CUDA_DIR}/bin"] if cuda_root else []) + [f"{VENV}/bin", "/usr/local/bin", "/usr/bin", "/bin"]
+    cuda = ((cuda_root, CUDA_DIR),) if cuda_root is not None else ()
+    return Runner(root, (paths.cache_dir(),), (), {**env_for_pip(house), "PATH": ":".join(path)}, ((work, BUILD_DIR),),
+                  cuda)

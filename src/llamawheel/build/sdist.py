@@ -12,8 +12,9 @@ from typing import Any
 from llamawheel.core import fileio, log, paths
 from llamawheel.core.compat import extract_all
 from llamawheel.core.errors import DownloadError
-from llamawheel.mirror import pipfetch
+from llamawheel.mirror import pipfetch, provenance
 from llamawheel.mirror.profiles import MirrorProfile
+from llamawheel.mirror.provenance import Fetched
 from llamawheel.recipe.model import Sdist
 
 
@@ -30,26 +31,38 @@ def fetch(sdist: Sdist, mirror: MirrorProfile) -> Path:
         log.info(f"fetching {sdist.name} {sdist.version} source ({mirror.name} mirror)")
         with fileio.new_dir(paths.sdists_dir() / f".dl-{sdist.version}") as tmp:
             line = f"{sdist.name}=={sdist.version} --hash=sha256:{sdist.sha256}"
-            files = [f for f in pipfetch.download([line], tmp, mirror, binary=False) if f.name.endswith(".tar.gz")]
+            files = [f for f in pipfetch.download([line], tmp, mirror, binary=False)
+                     if f.path.name.endswith(".tar.gz")]
             if not files:
                 raise DownloadError(f"pip fetched no .tar.gz for {sdist.name} {sdist.version}")
-            got = fileio.sha256_of(files[0])
-            if got != sdist.sha256:  # pip checked it too; never trust one check alone
+            if files[0].sha256 != sdist.sha256:  # pip checked it too; never trust one check alone
                 raise DownloadError(
-                    f"{files[0].name} has sha256 {got}, the recipe pins {sdist.sha256}",
+                    f"{files[0].path.name} has sha256 {files[0].sha256}, the recipe pins {sdist.sha256}",
                     "the mirror served a different file: use another --mirror",
                 )
             final.unlink(missing_ok=True)
-            files[0].rename(final)
+            files[0].path.rename(final)
+            provenance.record_origins(final.parent, [Fetched(final, files[0].url, files[0].sha256, files[0].size)])
         shutil.rmtree(paths.sdists_dir() / f".dl-{sdist.version}", ignore_errors=True)
     return final
 
 
 def describe(sdist: Sdist, archive: Path | None, local_tree: Path | None) -> dict[str, Any]:
-    """The manifest's ``source``: the pinned sdist (name, version, sha256, file), or the local tree built."""
+    """The manifest's ``source``: the pinned sdist (name, version, sha256, file, the URL it was fetched from), or
+    the local tree built."""
     if archive is None:
         return {"source": {"local_tree": str(local_tree)}}
-    return {"source": {"name": sdist.name, "version": sdist.version, "sha256": sdist.sha256, "file": archive.name}}
+    origin = provenance.read_origins(archive.parent).get(archive.name)
+    return {"source": {"name": sdist.name, "version": sdist.version, "sha256": sdist.sha256, "file": archive.name,
+                       "url": origin.url if origin else ""}}
+
+
+def fetched(archive: Path | None) -> list[Fetched]:
+    """The sdist as a fetched file (none for a local tree)."""
+    if archive is None:
+        return []
+    origin = provenance.read_origins(archive.parent).get(archive.name)
+    return [origin or provenance.described(archive, "")]
 
 
 def unpack(archive: Path, dest: Path) -> Path:

@@ -19,9 +19,13 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     m = sub.add_parser("mirrors", help="list or probe mirror profiles")
     msub = m.add_subparsers(dest="mirrors_command", required=True)
     msub.add_parser("list", help="show the profiles and their URLs")
-    c = msub.add_parser("check", help="probe each URL of a profile (default: every profile)")
+    c = msub.add_parser("check", help="fetch what the pipeline needs through a profile (default: every profile) and "
+                                      "say which features it can serve")
     c.add_argument("name", nargs="?", help="profile name or path")
-    c.add_argument("--timeout", type=float, default=5.0, help="seconds per probe (default 5)")
+    c.add_argument("--timeout", type=float, default=5.0, help="seconds per request (default 5)")
+    c.add_argument("-v", "--verbose", action="store_true", help="list every URL fetched, not only the failures")
+    c.add_argument("--strict", action="store_true",
+                   help="fail unless every feature is served (default: fail only when the CPU wheels cannot be built)")
 
     r = sub.add_parser("recipes", help="list recipes and the CUDA versions they build")
     r.add_argument("--schema", action="store_true", help="print the JSON schema of a recipe file instead")
@@ -43,24 +47,48 @@ def _cmd_mirrors(args: argparse.Namespace) -> int:
             for key, url in urls.items():
                 print(f"    {key:<16} {url}")
             if not urls:
-                print("    (changes nothing: pip, uv and apt keep this machine's configuration)")
+                print("    (changes nothing: pip and apt keep this machine's configuration)")
         return 0
+    from llamawheel.image import reach
+
     names = [args.name] if args.name else list(profiles.available())
-    failures = 0
+    features = reach.features()
+    failed: list[str] = []
     for name in names:
         profile = profiles.load_profile(name)
-        print(f"{profile.name}:")
-        probes = probe.check(profile, args.timeout)
-        if not probes:
-            print("    nothing to probe (pip and apt have no URLs configured)")
-        for p in probes:
-            status = "ok  " if p.ok else "FAIL"
-            print(f"    {status} {p.upstream:<18} {p.seconds * 1000:7.0f} ms  {p.detail:<14} {p.url}")
-            failures += not p.ok
-    if failures:
+        print(f"{profile.name}: what the pipeline fetches")
+        report = probe.check(profile, features, args.timeout)
+        by_upstream: dict[str, list[probe.Probe]] = {}
+        for p in sorted(report.probes, key=lambda p: (p.need.upstream, p.need.path, p.need.label)):
+            by_upstream.setdefault(p.need.upstream, []).append(p)
+        for upstream, probes in by_upstream.items():
+            shown = probes if args.verbose else [p for p in probes if not p.ok]
+            good = [p for p in probes if p.ok]
+            if good and not args.verbose:
+                slowest = max(good, key=lambda p: p.seconds)
+                print(f"    ok   {upstream:<15} {len(good)} of {len(probes)} answered as needed, slowest"
+                      f" {slowest.seconds * 1000:.0f} ms ({slowest.url})")
+            details = {p.detail for p in probes}
+            if not good and len(probes) > 1 and len(details) == 1 and not args.verbose:  # one cause: one line
+                print(f"    FAIL {upstream:<15} all {len(probes)}: {details.pop()} ({probes[0].url})")
+                continue
+            for p in shown:
+                status = "ok  " if p.ok else "FAIL"
+                print(f"    {status} {upstream:<15} {p.need.label}: {p.detail}, {p.seconds * 1000:.0f} ms ({p.url})")
+        if report.file_hosts:
+            print(f"    the PyPI index sends pip to {', '.join(sorted(report.file_hosts))} for files")
+        print(f"{profile.name}: what it can serve")
+        width = max(len(s.feature.name) for s in report.served)
+        for served in report.served:
+            verdict = "yes" if served.ok else f"no  ({served.why})"
+            print(f"    {served.feature.name:<{width}}  {verdict}")
+        if not report.core_ok or (args.strict and not all(s.ok for s in report.served)):
+            failed.append(profile.name)
+    if failed:
         raise MirrorError(
-            f"{failures} mirror URL(s) did not answer (see the FAIL lines above)",
-            "choose a profile whose URLs answer, with --mirror NAME",
+            f"{', '.join(failed)}: " + ("cannot serve every feature (--strict)" if args.strict else
+                                        "cannot serve even the CPU wheels (see the FAIL lines above)"),
+            "choose a profile whose URLs answer, with --mirror NAME, or put the missing mirror in your own profile",
         )
     return 0
 

@@ -28,6 +28,33 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--context-only", type=Path, metavar="DIR",
                    help="write the build context to DIR and print the build command, without building")
 
+    c = sub.add_parser("compose-env", help="write docker/.env so that docker compose uses this API image and pulls "
+                                           "llama-gpt's UI through the mirror profile")
+    c.add_argument("--variant", default="cu130", help="the API image's variant: cu130, cpu ... (default cu130)")
+    c.add_argument("--mirror", help="mirror profile: its ghcr mirror serves the UI image")
+    c.add_argument("--env-file", type=Path,
+                   help="the file to write (default: docker/.env of the checkout, else .env here)")
+
+
+def _cmd_compose_env(args: argparse.Namespace) -> int:
+    from llamawheel.image import compose
+    from llamawheel.mirror import profiles
+
+    mirror = profiles.load_profile(args.mirror)
+    checkout = paths.checkout()
+    target = args.env_file or (checkout / "docker" / ".env" if checkout else Path(".env"))
+    values = compose.compose_env(mirror, args.variant)
+    compose.write_env(target, values)
+    print(f"wrote {target} ({mirror.name} mirror profile):")
+    for key, value in values.items():
+        print(f"    {key}={value}")
+    if not mirror.ghcr:
+        print("    (the profile names no ghcr.io mirror: the UI comes from ghcr.io itself; where that is blocked, "
+              "load it from an archive: llamawheel index bundle --ui-archive)")
+    compose_file = paths.data_dir("docker") / "compose.yaml"
+    print(f"then: docker compose -f {compose_file} --env-file {target} up")
+    return 0
+
 
 def _cmd_image(args: argparse.Namespace) -> int:
     from llamawheel import image
@@ -70,4 +97,4 @@ def _cmd_image(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"image": _cmd_image}
+COMMANDS = {"image": _cmd_image, "compose-env": _cmd_compose_env}

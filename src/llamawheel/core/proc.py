@@ -24,6 +24,16 @@ class CommandFailed(Exception):
         return f"command: {shlex.join(self.cmd)}\nreturn code: {self.returncode}\noutput (last lines):\n{indented}"
 
 
+UNSET = "\0unset"
+"""An environment value that removes the variable from the child's environment (see `child_env`)."""
+
+
+def child_env(env: Mapping[str, str] | None) -> dict[str, str]:
+    """This process's environment with ``env`` laid over it; a variable given as `UNSET` is removed."""
+    merged = {**os.environ, **(env or {})}
+    return {k: v for k, v in merged.items() if v != UNSET}
+
+
 def run_streamed(
     cmd: Sequence[str],
     *,
@@ -37,7 +47,7 @@ def run_streamed(
 
     Returns the last ``keep`` lines; raises `CommandFailed` on a non-zero exit.
     """
-    full_env = {**os.environ, **(env or {})}
+    full_env = child_env(env)
     tail: deque[str] = deque(maxlen=keep)
     log = log_file.open("a", encoding="utf-8") if log_file else None
     try:

@@ -33,6 +33,7 @@ from llamawheel.build import options, patches, planning, sdist
 from llamawheel.core import fileio, log, paths
 from llamawheel.core.errors import ImageError, UsageError
 from llamawheel.core.proc import CommandFailed, run_streamed
+from llamawheel.image import compose
 from llamawheel.image.engine import Engine
 from llamawheel.mirror import profiles
 from llamawheel.mirror.profiles import MirrorProfile
@@ -40,7 +41,7 @@ from llamawheel.publish import closure, index
 from llamawheel.recipe import catalog
 from llamawheel.recipe.variant import cuda_version_of
 
-IMAGE_REPOSITORY = "localhost/llamawheel-api"
+IMAGE_REPOSITORY = compose.API_REPOSITORY
 BASE_REPOSITORY = "localhost/llamawheel-base"
 SUITE = "bookworm"
 BASE_PACKAGES = ("python3-minimal", "libpython3.11-stdlib", "libstdc++6")
@@ -268,8 +269,8 @@ def build_args(base: str, mirror: MirrorProfile, wheel: IndexedWheel) -> dict[st
 
 
 def registry_base(mirror: MirrorProfile) -> str:
-    """Debian's slim image through the profile's registry mirror (Docker Hub when it has none)."""
-    return f"{mirror.registry.rstrip('/') or 'docker.io'}/{REGISTRY_BASE}"
+    """Debian's slim image through the profile's Docker Hub mirror (Docker Hub when it has none)."""
+    return mirror.image("dockerhub", REGISTRY_BASE)
 
 
 def _show_build(line: str) -> None:

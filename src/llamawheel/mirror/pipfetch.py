@@ -1,5 +1,5 @@
 """Downloads through pip, so that pip's own configuration and the mirror profile apply,
-with every file checked against a pinned sha256."""
+with every file checked against a pinned sha256 and recorded with the URL it came from (`provenance`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from pathlib import Path
 from llamawheel.core import log
 from llamawheel.core.errors import DownloadError
 from llamawheel.core.proc import CommandFailed, run_streamed
+from llamawheel.mirror import provenance
 from llamawheel.mirror.profiles import MirrorProfile
+from llamawheel.mirror.provenance import Fetched
 
 _SHOWN = re.compile(r"^\s*(Collecting|Downloading|Processing|Saved|Successfully|File was already|ERROR)")
 
@@ -24,14 +26,25 @@ def show_pip_line(line: str) -> None:
         log.info("pip: " + line.strip())
 
 
+def _pip_logged(cmd: list[str], dest: Path, mirror: MirrorProfile) -> list[Fetched]:
+    """Run a ``pip download`` into ``dest`` with its verbose log kept aside; returns what pip says it resolved,
+    each with the URL it came from."""
+    with tempfile.TemporaryDirectory() as tmp:
+        pip_log = Path(tmp) / "pip.log"
+        run_streamed([*cmd, "--log", str(pip_log)], env=mirror.pip_env(), on_line=show_pip_line)
+        text = pip_log.read_text(errors="replace") if pip_log.is_file() else ""
+    return provenance.from_pip_log(text, dest)
+
+
 def download(
     requirement_lines: Sequence[str],
     dest: Path,
     mirror: MirrorProfile,
     *,
     binary: bool,
-) -> list[Path]:
-    """``pip download --require-hashes`` the given ``name==version --hash=...`` lines into ``dest``."""
+) -> list[Fetched]:
+    """``pip download --require-hashes`` the given ``name==version --hash=...`` lines into ``dest``; returns each
+    file with its URL and sha256."""
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         req = Path(tmp) / "requirements.txt"
@@ -44,20 +57,19 @@ def download(
         # backend (installed by pip to read its metadata) may still come as a wheel.
         names = ",".join(line.split("==")[0].strip() for line in requirement_lines)
         cmd += [f"--only-binary={names}"] if binary else [f"--no-binary={names}"]
-        before = set(dest.iterdir())
         try:
-            run_streamed(cmd, env=mirror.pip_env(), on_line=show_pip_line)
+            return _pip_logged(cmd, dest, mirror)
         except CommandFailed as exc:
             raise _explain(exc, mirror) from None
-    return sorted(set(dest.iterdir()) - before) or sorted(dest.iterdir())
 
 
 def download_for(
     requirements: Sequence[str], dest: Path, mirror: MirrorProfile, *, python_version: str,
     platforms: Sequence[str], constraint_file: Path | None = None, tip: str = "",
-) -> None:
+) -> list[Fetched]:
     """``pip download`` wheels (only wheels) of ``requirements`` and what they need, as CPython
-    ``python_version`` on ``platforms`` would take them, into ``dest`` (files already there are kept)."""
+    ``python_version`` on ``platforms`` would take them, into ``dest`` (files already there are kept); returns
+    the files pip resolved, each with its URL and sha256."""
     abi = "cp" + python_version.replace(".", "")
     cmd = [
         sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--progress-bar", "off",
@@ -68,7 +80,7 @@ def download_for(
     if constraint_file is not None:
         cmd += ["--constraint", str(constraint_file)]
     try:
-        run_streamed([*cmd, *requirements], env=mirror.pip_env(), on_line=show_pip_line)
+        return _pip_logged([*cmd, *requirements], dest, mirror)
     except CommandFailed as exc:
         index = mirror.pypi_index() or "pip's configured index"
         raise DownloadError(

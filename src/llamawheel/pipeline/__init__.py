@@ -22,7 +22,8 @@ from llamawheel import __version__, repair
 from llamawheel.build import patches, rootbuild, sdist
 from llamawheel.build.compile import BuildRequest, BuildResult, build_wheel, default_jobs
 from llamawheel.build.planning import Plan, cmake_args_for, user_cmake_args
-from llamawheel.core import fileio, log, paths
+from llamawheel.core import fileio, log, paths, proc
+from llamawheel.mirror import provenance
 from llamawheel.pipeline import manifest, wheelhouse
 from llamawheel.recipe.model import CudaMinor
 from llamawheel.toolchain import CudaRoot, buildroot, provider_for
@@ -101,13 +102,26 @@ def prepare_source(plan: Plan, work: Path) -> tuple[Path, dict[str, Any]]:
         applied = patches.apply_all(plan.recipe.patch_files, tree)
     described = sdist.describe(plan.source, archive, None)
     described["source"]["patches"] = [p.describe() for p in applied]
+    described["fetched"] = {"source": provenance.to_json(sdist.fetched(archive))}
     return tree, described
+
+
+def source_date_epoch(source: Path, pinned: bool) -> int:
+    """``SOURCE_DATE_EPOCH`` for a build: the user's, else the pinned sdist's own date (its PKG-INFO), else (a
+    local tree, whose dates are those of a checkout) 1980-01-01."""
+    if os.environ.get("SOURCE_DATE_EPOCH", "").isdigit():
+        return int(os.environ["SOURCE_DATE_EPOCH"])
+    pkg_info = source / "PKG-INFO"
+    if pinned and pkg_info.is_file():
+        return max(int(pkg_info.stat().st_mtime), 315532800)
+    return 315532800
 
 
 def compile_source(plan: Plan, root: CudaRoot | None, source_dir: Path, work: Path,
                    build_root: buildroot.Root | None = None) -> tuple[BuildResult, dict[str, Any]]:
-    """Compile on this machine or in the build root; returns the result and, for a root, the manifest's
-    ``build_env`` (the root and every wheel its pip was given)."""
+    """Compile on this machine or in the build root, with pip given only the wheelhouse; returns the result and
+    the manifest's ``build_env`` (for a root: the root) and ``fetched.build_requirements`` (the wheels pip was
+    given, with their URLs)."""
     env: dict[str, str] = {}
     if root is not None:
         env.update(root.env())
@@ -115,18 +129,20 @@ def compile_source(plan: Plan, root: CudaRoot | None, source_dir: Path, work: Pa
     described: dict[str, Any] = {"build_env": {"name": buildroot.HOST}}
     if build_root is not None and plan.suite is not None:
         house, files = wheelhouse.fetch(source_dir, plan.suite, plan.mirror)
-        runner = rootbuild.runner_for(build_root, house, root.path if root else None)
+        runner = rootbuild.runner_for(build_root, house, root.path if root else None, work)
         described = build_root.manifest_fields()
-        described["build_env"]["wheelhouse"] = files
     else:
+        house, files = wheelhouse.fetch(source_dir, wheelhouse.host_target(), plan.mirror)
         if root is not None:
             env["PATH"] = f"{root.path / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"
-        env.update(plan.mirror.pip_env())
+        env.update({**{k: proc.UNSET for k in os.environ if k.startswith("PIP_")}, **buildroot.env_for_pip(house)})
+    described["fetched"] = {**described.get("fetched", {}), "build_requirements": provenance.to_json(files)}
     kind = "cpu" if root is None else "cuda"
     log_file = work / "build.log"
     log_file.unlink(missing_ok=True)
     request = BuildRequest(source_dir, work, cmake_args_for(plan, root), plan.options.jobs or default_jobs(kind),
-                           kind, env, log_file, runner)
+                           kind, env, log_file, runner, source_date_epoch(source_dir, plan.options.source is None),
+                           root.path if root else None)
     return build_wheel(request), described
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from llamawheel.core import log
 from llamawheel.core.errors import LlamawheelError
 from llamawheel.mirror.profiles import MirrorProfile
+from llamawheel.mirror.provenance import Fetched
 from llamawheel.recipe import catalog
 from llamawheel.recipe.variant import Variant
 from llamawheel.wheel import distmeta
@@ -36,12 +37,12 @@ def fetch(
     dest: Path,
     mirror: MirrorProfile,
     constraints: Sequence[str] = (),
-) -> list[Path]:
+) -> list[Fetched]:
     """Download the closure of ``wheel[extras]`` for each Python version into ``dest`` (one folder for all
     versions: a wheel that serves several, like a 420 MB cuBLAS wheel, is fetched once). ``constraints``
     (pip constraint lines, see `runtime_pins`) narrow which releases are taken.
 
-    Returns every fetched wheel except ``wheel`` itself.
+    Returns every wheel pip resolved except ``wheel`` itself, each with the URL it came from.
     """
     meta = distmeta.read(wheel)
     platforms = platforms_for(meta.platforms)
@@ -55,13 +56,16 @@ def fetch(
         constraint_file = dest / "constraints.txt"
         constraint_file.write_text("".join(f"{c}\n" for c in constraints))
         log.info(f"NVIDIA runtime wheels of the release the wheel was built against: {', '.join(constraints)}")
+    resolved: dict[str, Fetched] = {}
     for version in python_versions:
         log.info(f"fetching what {meta.project}{extra_part} needs on Python {version} ({platforms[0]}) from {index}")
-        fetch_settled([root_req], wheel, extras, dest, mirror, python_version=version, platforms=platforms,
-                      arch=arch, constraint_file=constraint_file, what=f"the dependencies of {meta.project}",
-                      tip="narrow the versions with --python-version, or publish with --no-closure",
-                      unsettled_tip="or publish with --no-closure and add the missing wheels yourself")
-    return [p for p in sorted(dest.glob("*.whl")) if p.name != wheel.name]
+        fetched = fetch_settled(
+            [root_req], wheel, extras, dest, mirror, python_version=version, platforms=platforms, arch=arch,
+            constraint_file=constraint_file, what=f"the dependencies of {meta.project}",
+            tip="narrow the versions with --python-version, or publish with --no-closure",
+            unsettled_tip="or publish with --no-closure and add the missing wheels yourself")
+        resolved.update((f.path.name, f) for f in fetched)
+    return [resolved[name] for name in sorted(resolved) if name != wheel.name and name.endswith(".whl")]
 
 
 def runtime_pins(wheel: Path) -> tuple[str, ...]:

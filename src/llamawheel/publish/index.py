@@ -29,6 +29,7 @@ This module publishes; `index_pages` renders the pages, `index_check` verifies a
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 import shutil
@@ -131,18 +132,33 @@ class _Candidate:
     sha256: str
     size: int
     direct: bool
+    origin: str = ""
 
     @classmethod
-    def of(cls, path: Path, direct: bool) -> _Candidate:
-        return cls(path, distmeta.read(path), fileio.sha256_of(path), path.stat().st_size, direct)
+    def of(cls, path: Path, direct: bool, origin: str = "") -> _Candidate:
+        if direct and not origin:
+            built = manifest_origin(path)
+            origin = built or f"published from {path.name}, which has no build manifest beside it"
+        return cls(path, distmeta.read(path), fileio.sha256_of(path), path.stat().st_size, direct, origin)
 
     def indexed(self) -> IndexedFile:
         extras = tuple(e for e in closure.EXTRAS if e in self.meta.provides_extra) if self.direct else ()
         return IndexedFile(
             name=self.path.name, project=self.meta.project, version=self.meta.version, sha256=self.sha256,
             size=self.size, metadata_sha256=hashlib.sha256(self.meta.raw).hexdigest(),
-            requires_python=self.meta.requires_python, direct=self.direct, extras=extras,
+            requires_python=self.meta.requires_python, direct=self.direct, extras=extras, origin=self.origin,
         )
+
+
+def manifest_origin(wheel: Path) -> str:
+    """For a wheel llamawheel built: "llamawheel build" with its recipe and build environment, from the manifest
+    beside it ('' when there is none)."""
+    try:
+        data = json.loads(wheel.with_name(wheel.name + ".json").read_text())
+    except (OSError, ValueError):
+        return ""
+    env = data.get("build_env", {}).get("name", "")
+    return f"llamawheel build of recipe {data.get('recipe', {}).get('name', '?')}" + (f" in {env}" if env else "")
 
 
 @dataclass(frozen=True)
@@ -262,7 +278,7 @@ def _fetch_closure(
             c.path, extras=c.indexed().extras, python_versions=wanted, dest=incoming / str(n), mirror=mirror,
             constraints=closure.runtime_pins(c.path),
         )
-        out += [_Candidate.of(p, direct=False) for p in fetched]
+        out += [_Candidate.of(f.path, direct=False, origin=f.url) for f in fetched]
     return _dedupe(out)
 
 

@@ -32,6 +32,9 @@ class IndexedFile:
     """Published by name (True), or there because a published wheel needs it (False)."""
     extras: tuple[str, ...] = ()
     """For a direct wheel: the extras whose dependencies the index holds (``server``)."""
+    origin: str = ""
+    """Where the file came from: the URL a dependency was fetched from, or, for a published wheel, the build that
+    made it (its manifest lies beside it in the store)."""
 
     @property
     def store_path(self) -> str:

@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -111,12 +112,14 @@ class Root:
     glibc: str
     gcc: str
     python: str
+    fetched: tuple[dict[str, Any], ...] = ()
+    """Each .deb it was made of: file, URL, sha256, size."""
 
     @classmethod
     def from_marker(cls, path: Path) -> Root:
         data = json.loads((path / ROOT_MARKER).read_text())
         return cls(path, data["suite"], tuple(data["packages"]), data["origin"], int(data["size_bytes"]),
-                   float(data["seconds"]), data["glibc"], data["gcc"], data["python"])
+                   float(data["seconds"]), data["glibc"], data["gcc"], data["python"], tuple(data.get("fetched", ())))
 
     @property
     def name(self) -> str:
@@ -129,24 +132,26 @@ class Root:
 
     def manifest_fields(self) -> dict[str, Any]:
         return {"build_env": {"name": self.suite, "root": self.name, "glibc": self.glibc, "gcc": self.gcc,
-                              "python": self.python, "packages": list(self.packages), "origin": self.origin}}
+                              "python": self.python, "packages": list(self.packages), "origin": self.origin},
+                "fetched": {"build_root": list(self.fetched)}}
 
     # ------------------------------------------------------------------ running things inside
 
-    def command(self, argv: Sequence[str], *, env: Mapping[str, str], binds: Sequence[Path] = (),
-                ro_binds: Sequence[Path] = (), network: bool = False, cwd: Path | None = None) -> list[str]:
+    def command(self, argv: Sequence[str], *, env: Mapping[str, str],
+                binds: Sequence[Path | tuple[str, str]] = (), ro_binds: Sequence[Path | tuple[str, str]] = (),
+                network: bool = False, cwd: Path | None = None) -> list[str]:
         """``argv`` run inside this root with bubblewrap: the root as ``/`` (writable: pip caches and
-        ``__pycache__`` land in it), a fresh /tmp, ``binds`` at their own paths, only ``env`` in the
-        environment, and no network unless asked."""
+        ``__pycache__`` land in it), a fresh /tmp, ``binds`` at their own paths (or, as a pair, here ->
+        inside), only ``env`` in the environment, and no network unless asked."""
         # `check_can_build` has said what to install when there is none
         cmd = [shutil.which("bwrap") or "bwrap", "--bind", str(self.path), "/", "--dev", "/dev", "--proc", "/proc",
                "--tmpfs", "/tmp", "--die-with-parent", "--clearenv"]
         if not network:
             cmd.append("--unshare-net")
-        for b in binds:
-            cmd += ["--bind", str(b), str(b)]
-        for b in ro_binds:
-            cmd += ["--ro-bind", str(b), str(b)]
+        for flag, pairs in (("--bind", binds), ("--ro-bind", ro_binds)):
+            for b in pairs:
+                here, there = b if isinstance(b, tuple) else (str(b), str(b))
+                cmd += [flag, here, there]
         for key, value in {"PATH": f"{VENV}/bin:/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8",
                            **env}.items():
             cmd += ["--setenv", key, value]
@@ -167,7 +172,8 @@ class Root:
 
 
 def _key(suite: str, packages: Sequence[str], hooks: Sequence[str]) -> str:
-    data = json.dumps({"suite": suite, "packages": sorted(packages), "hooks": list(hooks)}, sort_keys=True)
+    data = json.dumps({"suite": suite, "packages": sorted(packages), "hooks": list(hooks), "records": 1},
+                      sort_keys=True)
     return hashlib.sha256(data.encode()).hexdigest()[:12]
 
 
@@ -204,8 +210,12 @@ def make_root(name: str, suite: str, packages: Sequence[str], mirror: MirrorProf
         started = time.monotonic()
         log_file = final.with_name(final.name + ".log")
         log_file.unlink(missing_ok=True)
-        with fileio.new_dir(final) as tmp:
-            cmd = [exe, "--variant=minbase", f"--include={','.join(packages)}",
+        with fileio.new_dir(final) as tmp, tempfile.TemporaryDirectory(prefix="apt-record-") as record:
+            # before the packages and lists go: what was fetched (each .deb's sha256) and the signed lists that say
+            # where each came from
+            keep = (f'--customize-hook=cd "$1"/var/cache/apt/archives && sha256sum *.deb > {record}/debs.sha256'
+                    f' && cp -a "$1"/var/lib/apt/lists {record}/lists')
+            cmd = [exe, "--variant=minbase", f"--include={','.join(packages)}", keep,
                    "--customize-hook=rm -rf \"$1\"/var/cache/apt/archives/*.deb",
                    *[f"--customize-hook={h}" for h in hooks], suite, str(tmp), *sources]
             try:
@@ -219,11 +229,37 @@ def make_root(name: str, suite: str, packages: Sequence[str], mirror: MirrorProf
             seconds = time.monotonic() - started
             facts = _facts(tmp)
             data = {"key": key, "suite": suite, "packages": list(packages), "origin": f"{mirror.name} apt mirror",
-                    "size_bytes": tree_size(tmp), "seconds": round(seconds, 1), **facts}
+                    "size_bytes": tree_size(tmp), "seconds": round(seconds, 1), **facts,
+                    "fetched": debs_fetched(Path(record), sources)}
             (tmp / ROOT_MARKER).write_text(json.dumps(data, indent=2) + "\n")
         root = Root.from_marker(final)
     log.info(f"Debian {suite} root ready at {final}: {log.human_size(root.size_bytes)} in {log.human_time(seconds)}")
     return root
+
+
+def _list_prefix(uri: str) -> str:
+    """The start of the file names apt gives the lists of the archive at ``uri`` (its URItoFileName)."""
+    return re.sub(r"^[a-z+]+://", "", uri.rstrip("/") + "/").replace("/", "_")
+
+
+def debs_fetched(record: Path, sources: Sequence[str]) -> list[dict[str, Any]]:
+    """Each .deb mmdebstrap fetched (``debs.sha256`` in ``record``), with its URL and size as the signed lists
+    (``lists/``) give them: the archive's URL and the index's ``Filename``."""
+    index: dict[str, tuple[str, int]] = {}
+    uris = [line.split()[1] for line in sources if len(line.split()) > 2]
+    for packages in sorted((record / "lists").glob("*_Packages")):
+        base = next((u.rstrip("/") + "/" for u in uris if packages.name.startswith(_list_prefix(u))), "")
+        for stanza in packages.read_text(errors="replace").split("\n\n"):
+            fields = dict(re.findall(r"^(Filename|Size|SHA256): (\S+)$", stanza, re.M))
+            if base and "SHA256" in fields:
+                index[fields["SHA256"]] = (base + fields.get("Filename", ""), int(fields.get("Size", 0)))
+    sums = record / "debs.sha256"
+    fetched = []
+    for line in sums.read_text().splitlines() if sums.is_file() else []:
+        sha, _, name = line.partition("  ")
+        url, size = index.get(sha, ("", 0))
+        fetched.append({"file": name, "url": url, "sha256": sha, "size": size})
+    return fetched
 
 
 def _dpkg_version(root: Path, package: str) -> str:

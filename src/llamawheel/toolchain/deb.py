@@ -26,10 +26,12 @@ from pathlib import Path
 from llamawheel.core import fileio, log, paths
 from llamawheel.core.errors import DownloadError, ToolchainError
 from llamawheel.core.proc import CommandFailed, run_streamed
+from llamawheel.mirror import provenance
 from llamawheel.mirror.profiles import MirrorProfile
+from llamawheel.mirror.provenance import Fetched
 from llamawheel.recipe.model import AptSource, CudaMinor, DebPackage
 from llamawheel.toolchain.assemble import check_complete, lay_out
-from llamawheel.toolchain.root import MARKER, CudaRoot, announce, seal
+from llamawheel.toolchain.root import CudaRoot, announce, cached_root, seal
 
 _GET = re.compile(r"^(Get|Hit|Ign|Err):\d+\s")
 
@@ -134,10 +136,15 @@ class AptSession:
             resolved.append((p.name, matches[0]))
         return resolved
 
-    def download(self, resolved: list[tuple[str, str]], dest: Path) -> list[Path]:
+    def download(self, resolved: list[tuple[str, str]], dest: Path) -> list[Fetched]:
+        """Download the packages into ``dest``; each with the URL apt fetched it from (``--print-uris``)."""
         dest.mkdir(parents=True, exist_ok=True)
-        self._run("apt-get", ["download", *(f"{n}={v}" for n, v in resolved)], cwd=dest)
-        return sorted(dest.glob("*.deb"))
+        pins = [f"{n}={v}" for n, v in resolved]
+        uris = [line.split() for line in self._run("apt-get", ["download", "--print-uris", *pins], show=False)
+                if line.startswith("'")]
+        urls = {parts[1]: parts[0].strip("'") for parts in uris if len(parts) >= 2}
+        self._run("apt-get", ["download", *pins], cwd=dest)
+        return [provenance.described(deb, urls.get(deb.name, "")) for deb in sorted(dest.glob("*.deb"))]
 
 
 def fetch_pinned_key(url: str, fingerprint: str, workdir: Path) -> Path:
@@ -290,10 +297,7 @@ class DebProvider:
         return paths.toolchains_dir() / f"cuda-{minor.version}-deb"
 
     def cached(self, minor: CudaMinor, url: str) -> CudaRoot | None:
-        marker = self.root_dir(minor) / MARKER
-        if not marker.is_file() or json.loads(marker.read_text()).get("pins") != pins_key(minor, url):
-            return None
-        return CudaRoot.from_marker(self.root_dir(minor))
+        return cached_root(self.root_dir(minor), pins_key(minor, url))
 
     def provision(self, minor: CudaMinor, mirror: MirrorProfile) -> CudaRoot:
         if minor.apt is None:
@@ -315,10 +319,9 @@ class DebProvider:
                 session = AptSession(tmp / ".apt", url, apt)
                 session.update()
                 resolved = session.resolve(minor.deb_packages)
-                debs = session.download(resolved, tmp / ".debs")
-                download_bytes = sum(d.stat().st_size for d in debs)
-                log.info(f"unpacking {len(debs)} packages ({log.human_size(download_bytes)})")
-                extract(debs, tmp / ".tree")
+                fetched = session.download(resolved, tmp / ".debs")
+                log.info(f"unpacking {len(fetched)} packages ({log.human_size(provenance.total_size(fetched))})")
+                extract([f.path for f in fetched], tmp / ".tree")
                 if apt.layout == "debian":
                     lay_out_debian(tmp / ".tree", tmp)
                 else:
@@ -331,7 +334,7 @@ class DebProvider:
                 lay_out(tmp)
                 nvcc_version = check_complete(tmp, minor.version)
                 origin = f"{apt.upstream} packages {where}({mirror.name} mirror)".replace("  ", " ")
-                root = seal(tmp, root_dir, minor.version, self.name, origin, nvcc_version, download_bytes, start, {
+                root = seal(tmp, root_dir, minor.version, self.name, origin, nvcc_version, fetched, start, {
                     "pins": pins_key(minor, url),
                     "repository": url,
                     "packages": [f"{n}={v}" for n, v in resolved],

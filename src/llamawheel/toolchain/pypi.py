@@ -8,7 +8,6 @@ pip's help, and laid out as a plain CUDA root (see `assemble.lay_out`).
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import time
 import zipfile
@@ -20,7 +19,7 @@ from llamawheel.mirror import pipfetch
 from llamawheel.mirror.profiles import MirrorProfile
 from llamawheel.recipe.model import CudaMinor
 from llamawheel.toolchain.assemble import check_complete, lay_out
-from llamawheel.toolchain.root import MARKER, CudaRoot, announce, seal
+from llamawheel.toolchain.root import CudaRoot, announce, cached_root, seal
 
 
 def pins_key(minor: CudaMinor) -> str:
@@ -55,14 +54,7 @@ class PypiProvider:
         return paths.toolchains_dir() / f"cuda-{minor.version}-pypi"
 
     def cached(self, minor: CudaMinor) -> CudaRoot | None:
-        root = self.root_dir(minor)
-        marker = root / MARKER
-        if not marker.is_file():
-            return None
-        data = json.loads(marker.read_text())
-        if data.get("pins") != pins_key(minor):
-            return None
-        return CudaRoot.from_marker(root)
+        return cached_root(self.root_dir(minor), pins_key(minor))
 
     def provision(self, minor: CudaMinor, mirror: MirrorProfile) -> CudaRoot:
         if not minor.root:
@@ -77,18 +69,17 @@ class PypiProvider:
             start = time.monotonic()
             with fileio.new_dir(root_dir) as tmp:
                 downloads = tmp / ".downloads"
-                wheels = pipfetch.download(
+                fetched = pipfetch.download(
                     [p.requirement_line() for p in minor.packages], downloads, mirror, binary=True
                 )
-                download_bytes = sum(w.stat().st_size for w in wheels)
-                for wheel in wheels:
+                for wheel in (f.path for f in fetched):
                     if extract_prefix(wheel, minor.root, tmp) == 0:
                         raise ToolchainError(f"{wheel.name} holds nothing under {minor.root}/")
                 shutil.rmtree(downloads)
                 lay_out(tmp)
                 nvcc_version = check_complete(tmp, minor.version)
                 origin = f"NVIDIA PyPI wheels ({mirror.name} mirror)"
-                root = seal(tmp, root_dir, minor.version, self.name, origin, nvcc_version, download_bytes, start, {
+                root = seal(tmp, root_dir, minor.version, self.name, origin, nvcc_version, fetched, start, {
                     "pins": pins_key(minor),
                     "packages": [f"{p.name}=={p.version}" for p in minor.packages],
                 })

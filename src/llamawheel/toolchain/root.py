@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from llamawheel.core import log
+from llamawheel.mirror import provenance
+from llamawheel.mirror.provenance import Fetched
 from llamawheel.toolchain.assemble import tree_size
 
 MARKER = "llamawheel-toolchain.json"
@@ -26,6 +28,8 @@ class CudaRoot:
     nvcc_version: str
     download_bytes: int
     size_bytes: int
+    fetched: tuple[dict[str, Any], ...] = ()
+    """Each file downloaded to make it: file, URL, sha256 (`llamawheel.mirror.provenance`)."""
 
     @property
     def nvcc(self) -> Path:
@@ -39,11 +43,13 @@ class CudaRoot:
 
     def manifest_fields(self) -> dict[str, Any]:
         return {"cuda": {"provider": self.provider, "origin": self.origin, "nvcc": self.nvcc_version,
-                         "toolchain_download_bytes": self.download_bytes}}
+                         "toolchain_download_bytes": self.download_bytes},
+                "fetched": {"toolchain": list(self.fetched)}}
 
     def to_json(self) -> dict[str, object]:
         data = asdict(self)
         data["path"] = str(self.path)
+        data["fetched"] = list(self.fetched)
         return data
 
     @classmethod
@@ -57,15 +63,29 @@ class CudaRoot:
             nvcc_version=data["nvcc_version"],
             download_bytes=int(data["download_bytes"]),
             size_bytes=int(data["size_bytes"]),
+            fetched=tuple(data.get("fetched", ())),
         )
 
 
+def cached_root(root: Path, pins: str) -> CudaRoot | None:
+    """The finished root at ``root`` when it was made from the pins ``pins`` (and records its downloads: a root
+    from before they were recorded is made again), else None."""
+    try:
+        data = json.loads((root / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    if data.get("pins") != pins or "fetched" not in data:
+        return None
+    return CudaRoot.from_marker(root)
+
+
 def seal(tmp: Path, final: Path, version: str, provider: str, origin: str, nvcc_version: str,
-         download_bytes: int, started: float, extra: dict[str, object]) -> CudaRoot:
-    """Describe the finished root in ``tmp`` (which becomes ``final``) and write its marker last:
-    a root without a marker is never trusted."""
+         fetched: list[Fetched], started: float, extra: dict[str, object]) -> CudaRoot:
+    """Describe the finished root in ``tmp`` (which becomes ``final``), made of the ``fetched`` files, and write
+    its marker last: a root without a marker is never trusted."""
     root = CudaRoot(path=final, version=version, provider=provider, origin=origin, nvcc_version=nvcc_version,
-                    download_bytes=download_bytes, size_bytes=tree_size(tmp))
+                    download_bytes=provenance.total_size(fetched), size_bytes=tree_size(tmp),
+                    fetched=tuple(provenance.to_json(fetched)))
     marker = root.to_json() | extra | {"seconds": round(time.monotonic() - started, 1)}
     (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
     return root

@@ -19,8 +19,9 @@ from packaging.version import Version
 
 from llamawheel.core import log
 from llamawheel.core.errors import DownloadError
-from llamawheel.mirror import pipfetch
+from llamawheel.mirror import pipfetch, provenance
 from llamawheel.mirror.profiles import MirrorProfile
+from llamawheel.mirror.provenance import Fetched
 from llamawheel.wheel import distmeta
 from llamawheel.wheel.policy import LEGACY_TAGS, manylinux_glibc
 
@@ -147,18 +148,21 @@ def fetch_settled(
     first: Sequence[str], root: Path | Sequence[str], root_extras: Sequence[str], folder: Path,
     mirror: MirrorProfile, *, python_version: str, platforms: Sequence[str], arch: str = "x86_64",
     constraint_file: Path | None = None, what: str, tip: str, unsettled_tip: str,
-) -> None:
+) -> list[Fetched]:
     """``pip download`` ``first`` into ``folder`` as CPython ``python_version`` on ``platforms``, then, round by
-    round, what ``root[root_extras]`` still needs under that Python's markers, until nothing is missing."""
+    round, what ``root[root_extras]`` still needs under that Python's markers, until nothing is missing; returns
+    the files pip resolved (each with its URL), also recorded in ``folder``'s ``origins.json``."""
     env = target_environment(python_version, arch)
     supported = supported_tags(python_version, platforms)
     wanted = list(first)
+    resolved: list[Fetched] = []
     for _ in range(MAX_ROUNDS):
-        pipfetch.download_for(wanted, folder, mirror, python_version=python_version, platforms=platforms,
-                              constraint_file=constraint_file, tip=tip)
+        resolved += pipfetch.download_for(wanted, folder, mirror, python_version=python_version,
+                                          platforms=platforms, constraint_file=constraint_file, tip=tip)
         wanted = unmet_requirements(folder, root, root_extras, env, supported)
         if not wanted:
-            return
+            provenance.record_origins(folder, resolved)
+            return resolved
         log.info(f"Python {python_version} also needs {', '.join(wanted)} (markers for that Python): fetching")
     raise DownloadError(
         f"{what} for Python {python_version} did not settle after {MAX_ROUNDS} rounds: still missing"
