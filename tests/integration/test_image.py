@@ -581,3 +581,69 @@ def test_a_models_folder_the_server_cannot_read_is_named(built: Built, tmp_path:
     private.chmod(0o700)  # root's, unreadable to uid 1000: the usual mistake with a mounted folder
     out = _log_of_a_server_that_stops(built.tag, private, tmp_path)
     assert "ERROR /models cannot be read by this server's user (uid 1000): make the folder you mount readable" in out
+
+
+OFFLINE_SIDE = r'''
+set -eu
+ip link set lo up
+cd "$1"
+sha256sum -c llamawheel-index.tar.gz.sha256
+tar -xzf llamawheel-index.tar.gz
+cd llamawheel-index
+# an empty image store of its own: the machine that never saw the image
+store="--root $2/storage --runroot $2/run --storage-driver vfs"
+image=$(buildah $store pull --quiet "oci-archive:images/$3")
+. compose/.env
+buildah $store tag "$image" "$API_IMAGE"
+container=$(buildah $store from --pull-never "$API_IMAGE")
+buildah $store run --env=PORT=18000 --env=API_KEY=sk-offline -v "$4:/models:ro" "$container" -- \
+    python3 -m llamawheel_runtime.serve > "$2/server.log" 2>&1 &
+server=$!
+for i in $(seq 1 240); do
+    python3 -c 'import socket; socket.create_connection(("127.0.0.1", 18000), timeout=1)' 2>/dev/null && break
+    sleep 0.5
+done
+python3 - <<'PY'
+import json, urllib.request
+req = urllib.request.Request("http://127.0.0.1:18000/v1/chat/completions", method="POST",
+    data=json.dumps({"model": "/models/llama-2-7b-chat.bin", "max_tokens": 8,
+                     "messages": [{"role": "user", "content": "Hello"}]}).encode(),
+    headers={"Content-Type": "application/json", "Authorization": "Bearer sk-offline"})
+answer = json.load(urllib.request.urlopen(req, timeout=120))
+print("ANSWER", json.dumps(answer["choices"][0]["message"]))
+PY
+[ -z "$(ip route show)" ] && [ "$(ip -o link show | wc -l)" = 1 ] && echo "NO NETWORK" || echo "NETWORK REACHABLE"
+kill $server; wait $server || true
+buildah $store rm "$container" >/dev/null
+'''
+
+
+def test_an_offline_bundle_unpacks_loads_and_answers_with_no_network(
+    built: Built, models: Path, tmp_path: Path
+) -> None:
+    """``index bundle`` with the image archive and the compose files; on the other side, in a network namespace
+    with nothing but loopback: check, unpack, load the image into an empty store, serve, chat."""
+    result = llamawheel("index", "bundle", "--index", str(built.index), "--out", str(tmp_path / "carry" /
+                        "llamawheel-index.tar.gz"), "--image-archive", str(built.archive))
+    assert result.returncode == 0, result.stderr
+    said = result.stdout
+    assert f"podman load -i images/{built.archive.name}" in said and "compose/.env" in said
+    assert "no --ui-archive" in result.stderr  # says the UI still comes from a registry
+    with tarfile.open(tmp_path / "carry" / "llamawheel-index.tar.gz") as tar:
+        names = set(tar.getnames())
+        env = tar.extractfile("llamawheel-index/compose/.env").read().decode()  # type: ignore[union-attr]
+    assert {f"llamawheel-index/images/{built.archive.name}", "llamawheel-index/compose/compose.yaml",
+            "llamawheel-index/OFFLINE.txt", "llamawheel-index/cpu/simple/index.html"} <= names
+    assert env == f"API_IMAGE={built.tag}\n"
+    side = tmp_path / "side"
+    side.mkdir()
+    script = tmp_path / "offline.sh"
+    script.write_text(OFFLINE_SIDE)
+    run = subprocess.run(["unshare", "--net", "bash", str(script), str(tmp_path / "carry"), str(side),
+                          built.archive.name, str(models / "tiny")], capture_output=True, text=True, timeout=900,
+                         env={**os.environ, **ENV})
+    log = (side / "server.log").read_text() if (side / "server.log").exists() else ""
+    assert run.returncode == 0, run.stdout + run.stderr + log
+    assert "NO NETWORK" in run.stdout  # the namespace had loopback only: no other link, no route
+    answer = json.loads(run.stdout.split("ANSWER ", 1)[1].splitlines()[0])
+    assert answer["role"] == "assistant" and answer["content"], run.stdout

@@ -4,6 +4,7 @@ memory as well as cores, and the ninja step count shown as it goes."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import re
@@ -158,6 +159,7 @@ def _with_compile_cache(env: dict[str, str], work: Path, runner: Runner) -> Path
     """Route C, C++ and CUDA compiles through ccache (else sccache) via CMake's launchers, with ggml's own
     ccache detection off so nothing is wrapped twice; returns the tool, or None when there is none."""
     tool, store = _compile_cache(runner)
+    store = store.resolve() if store.is_symlink() else store
     if tool is None:
         log.warn("no ccache or sccache on PATH: every compile runs cold (apt-get install ccache)")
         return None
@@ -231,6 +233,11 @@ def build_wheel(req: BuildRequest) -> BuildResult:
         "FORCE_CMAKE": "1",
     }
     _reproducible(env, req)
+    if req.runner.root is not None:  # a store linked in from elsewhere (shared by several caches) is bound too
+        store = _compile_cache(req.runner)[1]
+        if store.is_symlink():
+            store.resolve().mkdir(parents=True, exist_ok=True)
+            req.runner = dataclasses.replace(req.runner, binds=(*req.runner.binds, store.resolve()))
     tool = _with_compile_cache(env, req.work, req.runner)
     # counted as a difference, so that builds sharing the store do not reset each other's numbers
     before = _ccache_stats(tool, env, req.runner) if tool else (0, 0)

@@ -30,6 +30,11 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     b = isub.add_parser("bundle", help="write the index as one .tar.gz with a .sha256 beside it")
     b.add_argument("--index", type=Path, help="index folder (default: wheels/)")
     b.add_argument("--out", type=Path, help="archive path (default: <index>/llamawheel-index.tar.gz)")
+    b.add_argument("--image-archive", type=Path, action="append", default=[], metavar="FILE",
+                   help="also carry this API image archive (llamawheel image --save FILE); repeat for several")
+    b.add_argument("--ui-archive", type=Path, metavar="FILE",
+                   help="also carry llama-gpt's UI image as an archive (docker save / podman save of "
+                        "ghcr.io/getumbrel/llama-gpt-ui:1.0.1), for a site no registry serves")
     s = isub.add_parser("serve", help="serve the index over HTTP")
     s.add_argument("--index", type=Path, help="index folder (default: wheels/)")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -46,6 +51,55 @@ def _python_versions(values: list[str] | None) -> list[str]:
         if not re.fullmatch(r"3\.\d+", v):
             raise UsageError(f"--python-version {v}: not a Python version like 3.12")
     return versions
+
+
+def _bundle(args: argparse.Namespace) -> None:
+    """The index, and with it the API image archives, the UI image archive and the compose files with an .env
+    that names the carried images; the offline commands printed and carried as OFFLINE.txt."""
+    from llamawheel.image import compose
+    from llamawheel.image.engine import archive_ref
+    from llamawheel.publish import index_carry
+
+    root = args.index or paths.wheels_dir()
+    out = args.out or root / "llamawheel-index.tar.gz"
+    extras: list[tuple[Path, str]] = []
+    refs: list[str] = []
+    for archive in [*args.image_archive, *([args.ui_archive] if args.ui_archive else [])]:
+        if not archive.is_file():
+            raise UsageError(f"{archive}: no such image archive",
+                             "write one with llamawheel image --save FILE (or docker save -o FILE IMAGE)")
+        ref = archive_ref(archive)
+        if not ref:
+            raise UsageError(f"{archive} names no image (an OCI or Docker archive with a tag is needed)",
+                             "save it with its name: llamawheel image --save FILE, or docker save -o FILE NAME:TAG")
+        extras.append((archive, f"images/{archive.name}"))
+        refs.append(ref)
+    docker = paths.data_dir("docker")
+    extras += [(docker / name, f"compose/{name}") for name in ("compose.yaml", "compose.cpu.yaml")]
+    env = {}
+    if args.image_archive:
+        env["API_IMAGE"] = refs[0]
+    if args.ui_archive:
+        env["UI_IMAGE"] = refs[-1]
+    commands = [f"sha256sum -c {out.name}.sha256", f"tar -xzf {out.name}", f"cd {index_carry.BUNDLE_TOP}"]
+    commands += [f"podman load -i images/{a.name}   # or: docker load -i images/{a.name}" for a, _ in extras
+                 if a.suffix != ".yaml"]
+    commands += [c.replace("$PWD/" + index_carry.BUNDLE_TOP, "$PWD") for c in index_carry.bundle_commands(root)]
+    if env:
+        cpu = " -f compose/compose.cpu.yaml" if refs and refs[0].endswith(":cpu") else ""
+        commands.append(f"docker compose -f compose/compose.yaml{cpu} --env-file compose/.env up   # models in "
+                        "./models, then http://localhost:3000")
+    texts = [("OFFLINE.txt", ("On the machine with no network, in the folder you copied both files to:\n"
+                              + "".join(f"    {c}\n" for c in commands)).encode())]
+    if env:
+        texts.append(("compose/.env", "".join(f"{k}={v}\n" for k, v in env.items()).encode()))
+    if args.image_archive and not args.ui_archive:
+        log.warn(f"no --ui-archive: the site pulls llama-gpt's UI ({compose.UI_IMAGE}) from a registry")
+    out, digest = index_carry.bundle(root, out, extras, texts)
+    print(f"wrote {out} ({log.human_size(out.stat().st_size)}) and {out.name}.sha256 (sha256 {digest})")
+    print("on the offline machine, in the folder you copied both files to (also in OFFLINE.txt inside):")
+    for command in commands:
+        print(f"    {command}")
 
 
 def _cmd_publish(args: argparse.Namespace) -> int:
@@ -78,14 +132,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
         print(report.render())
         report.raise_if_failed()
     elif args.index_command == "bundle":
-        root = args.index or paths.wheels_dir()
-        out, digest = index_carry.bundle(root, args.out or root / "llamawheel-index.tar.gz")
-        print(f"wrote {out} ({log.human_size(out.stat().st_size)}) and {out.name}.sha256 (sha256 {digest})")
-        print("on the offline machine, in the folder you copied both files to:")
-        print(f"    sha256sum -c {out.name}.sha256")
-        print(f"    tar -xzf {out.name}")
-        for command in index_carry.bundle_commands(root):
-            print(f"    {command}")
+        _bundle(args)
     elif args.index_command == "serve":
         root = args.index or paths.wheels_dir()
 

@@ -8,9 +8,11 @@ create cgroups; ``BUILDAH_ISOLATION`` overrides).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import tarfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +125,26 @@ class Engine:
 
     def remove(self, ref: str) -> None:
         self._query(["rmi", ref])
+
+
+def archive_ref(archive: Path) -> str:
+    """The image name an OCI or Docker archive carries (what ``podman load``/``docker load`` will call it);
+    '' when it carries none."""
+    try:
+        with tarfile.open(archive) as tar:
+            names = set(tar.getnames())
+            if "manifest.json" in names:  # Docker archive
+                member = tar.extractfile("manifest.json")
+                tags = json.load(member)[0].get("RepoTags") or [""] if member else [""]
+                return str(tags[0])
+            if "index.json" in names:
+                member = tar.extractfile("index.json")
+                manifests = json.load(member).get("manifests", []) if member else []
+                return str(manifests[0].get("annotations", {}).get("org.opencontainers.image.ref.name", "")) \
+                    if manifests else ""
+    except (OSError, tarfile.TarError, ValueError, IndexError, KeyError):
+        return ""
+    return ""
 
 
 def _docker_answers(exe: str) -> bool:

@@ -26,9 +26,12 @@ BUNDLE_TOP = "llamawheel-index"
 """The folder an archive unpacks into."""
 
 
-def bundle(root: Path, out: Path) -> tuple[Path, str]:
+def bundle(root: Path, out: Path, extras: Sequence[tuple[Path, str]] = (),
+           texts: Sequence[tuple[str, bytes]] = ()) -> tuple[Path, str]:
     """Write the index as one ``.tar.gz`` (current pages and the files they link, nothing else) plus
-    ``<out>.sha256`` in sha256sum format. Refuses an index that ``check`` finds problems in."""
+    ``<out>.sha256`` in sha256sum format. ``extras`` (a file here, its name inside ``llamawheel-index/``) and
+    ``texts`` (a name inside, its bytes) go in too: image archives, compose files, the offline commands. Refuses
+    an index that ``check`` finds problems in."""
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     with publish_lock(root):
@@ -51,6 +54,11 @@ def bundle(root: Path, out: Path) -> tuple[Path, str]:
                             path = vdir / (f.store_path + suffix)
                             if path.is_file():
                                 _add(tar, path, f"{BUNDLE_TOP}/{vdir.name}/{f.store_path}{suffix}")
+                for path, name in extras:
+                    log.info(f"bundling {path} as {BUNDLE_TOP}/{name} ({log.human_size(path.stat().st_size)})")
+                    _add(tar, path, f"{BUNDLE_TOP}/{name}")
+                for name, data in texts:
+                    _add_bytes(tar, f"{BUNDLE_TOP}/{name}", data)
             digest = fileio.sha256_of(tmp)
     fileio.write_file(out.with_name(out.name + ".sha256"), f"{digest}  {out.name}\n".encode(), durable=True)
     return out, digest
