@@ -8,17 +8,15 @@ it is logged by host."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import json
 import os
 import random
 import shutil
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -32,6 +30,7 @@ from llamawheel.mirror import probe, profiles
 from ..index_wheels import make_wheel
 from . import logproxy
 from .conftest import FIXTURE, ROOT, llamawheel
+from .test_mirrors_loopback import Mirror
 
 pytestmark = pytest.mark.integration
 
@@ -155,11 +154,15 @@ def test_a_build_a_publish_and_an_image_base_contact_only_the_profiles_hosts(
             assert urlsplit(f["origin"]).hostname in allowed, f
 
 
-class _Logged(http.server.SimpleHTTPRequestHandler):
-    asked: list[str]
-
-    def log_message(self, format: str, *args: object) -> None:
-        self.asked.append(self.path)
+@contextmanager
+def _serving(root: Path) -> Iterator[tuple[str, list[str]]]:
+    """``root`` served over HTTP on loopback: its URL, and the list of paths asked for."""
+    mirror = Mirror(root)
+    mirror.thread.start()
+    try:
+        yield mirror.url, mirror.requests
+    finally:
+        mirror.server.shutdown()
 
 
 @pytest.fixture
@@ -172,12 +175,8 @@ def poisoned_index(tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
                        package="scikit_build_core", payload=b"raise SystemExit('poisoned')\n")
     digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
     (project / "index.html").write_text(f'<a href="{wheel.name}#sha256={digest}">{wheel.name}</a>\n')
-    asked: list[str] = []
-    handler = type("Handler", (_Logged,), {"asked": asked})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/simple/", asked
-    server.shutdown()
+    with _serving(root) as (url, asked):
+        yield f"{url}/simple/", asked
 
 
 def test_a_profiles_build_never_asks_the_users_extra_index(
@@ -229,12 +228,8 @@ def partial_mirror(tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
         security.parent.mkdir(parents=True)
         security.write_text(f"Suite: {suite}-security\nComponents: main\n")
     (root / "nvidia").mkdir()
-    asked: list[str] = []
-    handler = type("Handler", (_Logged,), {"asked": asked})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", asked
-    server.shutdown()
+    with _serving(root) as served:
+        yield served
 
 
 def test_mirrors_check_says_which_features_a_mirror_cannot_serve_and_why(
