@@ -8,6 +8,9 @@ import json
 import tarfile
 from pathlib import Path
 
+import pytest
+
+from llamawheel.cli import main
 from llamawheel.image import compose
 from llamawheel.image.engine import archive_ref
 from llamawheel.mirror import profiles, provenance
@@ -96,3 +99,18 @@ def test_an_image_archive_says_its_name(tmp_path: Path) -> None:
     assert archive_ref(docker) == "ghcr.io/getumbrel/llama-gpt-ui:1.0.1"
     assert archive_ref(nameless) == ""
     assert archive_ref(tmp_path / "missing.tar") == ""
+
+
+def test_compose_env_command_writes_the_file_and_says_what_the_ui_comes_through(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "docker.env"
+    own = tmp_path / "corp.toml"
+    own.write_text('ghcr = "ghcr.mirror.example"\n')
+    assert main(["compose-env", "--variant", "cpu", "--mirror", str(own), "--env-file", str(target)]) == 0
+    assert target.read_text() == ("API_IMAGE=localhost/llamawheel-api:cpu\n"
+                                  "UI_IMAGE=ghcr.mirror.example/getumbrel/llama-gpt-ui:1.0.1\n")
+    assert f"--env-file {target} up" in capsys.readouterr().out
+    assert main(["compose-env", "--mirror", "tsinghua", "--env-file", str(target)]) == 0
+    said = capsys.readouterr().out
+    assert "UI_IMAGE=ghcr.io/getumbrel/llama-gpt-ui:1.0.1" in said and "--ui-archive" in said  # no ghcr mirror

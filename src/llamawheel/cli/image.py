@@ -94,6 +94,9 @@ def _cmd_image(args: argparse.Namespace) -> int:
         print(f"    archive {result.archive} (sha256 {result.archive_sha256})")
         print("    on the offline machine: sha256sum -c " + result.archive.name + ".sha256 && podman load -i "
               + result.archive.name + "   (or docker load -i)")
+    profile = args.mirror or mirror.name
+    print(f"    for docker compose: llamawheel compose-env --variant {wheel.variant} --mirror {profile}"
+          "   (writes docker/.env: this image, and llama-gpt's UI through the profile's ghcr mirror)")
     return 0
 
 
