@@ -54,15 +54,21 @@ def test_a_roots_packages_get_their_urls_from_the_signed_lists(tmp_path: Path) -
     lists = tmp_path / "lists"
     lists.mkdir()
     (lists / "archive.example_debian_dists_bullseye_main_binary-amd64_Packages").write_text(
-        "Package: libc6\nVersion: 2.31-13\nFilename: pool/main/g/glibc/libc6_2.31-13_amd64.deb\nSize: 2800000\n"
-        "SHA256: " + "1" * 64 + "\n\nPackage: zlib1g\nFilename: pool/main/z/zlib/zlib1g_1.2.11_amd64.deb\n"
-        "Size: 90000\nSHA256: " + "2" * 64 + "\n")
-    (tmp_path / "debs.sha256").write_text(f"{'1' * 64}  libc6_2.31-13_amd64.deb\n{'3' * 64}  mystery_1_all.deb\n")
-    found = debs_fetched(tmp_path, ["deb http://archive.example/debian bullseye main"])
+        "Package: libc6\nVersion: 2.31-13\nArchitecture: amd64\nFilename: pool/main/g/glibc/libc6_2.31-13_amd64.deb\n"
+        "Size: 2800000\nSHA256: " + "1" * 64 + "\n\nPackage: libcrypt1\nVersion: 1:4.4.18-4\nArchitecture: amd64\n"
+        "Filename: pool/main/libx/libxcrypt/libcrypt1_4.4.18-4_amd64.deb\nSize: 90000\nSHA256: " + "2" * 64 + "\n")
+    status = tmp_path / "status"
+    status.write_text("Package: libc6\nStatus: install ok installed\nArchitecture: amd64\nVersion: 2.31-13\n\n"
+                      "Package: libcrypt1\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1:4.4.18-4\n\n"
+                      "Package: gone\nStatus: deinstall ok config-files\nArchitecture: all\nVersion: 1\n\n"
+                      "Package: mystery\nStatus: install ok installed\nArchitecture: all\nVersion: 1\n")
+    found = debs_fetched(tmp_path, ["deb http://archive.example/debian bullseye main"], status)
     assert found == [
         {"file": "libc6_2.31-13_amd64.deb", "sha256": "1" * 64, "size": 2800000,
          "url": "http://archive.example/debian/pool/main/g/glibc/libc6_2.31-13_amd64.deb"},
-        {"file": "mystery_1_all.deb", "url": "", "sha256": "3" * 64, "size": 0},  # not in the lists: said so
+        {"file": "libcrypt1_4.4.18-4_amd64.deb", "sha256": "2" * 64, "size": 90000,  # the epoch is no part of it
+         "url": "http://archive.example/debian/pool/main/libx/libxcrypt/libcrypt1_4.4.18-4_amd64.deb"},
+        {"file": "mystery_1_all.deb", "url": "", "sha256": "", "size": 0},  # in no list: said so, not guessed
     ]
 
 

@@ -20,7 +20,7 @@ from typing import Any
 from llamawheel.build.rootbuild import BUILD_DIR, CUDA_DIR, Runner
 from llamawheel.core import log, paths
 from llamawheel.core.errors import BuildError
-from llamawheel.core.proc import CommandFailed, run_streamed
+from llamawheel.core.proc import CommandFailed, child_env, run_streamed
 
 _STEP = re.compile(r"^\[(\d+)/(\d+)\] ")
 # nvcc on llama.cpp's largest template instances peaks near 3 GB; a C++ job needs far less.
@@ -68,7 +68,7 @@ def _ccache_stats(tool: Path, env: dict[str, str], runner: Runner) -> tuple[int,
     if tool.name != "ccache":
         return 0, 0
     cmd, extra = runner.command([str(tool), "--print-stats"], env)
-    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(extra or {})}).stdout
+    out = subprocess.run(cmd, capture_output=True, text=True, env=child_env(extra)).stdout
     stats = dict(line.split("\t", 1) for line in out.splitlines() if "\t" in line)
     hits = int(stats.get("direct_cache_hit", 0)) + int(stats.get("preprocessed_cache_hit", 0))
     misses = int(stats.get("cache_miss", 0))

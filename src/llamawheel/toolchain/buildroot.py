@@ -172,7 +172,7 @@ class Root:
 
 
 def _key(suite: str, packages: Sequence[str], hooks: Sequence[str]) -> str:
-    data = json.dumps({"suite": suite, "packages": sorted(packages), "hooks": list(hooks), "records": 1},
+    data = json.dumps({"suite": suite, "packages": sorted(packages), "hooks": list(hooks), "records": 2},
                       sort_keys=True)
     return hashlib.sha256(data.encode()).hexdigest()[:12]
 
@@ -211,10 +211,8 @@ def make_root(name: str, suite: str, packages: Sequence[str], mirror: MirrorProf
         log_file = final.with_name(final.name + ".log")
         log_file.unlink(missing_ok=True)
         with fileio.new_dir(final) as tmp, tempfile.TemporaryDirectory(prefix="apt-record-") as record:
-            # before the packages and lists go: what was fetched (each .deb's sha256) and the signed lists that say
-            # where each came from
-            keep = (f'--customize-hook=cd "$1"/var/cache/apt/archives && sha256sum *.deb > {record}/debs.sha256'
-                    f' && cp -a "$1"/var/lib/apt/lists {record}/lists')
+            # before the lists go: the signed lists that say where each installed package came from
+            keep = f'--customize-hook=cp -a "$1"/var/lib/apt/lists {record}/lists'
             cmd = [exe, "--variant=minbase", f"--include={','.join(packages)}", keep,
                    "--customize-hook=rm -rf \"$1\"/var/cache/apt/archives/*.deb",
                    *[f"--customize-hook={h}" for h in hooks], suite, str(tmp), *sources]
@@ -230,7 +228,7 @@ def make_root(name: str, suite: str, packages: Sequence[str], mirror: MirrorProf
             facts = _facts(tmp)
             data = {"key": key, "suite": suite, "packages": list(packages), "origin": f"{mirror.name} apt mirror",
                     "size_bytes": tree_size(tmp), "seconds": round(seconds, 1), **facts,
-                    "fetched": debs_fetched(Path(record), sources)}
+                    "fetched": debs_fetched(Path(record), sources, tmp / "var/lib/dpkg/status")}
             (tmp / ROOT_MARKER).write_text(json.dumps(data, indent=2) + "\n")
         root = Root.from_marker(final)
     log.info(f"Debian {suite} root ready at {final}: {log.human_size(root.size_bytes)} in {log.human_time(seconds)}")
@@ -242,24 +240,30 @@ def _list_prefix(uri: str) -> str:
     return re.sub(r"^[a-z+]+://", "", uri.rstrip("/") + "/").replace("/", "_")
 
 
-def debs_fetched(record: Path, sources: Sequence[str]) -> list[dict[str, Any]]:
-    """Each .deb mmdebstrap fetched (``debs.sha256`` in ``record``), with its URL and size as the signed lists
-    (``lists/``) give them: the archive's URL and the index's ``Filename``."""
-    index: dict[str, tuple[str, int]] = {}
+def debs_fetched(record: Path, sources: Sequence[str], status: Path) -> list[dict[str, Any]]:
+    """Each package installed in a root (dpkg's ``status``), as the signed lists it was fetched by (``lists/`` in
+    ``record``) give it: its file, URL (the archive's and the index's ``Filename``), sha256 and size. apt checked
+    each download against that sha256, so the list says exactly which file was used."""
+    index: dict[tuple[str, str, str], dict[str, Any]] = {}
     uris = [line.split()[1] for line in sources if len(line.split()) > 2]
     for packages in sorted((record / "lists").glob("*_Packages")):
         base = next((u.rstrip("/") + "/" for u in uris if packages.name.startswith(_list_prefix(u))), "")
         for stanza in packages.read_text(errors="replace").split("\n\n"):
-            fields = dict(re.findall(r"^(Filename|Size|SHA256): (\S+)$", stanza, re.M))
-            if base and "SHA256" in fields:
-                index[fields["SHA256"]] = (base + fields.get("Filename", ""), int(fields.get("Size", 0)))
-    sums = record / "debs.sha256"
+            fields = dict(re.findall(r"^(Package|Version|Architecture|Filename|Size|SHA256): (\S+)$", stanza, re.M))
+            if base and {"Package", "Version", "Filename", "SHA256"} <= fields.keys():
+                key = (fields["Package"], fields["Version"], fields.get("Architecture", ""))
+                index[key] = {"file": fields["Filename"].rsplit("/", 1)[-1], "url": base + fields["Filename"],
+                              "sha256": fields["SHA256"], "size": int(fields.get("Size", 0))}
     fetched = []
-    for line in sums.read_text().splitlines() if sums.is_file() else []:
-        sha, _, name = line.partition("  ")
-        url, size = index.get(sha, ("", 0))
-        fetched.append({"file": name, "url": url, "sha256": sha, "size": size})
-    return fetched
+    text = status.read_text(errors="replace") if status.is_file() else ""
+    for stanza in text.split("\n\n"):
+        fields = dict(re.findall(r"^(Package|Version|Architecture|Status): (.+)$", stanza, re.M))
+        if "Package" not in fields or not fields.get("Status", "").endswith(" installed"):
+            continue
+        key = (fields["Package"], fields.get("Version", ""), fields.get("Architecture", ""))
+        fetched.append(index.get(key) or {"file": f"{key[0]}_{key[1]}_{key[2]}.deb", "url": "", "sha256": "",
+                                          "size": 0})
+    return sorted(fetched, key=lambda f: f["file"])
 
 
 def _dpkg_version(root: Path, package: str) -> str:
