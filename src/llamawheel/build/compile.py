@@ -155,14 +155,19 @@ def _compile_cache(runner: Runner) -> tuple[Path | None, Path]:
         paths.cache_dir() / f"ccache-{runner.root.suite}"
 
 
-def _with_compile_cache(env: dict[str, str], work: Path, runner: Runner) -> Path | None:
+def _with_compile_cache(env: dict[str, str], work: Path, runner: Runner) -> tuple[Path | None, Runner]:
     """Route C, C++ and CUDA compiles through ccache (else sccache) via CMake's launchers, with ggml's own
-    ccache detection off so nothing is wrapped twice; returns the tool, or None when there is none."""
+    ccache detection off so nothing is wrapped twice; returns the tool (None when there is none) and the runner,
+    which binds a store linked in from elsewhere (shared by several caches) into the root too."""
     tool, store = _compile_cache(runner)
-    store = store.resolve() if store.is_symlink() else store
     if tool is None:
         log.warn("no ccache or sccache on PATH: every compile runs cold (apt-get install ccache)")
-        return None
+        return None, runner
+    if store.is_symlink():
+        store = store.resolve()
+        if runner.root is not None:
+            store.mkdir(parents=True, exist_ok=True)
+            runner = dataclasses.replace(runner, binds=(*runner.binds, store))
     env["CMAKE_ARGS"] += " " + shlex.join(
         [f"-DCMAKE_{lang}_COMPILER_LAUNCHER={tool}" for lang in ("C", "CXX", "CUDA")] + ["-DGGML_CCACHE=OFF"]
     )
@@ -175,7 +180,7 @@ def _with_compile_cache(env: dict[str, str], work: Path, runner: Runner) -> Path
         SCCACHE_DIR=str(store / "sccache"),
     )
     log.info(f"compile cache: {tool.name} at {store}")
-    return tool
+    return tool, runner
 
 
 def _reproducible(env: dict[str, str], req: BuildRequest) -> None:
@@ -233,12 +238,7 @@ def build_wheel(req: BuildRequest) -> BuildResult:
         "FORCE_CMAKE": "1",
     }
     _reproducible(env, req)
-    if req.runner.root is not None:  # a store linked in from elsewhere (shared by several caches) is bound too
-        store = _compile_cache(req.runner)[1]
-        if store.is_symlink():
-            store.resolve().mkdir(parents=True, exist_ok=True)
-            req.runner = dataclasses.replace(req.runner, binds=(*req.runner.binds, store.resolve()))
-    tool = _with_compile_cache(env, req.work, req.runner)
+    tool, req.runner = _with_compile_cache(env, req.work, req.runner)
     # counted as a difference, so that builds sharing the store do not reset each other's numbers
     before = _ccache_stats(tool, env, req.runner) if tool else (0, 0)
     progress = Progress()

@@ -48,21 +48,14 @@ def fetch(sdist: Sdist, mirror: MirrorProfile) -> Path:
 
 
 def describe(sdist: Sdist, archive: Path | None, local_tree: Path | None) -> dict[str, Any]:
-    """The manifest's ``source``: the pinned sdist (name, version, sha256, file, the URL it was fetched from), or
-    the local tree built."""
+    """The manifest's ``source`` (the pinned sdist: name, version, sha256, file, the URL it was fetched from; or
+    the local tree built) and, for the sdist, its ``fetched.source`` entry."""
     if archive is None:
         return {"source": {"local_tree": str(local_tree)}}
-    origin = provenance.read_origins(archive.parent).get(archive.name)
+    origin = provenance.read_origins(archive.parent).get(archive.name) or provenance.described(archive, "")
     return {"source": {"name": sdist.name, "version": sdist.version, "sha256": sdist.sha256, "file": archive.name,
-                       "url": origin.url if origin else ""}}
-
-
-def fetched(archive: Path | None) -> list[Fetched]:
-    """The sdist as a fetched file (none for a local tree)."""
-    if archive is None:
-        return []
-    origin = provenance.read_origins(archive.parent).get(archive.name)
-    return [origin or provenance.described(archive, "")]
+                       "url": origin.url},
+            "fetched": {"source": provenance.to_json([origin])}}
 
 
 def unpack(archive: Path, dest: Path) -> Path:

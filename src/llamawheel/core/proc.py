@@ -28,6 +28,11 @@ UNSET = "\0unset"
 """An environment value that removes the variable from the child's environment (see `child_env`)."""
 
 
+def unset_all(prefix: str) -> dict[str, str]:
+    """An environment overlay that removes every variable of this process whose name starts with ``prefix``."""
+    return {k: UNSET for k in os.environ if k.startswith(prefix)}
+
+
 def child_env(env: Mapping[str, str] | None) -> dict[str, str]:
     """This process's environment with ``env`` laid over it; a variable given as `UNSET` is removed."""
     merged = {**os.environ, **(env or {})}

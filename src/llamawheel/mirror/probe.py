@@ -213,7 +213,7 @@ def probe(need: Need, base: str, pages: _Pages) -> Probe:
 
 def check(profile: MirrorProfile, features: list[Feature], timeout: float = 5.0) -> Report:
     """Probe every need of ``features`` once, in parallel, and say which features the profile serves."""
-    needs = list({(n.upstream, n.path, n.contains, n.components): n for f in features for n in f.needs}.values())
+    needs = list(dict.fromkeys(n for f in features for n in f.needs))
     bases = {u: base_url(profile, u) for u in {n.upstream for n in needs}}
     report = Report(profile)
     pages = _Pages(timeout)
@@ -227,10 +227,9 @@ def check(profile: MirrorProfile, features: list[Feature], timeout: float = 5.0)
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         report.probes = list(pool.map(one, needs))
-    by_need = {(p.need.upstream, p.need.path, p.need.contains, p.need.components): p for p in report.probes}
+    by_need = {p.need: p for p in report.probes}
     for feature in features:
-        failed = [p for p in (by_need[(n.upstream, n.path, n.contains, n.components)] for n in feature.needs)
-                  if not p.ok]
+        failed = [by_need[n] for n in feature.needs if not by_need[n].ok]
         why = f"{failed[0].need.label}: {failed[0].detail} ({failed[0].url or failed[0].need.upstream})" \
             if failed else ""
         report.served.append(Served(feature, not failed, why))

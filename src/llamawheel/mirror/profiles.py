@@ -19,7 +19,7 @@ from typing import Any
 
 from llamawheel.core import datafile, log, paths, records
 from llamawheel.core.errors import MirrorError, did_you_mean
-from llamawheel.core.proc import UNSET
+from llamawheel.core.proc import unset_all
 from llamawheel.core.records import DERIVED
 
 
@@ -188,7 +188,7 @@ def _set_aside_notice(index: str, dropped: tuple[str, ...]) -> None:
 def isolated_pip_env(index: str) -> dict[str, str]:
     """The environment that makes pip use ``index`` and nothing else (see `MirrorProfile.pip_env`); says once
     which of the user's settings it set aside."""
-    env: dict[str, str] = {k: UNSET for k in os.environ if k.startswith("PIP_")}
+    env = unset_all("PIP_")
     dropped: list[str] = []
     for key, value in pip_settings().items():
         name = key.rpartition(".")[2]

@@ -102,7 +102,6 @@ def prepare_source(plan: Plan, work: Path) -> tuple[Path, dict[str, Any]]:
         applied = patches.apply_all(plan.recipe.patch_files, tree)
     described = sdist.describe(plan.source, archive, None)
     described["source"]["patches"] = [p.describe() for p in applied]
-    described["fetched"] = {"source": provenance.to_json(sdist.fetched(archive))}
     return tree, described
 
 
@@ -135,7 +134,7 @@ def compile_source(plan: Plan, root: CudaRoot | None, source_dir: Path, work: Pa
         house, files = wheelhouse.fetch(source_dir, wheelhouse.host_target(), plan.mirror)
         if root is not None:
             env["PATH"] = f"{root.path / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"
-        env.update({**{k: proc.UNSET for k in os.environ if k.startswith("PIP_")}, **buildroot.env_for_pip(house)})
+        env.update({**proc.unset_all("PIP_"), **buildroot.env_for_pip(house)})
     described["fetched"] = {**described.get("fetched", {}), "build_requirements": provenance.to_json(files)}
     kind = "cpu" if root is None else "cuda"
     log_file = work / "build.log"

@@ -44,6 +44,7 @@ from llamawheel.core import fileio, log, paths
 from llamawheel.core.errors import PublishError, UsageError
 from llamawheel.mirror import profiles
 from llamawheel.mirror.profiles import MirrorProfile
+from llamawheel.pipeline import manifest
 from llamawheel.publish import closure
 from llamawheel.publish.index_pages import (
     IndexedFile,
@@ -154,7 +155,7 @@ def manifest_origin(wheel: Path) -> str:
     """For a wheel llamawheel built: "llamawheel build" with its recipe and build environment, from the manifest
     beside it ('' when there is none)."""
     try:
-        data = json.loads(wheel.with_name(wheel.name + ".json").read_text())
+        data = json.loads(manifest.path_for(wheel).read_text())
     except (OSError, ValueError):
         return ""
     env = data.get("build_env", {}).get("name", "")
@@ -370,9 +371,9 @@ def _store(vdir: Path, c: _Candidate, entry: IndexedFile) -> None:
         else:  # fetched into this variant's .incoming-* folder: complete, on the same file system
             fileio.move_file(c.path, final, durable=True)
     extras = {final.name + ".metadata": c.meta.raw}
-    manifest = c.path.with_name(c.path.name + ".json")
-    if c.direct and manifest.is_file():
-        extras[final.name + ".json"] = manifest.read_bytes()
+    built = manifest.path_for(c.path)
+    if c.direct and built.is_file():
+        extras[final.name + ".json"] = built.read_bytes()
     for name, data in extras.items():
         target = folder / name
         if not (target.is_file() and target.read_bytes() == data):
