@@ -1,24 +1,26 @@
 """Compiling a wheel: scikit-build-core through ``pip wheel``, with CMake/ninja, a
-compile cache (ccache, else sccache) for C, C++ and CUDA, parallelism bounded by
-memory as well as cores, and the ninja step count shown as it goes."""
+compile cache (`llamawheel.build.cache`: sccache or ccache) for C, C++ and CUDA, parallelism
+bounded by memory as well as cores, and the ninja step count shown as it goes."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import platform
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llamawheel.build import cache
+from llamawheel.build.cache import CompileCache
 from llamawheel.build.rootbuild import BUILD_DIR, CUDA_DIR, Runner
-from llamawheel.core import log, paths
+from llamawheel.core import log, paths, proc
 from llamawheel.core.errors import BuildError
 from llamawheel.core.proc import CommandFailed, child_env, run_streamed
 
@@ -43,38 +45,6 @@ def default_jobs(kind: str) -> int:
     return max(1, min(cores, by_memory))
 
 
-def find_compile_cache() -> Path | None:
-    for name in ("ccache", "sccache"):
-        found = shutil.which(name)
-        if found:
-            return Path(found)
-    return None
-
-
-@dataclass
-class CacheStats:
-    tool: str
-    hits: int = 0
-    misses: int = 0
-
-    def describe(self) -> str:
-        total = self.hits + self.misses
-        if not total:
-            return f"{self.tool}: no cacheable compiles seen"
-        return f"{self.tool}: {self.hits} of {total} compiles served from cache ({100 * self.hits // total}%)"
-
-
-def _ccache_stats(tool: Path, env: dict[str, str], runner: Runner) -> tuple[int, int]:
-    if tool.name != "ccache":
-        return 0, 0
-    cmd, extra = runner.command([str(tool), "--print-stats"], env)
-    out = subprocess.run(cmd, capture_output=True, text=True, env=child_env(extra)).stdout
-    stats = dict(line.split("\t", 1) for line in out.splitlines() if "\t" in line)
-    hits = int(stats.get("direct_cache_hit", 0)) + int(stats.get("preprocessed_cache_hit", 0))
-    misses = int(stats.get("cache_miss", 0))
-    return hits, misses
-
-
 @dataclass
 class BuildRequest:
     source: Path
@@ -92,6 +62,7 @@ class BuildRequest:
     """The time every timestamp in the build says (``SOURCE_DATE_EPOCH``), so that the same inputs give the same
     wheel: the sdist's own date, else 1980-01-01 (the earliest a zip file can hold)."""
     cuda_root: Path | None = None
+    compile_cache: CompileCache = field(default_factory=lambda: CompileCache("none"))
 
 
 @dataclass
@@ -99,10 +70,11 @@ class BuildResult:
     wheel: Path
     seconds: float
     steps: int
-    cache: CacheStats | None
+    cache: cache.Stats | None
     jobs: int
     log_file: Path | None
     cmake_args: list[str] = field(default_factory=list)
+    compile_cache: CompileCache = field(default_factory=lambda: CompileCache("none"))
 
     def manifest_fields(self) -> dict[str, Any]:
         return {
@@ -110,9 +82,7 @@ class BuildResult:
             "build": {
                 "jobs": self.jobs,
                 "steps": self.steps,
-                "compile_cache": self.cache.describe() if self.cache else "none",
-                "cache_hits": self.cache.hits if self.cache else 0,
-                "cache_misses": self.cache.misses if self.cache else 0,
+                "compile_cache": self.compile_cache.manifest_fields(self.cache),
                 "host": f"{platform.system()} {platform.machine()}",
             },
         }
@@ -145,42 +115,114 @@ class Progress:
         log.info(f"compiling [{self.steps}/{self.total}] {pct}%, {log.human_time(elapsed)} elapsed{eta}")
 
 
-def _compile_cache(runner: Runner) -> tuple[Path | None, Path]:
-    """The compile cache tool and its store: this machine's ccache (else sccache) in ``ccache/``, or the build
-    root's own ccache in a store of its own (``ccache-bullseye/``: another ccache version, other compilers)."""
-    if runner.root is None:
-        return find_compile_cache(), paths.compile_cache_dir()
-    tool = Path("/usr/bin/ccache")
-    return (tool if (runner.root.path / "usr/bin/ccache").exists() else None), \
-        paths.cache_dir() / f"ccache-{runner.root.suite}"
+class _CacheRun:
+    """One build's use of the compile cache: CMake's launchers, the tool's settings (in a private folder of the
+    build's own, removed when it ends: it may hold credentials), the wrapper that starts and stops sccache's server
+    around the build, and the counts."""
 
+    def __init__(self, cc: CompileCache, env: dict[str, str], req: BuildRequest) -> None:
+        self.cc = cc
+        self.req = req
+        self.dir = req.work / ".compile-cache"
+        self.before: dict[str, int] = {}
+        self.runner = req.runner
+        self.env = env
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir(mode=0o700, parents=True)
+        binary = cc.binary
+        if binary is None or cc.store is None:
+            log.info("compile cache: none (--compile-cache none): every compile runs cold")
+            return
+        store = cc.store.resolve() if cc.store.is_symlink() else cc.store
+        store.mkdir(parents=True, exist_ok=True)
+        runner = req.runner
+        if runner.root is not None and not store.is_relative_to(paths.cache_dir()):
+            runner = dataclasses.replace(runner, binds=(*runner.binds, store))  # a store linked in from elsewhere
+        if cc.needs_network and req.runner.root is not None:
+            runner = dataclasses.replace(runner, network=True)
+            log.info(f"the {req.runner.root.suite} root shares this machine's network for the compile cache "
+                     "(pip in it still reads only the wheelhouse)")
+        self.runner = req.runner = runner
+        env["CMAKE_ARGS"] += " " + shlex.join(
+            [f"-DCMAKE_{lang}_COMPILER_LAUNCHER={binary}" for lang in ("C", "CXX", "CUDA")] + ["-DGGML_CCACHE=OFF"])
+        if runner.root is None:  # the user's own settings for either tool would change what is shared
+            env.update({**proc.unset_all("SCCACHE_"), **proc.unset_all("CCACHE_"),
+                        **{name: proc.UNSET for name in cache.secret_names()}})
+        base = str(req.work)
+        if cc.tool == "ccache":
+            lines = {"cache_dir": str(store), "max_size": os.environ.get("CCACHE_MAXSIZE", "20G"),
+                     "sloppiness": "time_macros,include_file_mtime,include_file_ctime", "hash_dir": "false",
+                     "base_dir": runner.inside(base)}
+            if cc.remote is not None:
+                lines["remote_storage"] = cc.remote.ccache_url(os.environ)
+            cache.write_private(self.dir / "ccache.conf", "".join(f"{k} = {v}\n" for k, v in lines.items()))
+            env["CCACHE_CONFIGPATH"] = str(self.dir / "ccache.conf")
+            self.before = self._ccache_counts()
+        else:
+            self._sccache_files(store, base)
+        where = f" + {cc.remote.backend} store {cc.remote.url}" if cc.remote else ""
+        farm = f", compiles sent to the farm at {cc.farm.scheduler}" if cc.farm else ""
+        log.info(f"compile cache: {cache.PINS[cc.tool].label}, local store {store}{where}{farm}")
 
-def _with_compile_cache(env: dict[str, str], work: Path, runner: Runner) -> tuple[Path | None, Runner]:
-    """Route C, C++ and CUDA compiles through ccache (else sccache) via CMake's launchers, with ggml's own
-    ccache detection off so nothing is wrapped twice; returns the tool (None when there is none) and the runner,
-    which binds a store linked in from elsewhere (shared by several caches) into the root too."""
-    tool, store = _compile_cache(runner)
-    if tool is None:
-        log.warn("no ccache or sccache on PATH: every compile runs cold (apt-get install ccache)")
-        return None, runner
-    if store.is_symlink():
-        store = store.resolve()
-        if runner.root is not None:
-            store.mkdir(parents=True, exist_ok=True)
-            runner = dataclasses.replace(runner, binds=(*runner.binds, store))
-    env["CMAKE_ARGS"] += " " + shlex.join(
-        [f"-DCMAKE_{lang}_COMPILER_LAUNCHER={tool}" for lang in ("C", "CXX", "CUDA")] + ["-DGGML_CCACHE=OFF"]
-    )
-    env.update(
-        CCACHE_DIR=str(store),
-        CCACHE_BASEDIR=str(work),
-        CCACHE_MAXSIZE=os.environ.get("CCACHE_MAXSIZE", "20G"),
-        CCACHE_SLOPPINESS="time_macros,include_file_mtime,include_file_ctime",
-        CCACHE_NOHASHDIR="1",
-        SCCACHE_DIR=str(store / "sccache"),
-    )
-    log.info(f"compile cache: {tool.name} at {store}")
-    return tool, runner
+    def _sccache_files(self, store: Path, base: str) -> None:
+        cc, runner = self.cc, self.runner
+        inside = runner.inside
+        socket = "/tmp/llamawheel-sccache.sock" if runner.root is not None else \
+            f"/tmp/llamawheel-sccache-{os.getpid()}-{id(self):x}.sock"  # a socket path must stay short
+        settings = {"SCCACHE_DIR": str(store), "SCCACHE_CACHE_SIZE": os.environ.get("SCCACHE_CACHE_SIZE", "20G"),
+                    "SCCACHE_IDLE_TIMEOUT": "3600", "SCCACHE_ERROR_LOG": inside(str(self.dir / "server.log")),
+                    "SCCACHE_BASEDIRS": inside(base)}
+        if cc.remote is not None:
+            settings["SCCACHE_MULTILEVEL_CHAIN"] = f"disk,{cc.remote.backend}"
+            settings.update(cc.remote.settings("sccache", os.environ))
+        conf = self.dir / "sccache.toml"  # a first start (a new store, a slow remote) may take over 10 s
+        cache.write_private(conf, "server_startup_timeout_ms = 120000\n\n"
+                            + (cache.farm_config(cc.farm, store / "dist-client") if cc.farm else ""))
+        settings["SCCACHE_CONF"] = inside(str(conf))
+        cache.write_private(self.dir / "settings.env", cache.settings_text(settings))
+        tool = str(self.cc.binary)
+        q = shlex.quote
+        self.env["SCCACHE_SERVER_UDS"] = socket
+        self.env["SCCACHE_BASEDIRS"] = inside(base)
+        stats = inside(str(self.dir / "stats.json"))
+        script = (
+            "# written by llamawheel for one build: sccache's server starts with the settings (read from a file,\n"
+            "# so that no credential is an argument), the build runs, the counts are saved, the server stops.\n"
+            f"set -a; . {q(inside(str(self.dir / 'settings.env')))}; set +a\n"
+            f"if ! {q(tool)} --start-server >{q(settings['SCCACHE_ERROR_LOG'])} 2>&1; then\n"
+            "  echo 'llamawheel: sccache could not start its server:' >&2\n"
+            f"  cat {q(settings['SCCACHE_ERROR_LOG'])} >&2\n"
+            "  exit 90\nfi\n"
+            f"unset {' '.join(cache.secret_names())}\n"
+            '"$@"; rc=$?\n'
+            f"{q(tool)} --show-stats --stats-format=json > {q(stats)} 2>/dev/null\n"
+            f"{q(tool)} --stop-server >/dev/null 2>&1\n"
+            "exit $rc\n")
+        cache.write_private(self.dir / "run.sh", script)
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        """The build's command, run through the wrapper when sccache is used."""
+        if self.cc.tool != "sccache" or self.cc.binary is None:
+            return argv
+        return ["/bin/sh", self.req.runner.inside(str(self.dir / "run.sh")), *argv]
+
+    def _ccache_counts(self) -> dict[str, int]:
+        cmd, extra = self.runner.command([str(self.cc.binary), "--print-stats"], self.env)
+        return cache.ccache_stats(cache.run_quiet(cmd, child_env(extra) if extra is not None else None))
+
+    def finish(self) -> cache.Stats | None:
+        if self.cc.binary is None:
+            return None
+        if self.cc.tool == "ccache":
+            return cache.ccache_delta(self.before, self._ccache_counts())
+        try:
+            return cache.sccache_stats(json.loads((self.dir / "stats.json").read_text()))
+        except (OSError, ValueError):
+            log.warn("sccache left no counts for this build")
+            return None
+
+    def close(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _reproducible(env: dict[str, str], req: BuildRequest) -> None:
@@ -198,7 +240,8 @@ def _reproducible(env: dict[str, str], req: BuildRequest) -> None:
     env["CUDAFLAGS"] = " ".join([os.environ.get("CUDAFLAGS", ""), *(f"-Xcompiler={m}" for m in maps)]).strip()
 
 
-def _pip_wheel(req: BuildRequest, env: dict[str, str], tree: Path, raw: Path, progress: Progress) -> float:
+def _pip_wheel(req: BuildRequest, env: dict[str, str], tree: Path, raw: Path, progress: Progress,
+               run: _CacheRun) -> float:
     """Run scikit-build-core through ``pip wheel``, showing ninja's progress; returns the seconds it took."""
     python = req.runner.python or sys.executable
     start = time.monotonic()
@@ -206,13 +249,14 @@ def _pip_wheel(req: BuildRequest, env: dict[str, str], tree: Path, raw: Path, pr
         if req.runner.root is not None:  # Debian 11's pip 20.3 knows no -C: the wheelhouse has a newer one
             cmd, extra = req.runner.command([python, "-m", "pip", "install", "--upgrade", "--quiet", "pip"], env)
             run_streamed(cmd, env=extra, log_file=req.log_file)
-            where = f"in the {req.runner.root.suite} root ({req.runner.root.path}), network cut"
+            network = "sharing this machine's network" if req.runner.network else "network cut"
+            where = f"in the {req.runner.root.suite} root ({req.runner.root.path}), {network}"
         else:
             where = "on this machine"
-        cmd, extra = req.runner.command([
+        cmd, extra = req.runner.command(run.wrap([
             python, "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(raw),
             "-C", f"build-dir={tree}", "-C", "cmake.build-type=Release", str(req.source),
-        ], env)
+        ]), env)
         log.info(f"building {where} with {req.jobs} parallel job(s); full log: {req.log_file}")
         run_streamed(cmd, env=extra, log_file=req.log_file, on_line=progress, keep=60)
     except CommandFailed as exc:
@@ -238,18 +282,18 @@ def build_wheel(req: BuildRequest) -> BuildResult:
         "FORCE_CMAKE": "1",
     }
     _reproducible(env, req)
-    tool, req.runner = _with_compile_cache(env, req.work, req.runner)
-    # counted as a difference, so that builds sharing the store do not reset each other's numbers
-    before = _ccache_stats(tool, env, req.runner) if tool else (0, 0)
+    run = _CacheRun(req.compile_cache, env, req)
     progress = Progress()
-    seconds = _pip_wheel(req, env, tree, raw, progress)
+    try:
+        seconds = _pip_wheel(req, env, tree, raw, progress, run)
+        stats = run.finish()
+    finally:
+        run.close()
     wheels = sorted(raw.glob("*.whl"))
     if len(wheels) != 1:
         raise BuildError(f"expected one wheel in {raw}, found {[w.name for w in wheels]}")
-    cache = None
-    if tool:
-        hits, misses = _ccache_stats(tool, env, req.runner)
-        cache = CacheStats(tool.name, hits - before[0], misses - before[1])
-        log.info(cache.describe())
+    if stats is not None:
+        log.info(stats.describe())
     log.info(f"compiled {progress.steps} steps in {log.human_time(seconds)}")
-    return BuildResult(wheels[0], seconds, progress.steps, cache, req.jobs, req.log_file, list(req.cmake_args))
+    return BuildResult(wheels[0], seconds, progress.steps, stats, req.jobs, req.log_file, list(req.cmake_args),
+                       req.compile_cache)

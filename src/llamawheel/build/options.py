@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from llamawheel.build import cache
 from llamawheel.core.errors import UsageError
 
 RUNTIME_MODES = ("pypi", "system")
@@ -38,6 +39,13 @@ class BuildOptions:
     recipe's ``build.env``."""
     verify: bool = True
     """Run static verification after the build."""
+    compile_cache: str = cache.DEFAULT
+    """sccache, ccache or none (``LLAMAWHEEL_COMPILE_CACHE``)."""
+    compile_cache_url: str | None = None
+    """A shared store besides the local one (``LLAMAWHEEL_COMPILE_CACHE_URL``): redis://, webdav+http(s)://, s3://,
+    gha; its credentials come from the environment only."""
+    farm: str | None = None
+    """An sccache-dist scheduler to send compiles to (``LLAMAWHEEL_FARM``); its token in ``LLAMAWHEEL_FARM_TOKEN``."""
 
 
 def _env_overrides() -> dict[str, object]:
@@ -68,4 +76,5 @@ def resolve(cli: dict[str, object]) -> BuildOptions:
         raise UsageError(f"--toolchain {opts.toolchain}: choose one of {', '.join(TOOLCHAIN_CHOICES)}")
     if opts.jobs is not None and opts.jobs < 1:
         raise UsageError("--jobs must be at least 1")
+    cache.check(opts.compile_cache, opts.compile_cache_url, opts.farm)  # before anything is downloaded
     return opts

@@ -31,6 +31,9 @@ class Runner:
     """Folders of this machine seen at another path inside (bound there): (here, inside)."""
     moved_ro: tuple[tuple[Path, str], ...] = ()
     """The same, read-only (the CUDA root)."""
+    network: bool = False
+    """Whether the root shares this machine's network (a remote compile cache, a build farm); pip inside still
+    reads only the wheelhouse."""
 
     def inside(self, text: str) -> str:
         """``text`` (a path, an argument, an environment value) with this machine's paths of the `moved` folders
@@ -51,7 +54,8 @@ class Runner:
         merged = {k: self.inside(v) for k, v in {**(self.base_env or {}), **env}.items()}
         binds = [(str(b), str(b)) for b in self.binds] + [(str(here), there) for here, there in self.moved]
         ro = [(str(b), str(b)) for b in self.ro_binds] + [(str(here), there) for here, there in self.moved_ro]
-        return self.root.command([self.inside(a) for a in argv], env=merged, binds=binds, ro_binds=ro), None
+        return self.root.command([self.inside(a) for a in argv], env=merged, binds=binds, ro_binds=ro,
+                                 network=self.network), None
 
 
 def runner_for(root: Root, house: Path, cuda_root: Path | None, work: Path) -> Runner:

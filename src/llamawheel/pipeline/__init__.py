@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from llamawheel import __version__, repair
-from llamawheel.build import patches, rootbuild, sdist
+from llamawheel.build import cache, patches, rootbuild, sdist
 from llamawheel.build.compile import BuildRequest, BuildResult, build_wheel, default_jobs
 from llamawheel.build.planning import Plan, cmake_args_for, user_cmake_args
 from llamawheel.core import fileio, log, paths, proc
@@ -139,9 +139,11 @@ def compile_source(plan: Plan, root: CudaRoot | None, source_dir: Path, work: Pa
     kind = "cpu" if root is None else "cuda"
     log_file = work / "build.log"
     log_file.unlink(missing_ok=True)
-    request = BuildRequest(source_dir, work, cmake_args_for(plan, root), plan.options.jobs or default_jobs(kind),
-                           kind, env, log_file, runner, source_date_epoch(source_dir, plan.options.source is None),
-                           root.path if root else None)
+    opts = plan.options
+    compile_cache = cache.resolve(opts.compile_cache, opts.compile_cache_url, opts.farm, plan.mirror)
+    request = BuildRequest(source_dir, work, cmake_args_for(plan, root), opts.jobs or default_jobs(kind),
+                           kind, env, log_file, runner, source_date_epoch(source_dir, opts.source is None),
+                           root.path if root else None, compile_cache)
     return build_wheel(request), described
 
 
