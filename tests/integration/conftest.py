@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -81,17 +85,79 @@ def cached_wheels(pattern: str) -> list[Path]:
     return [w for w in found if current_build(w)]
 
 
+@dataclass
+class RedisStore:
+    """A real Redis (Debian's redis-server) on loopback, with a password, as the shared compile cache store."""
+
+    port: int
+    password: str = field(repr=False)
+    filled: set[int] = field(default_factory=set)
+    """Databases a build of this session has filled."""
+
+    def url(self, db: int) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """How a user gives llamawheel the password: sccache's own variable."""
+        return {"SCCACHE_REDIS_PASSWORD": self.password}
+
+    def keys(self, db: int) -> int:
+        out = subprocess.run(["redis-cli", "-p", str(self.port), "-n", str(db), "--no-auth-warning", "dbsize"],
+                             capture_output=True, text=True, env={**os.environ, "REDISCLI_AUTH": self.password})
+        return int(out.stdout.strip() or 0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @pytest.fixture(scope="session")
-def cpu_wheel() -> Path:
+def redis_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisStore | None]:
+    """The session's Redis, or None where redis-server is not installed (.ci/run installs it). Its password is in
+    its configuration file, not its arguments, so that a process listing never shows it."""
+    server = shutil.which("redis-server")
+    if server is None:
+        yield None
+        return
+    folder = tmp_path_factory.mktemp("redis")
+    store = RedisStore(free_port(), secrets.token_hex(16))
+    conf = folder / "redis.conf"
+    conf.write_text(f"port {store.port}\nbind 127.0.0.1\nsave \"\"\nappendonly no\ndir {folder}\n"
+                    f"requirepass {store.password}\n")
+    proc = subprocess.Popen([server, str(conf)], stdout=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            if subprocess.run(["redis-cli", "-p", str(store.port), "ping"], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.1)
+        yield store
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+CPU_REMOTE_DB = 0
+"""The Redis database the CPU wheel's compiles go to when this session builds it (machine A)."""
+
+
+@pytest.fixture(scope="session")
+def cpu_wheel(redis_store: RedisStore | None) -> Path:
     """The CPU variant of llama-cpp-python 0.3.36: one already built (wheels/ or the cache), else built once
-    into ~/.cache/llamawheel/test-wheels/cpu/ (about 10 minutes cold on 2 cores; ccache makes it fast later)."""
+    into ~/.cache/llamawheel/test-wheels/cpu/ (about 10 minutes cold on 2 cores; the compile cache makes it fast
+    later), its compiles shared through the session's Redis (``redis_store``)."""
     found = cached_wheels(CPU_PATTERN)
     if found:
         return found[0]
     out = paths.cache_dir() / "test-wheels" / "cpu"
     shutil.rmtree(out, ignore_errors=True)  # a wheel of older recipes
-    result = llamawheel("build", "cpu", "--out", str(out))
+    remote = ["--compile-cache-url", redis_store.url(CPU_REMOTE_DB)] if redis_store else []
+    result = llamawheel("build", "cpu", "--out", str(out), *remote, env=redis_store.env if redis_store else None)
     assert result.returncode == 0, result.stderr[-4000:]
+    if redis_store:
+        redis_store.filled.add(CPU_REMOTE_DB)
     (wheel,) = out.glob(CPU_PATTERN)
     return wheel
 
@@ -103,7 +169,7 @@ CU130_PATTERN = "llama_cpp_python-0.3.36+cu130.sm90-*.whl"
 def cu130_wheel() -> Path:
     """The CUDA 13.0 sm_90 wheel of llama-cpp-python 0.3.36: one already built (wheels/ or the cache), else
     built once into ~/.cache/llamawheel/test-wheels/cu130.sm90/ (about 30 minutes cold on 2 cores: the
-    CUDA kernels; ccache makes it about a minute later)."""
+    CUDA kernels; the compile cache makes it about a minute later)."""
     found = cached_wheels(CU130_PATTERN)
     if found:
         return found[0]

