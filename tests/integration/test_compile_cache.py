@@ -9,9 +9,11 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +23,7 @@ import pytest
 
 from llamawheel.core import paths
 
-from .conftest import CPU_PATTERN, CPU_REMOTE_DB, FIXTURE, ROOT, RedisStore
+from .conftest import CPU_PATTERN, CPU_REMOTE_DB, FIXTURE, ROOT, RedisStore, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -138,3 +140,61 @@ def test_machine_b_is_served_the_cpu_wheel_from_the_remote_store(
     assert b["remote_hits"] == b["hits"] and b["hits"] >= 0.95 * total, b
     assert hashlib.sha256(wheel.read_bytes()).hexdigest() == hashlib.sha256(cpu_wheel.read_bytes()).hexdigest()
     assert_nowhere(redis_store.password, output, tmp_path / "B")
+
+
+@pytest.fixture
+def farm(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A real sccache-dist farm on loopback: ``llamawheel farm init`` for a scheduler and two build servers, and
+    the commands it printed, run as printed. Yields the client settings (its client.env)."""
+    if shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap is not installed (apt-get install bubblewrap): the build servers sandbox with it")
+    ports = [free_port() for _ in range(3)]
+    folder = tmp_path / "farm"
+    init = subprocess.run(
+        [sys.executable, "-m", "llamawheel", "farm", "init", "--dir", str(folder), "--scheduler",
+         f"127.0.0.1:{ports[0]}", "--server", f"127.0.0.1:{ports[1]}", "--server", f"127.0.0.1:{ports[2]}",
+         "--server-dir", str(tmp_path / "servers")], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert init.returncode == 0, init.stderr
+    printed = [line.strip()[2:] for line in init.stdout.splitlines() if line.strip().startswith("$ ")]
+    assert len(printed) == 4 and "scheduler --config" in printed[0] and "llamawheel build" in printed[3]
+    procs = []
+    try:
+        for i, command in enumerate(printed[:3]):
+            log = (tmp_path / f"farm-{i}.log").open("w")
+            procs.append(subprocess.Popen(["bash", "-c", f"exec {command}" if i == 0 else command], stdout=log,
+                                          stderr=subprocess.STDOUT, start_new_session=True))
+            time.sleep(0.5)
+        env = dict(line.removeprefix("export ").split("=", 1) for line in (folder / "client.env").read_text().split())
+        env = {k: v.strip("'") for k, v in env.items()}
+        for _ in range(60):
+            status = subprocess.run([sys.executable, "-m", "llamawheel", "farm", "status", "--farm",
+                                     env["LLAMAWHEEL_FARM"]], capture_output=True, text=True, cwd=ROOT,
+                                    env={**os.environ, **env}, timeout=120)
+            if "2 build server(s)" in status.stdout:
+                break
+            time.sleep(1)
+        assert "2 build server(s)" in status.stdout, status.stdout + status.stderr + "".join(
+            p.read_text() for p in tmp_path.glob("farm-*.log"))
+        yield env
+    finally:
+        for proc in procs:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+
+
+def test_a_build_sends_its_compiles_to_the_farm(cuda_root: Path, farm: dict[str, str], tmp_path: Path) -> None:
+    cache = machine(tmp_path / "client")
+    env = {**os.environ, **farm, "LLAMAWHEEL_CACHE": str(cache)}
+    with watching_processes(farm["LLAMAWHEEL_FARM_TOKEN"]) as seen:
+        done = subprocess.run([sys.executable, "-m", "llamawheel", "build", "13.0", "--arch", "90", "--source",
+                               str(FIXTURE), "--out", str(tmp_path / "out"), "--farm", farm["LLAMAWHEEL_FARM"]],
+                              capture_output=True, text=True, env=env, cwd=ROOT, timeout=1800)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    assert not seen, f"the farm's token showed in a process listing: {seen[0][:300]}"
+    (wheel,) = (tmp_path / "out").glob("*.whl")
+    cc = json.loads(wheel.with_name(wheel.name + ".json").read_text())["build"]["compile_cache"]
+    assert cc["farm"] == farm["LLAMAWHEEL_FARM"]
+    print(f"farm: {cc['remote_compiles']} of {cc['misses']} compiles ran on the build servers: {cc['by_language']}")
+    assert cc["remote_compiles"] >= 1, cc
+    assert_nowhere(farm["LLAMAWHEEL_FARM_TOKEN"], output, cache, tmp_path / "out")

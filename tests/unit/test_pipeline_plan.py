@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from llamawheel.build import options, planning
+from llamawheel.build import options, planning, timings
 from llamawheel.core.errors import UsageError
 from llamawheel.recipe import archs, catalog
 from llamawheel.toolchain import CudaRoot
@@ -165,11 +165,28 @@ def test_local_source_tree(tmp_path: Path) -> None:
         planning._source(CUDA13, options.resolve({"source": tmp_path}))
 
 
-def test_estimate_grows_with_architectures() -> None:
-    one = planning.estimate_seconds(plan_cuda(arch="86").targets, 2)
-    default = planning.estimate_seconds(plan_cuda().targets, 2)
+def test_estimate_grows_with_architectures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLAMAWHEEL_CACHE", str(tmp_path))
+    one = planning.estimate_seconds("13.0", plan_cuda(arch="86").targets, 2, "bullseye")
+    default = planning.estimate_seconds("13.0", plan_cuda().targets, 2, "bullseye")
     assert one < default
-    assert planning.estimate_seconds(plan_cuda(arch="86").targets, 4) == one / 2
+    assert planning.estimate_seconds("13.0", plan_cuda(arch="86").targets, 4, "bullseye") == one / 2
+
+
+def test_estimates_come_from_this_machines_cold_builds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLAMAWHEEL_CACHE", str(tmp_path))
+    sm90 = plan_cuda(arch="90").targets
+    assert timings.costs("bullseye") == timings.BUILTIN
+    assert not timings.record("13.0", sm90, 2, 120.0, hits=500, misses=10, build_env="bullseye")  # warm: not kept
+    assert timings.record(None, (), 2, 600.0, hits=0, misses=300, build_env="bullseye")
+    assert timings.record("13.0", sm90, 4, 750.0, hits=3, misses=500, build_env="bullseye")
+    costs = timings.costs("bullseye")
+    assert costs.cpu_part == 600.0 and costs.per_arch["13.0"] == 750.0 * 4 / 2 - 600.0
+    assert "from 2 cold build(s) measured on this machine" in costs.source
+    two = plan_cuda(arch="86,90").targets
+    assert costs.estimate("13.0", two, 2) == 600.0 + 2 * 900.0
+    assert costs.estimate("12.4", two, 2) == 600.0 + 2 * 900.0  # an unmeasured minor: the latest measured one's
+    assert timings.costs("host") == timings.BUILTIN
 
 
 # verification reads the claim back from the label a plan gives the wheel

@@ -141,6 +141,7 @@ class Remote:
             out.update({k: environ[k] for k in _S3_SETTINGS if k in environ})
         else:
             out = {"SCCACHE_GHA_ENABLED": "on"}
+            out.update({k: environ[k] for k in ("ACTIONS_CACHE_SERVICE_V2",) if k in environ})
         out.update({k: environ[k] for k in SECRETS[self.backend] if environ.get(k)})
         return out
 

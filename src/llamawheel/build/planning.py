@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llamawheel.build import timings
 from llamawheel.build.compile import default_jobs
 from llamawheel.build.options import BuildOptions
 from llamawheel.core import log, paths
@@ -21,10 +22,6 @@ from llamawheel.recipe import archs, catalog
 from llamawheel.recipe.model import CudaMinor, Recipe, Sdist
 from llamawheel.recipe.variant import Variant, flags_label
 from llamawheel.toolchain import CudaRoot, buildroot, hostcc
-
-# Measured on a 2-core machine (FACTS.md): the CPU part of the build, and one CUDA architecture.
-CPU_PART_SECONDS_2CORES = 560.0
-PER_ARCH_SECONDS_2CORES = 2380.0
 
 
 @dataclass(frozen=True)
@@ -89,9 +86,9 @@ class Plan:
         )
 
 
-def estimate_seconds(targets: tuple[archs.ArchTarget, ...], jobs: int) -> float:
-    weight = sum(1.0 if t.sass else 0.0 for t in targets) + sum(0.5 for t in targets if t.ptx)
-    return (CPU_PART_SECONDS_2CORES + PER_ARCH_SECONDS_2CORES * weight) * 2 / max(jobs, 1)
+def estimate_seconds(minor: str | None, targets: tuple[archs.ArchTarget, ...], jobs: int, build_env: str) -> float:
+    """Seconds a cold build takes, from this machine's measured builds (`timings`)."""
+    return timings.costs(build_env).estimate(minor, targets, jobs)
 
 
 def _source(recipe: Recipe, opts: BuildOptions) -> Sdist:
@@ -148,17 +145,21 @@ def plan_cuda(recipe: Recipe, minor: CudaMinor, opts: BuildOptions) -> Plan:
     suite = buildroot.SUITES.get(env)
     plan = Plan(recipe, minor, targets, mirror, _source(recipe, opts), opts,
                 hostcc.choose(minor, root_gcc=suite.gcc if suite else None), env)
-    if opts.arch is None:
-        jobs = opts.jobs or default_jobs("cuda")
-        if gpus:
-            log.info(f"--arch not given: building for the GPU(s) on this machine: {', '.join(gpus)}")
-        else:
-            log.info(
-                f"--arch not given and no GPU visible: building the recipe's default list, {len(targets)} "
-                f"architectures ({', '.join(str(t) for t in targets)}). With {jobs} job(s) here expect roughly "
-                f"{log.human_time(estimate_seconds(targets, jobs))} for a cold build; "
-                "pass --arch 86 (say) to build for one GPU in a fraction of that"
-            )
+    jobs = opts.jobs or default_jobs("cuda")
+    costs = timings.costs(env)
+    cold = log.human_time(costs.estimate(minor.version, targets, jobs))
+    if opts.arch is None and gpus:
+        log.info(f"--arch not given: building for the GPU(s) on this machine: {', '.join(gpus)}")
+    elif opts.arch is None:
+        log.info(
+            f"--arch not given and no GPU visible: building the recipe's default list, {len(targets)} "
+            f"architectures ({', '.join(str(t) for t in targets)}). With {jobs} job(s) here expect roughly "
+            f"{cold} for a cold build ({costs.source}); pass --arch 86 (say) to build for one GPU in a fraction "
+            "of that"
+        )
+    if opts.arch is not None or gpus:
+        log.info(f"{len(targets)} architecture(s) with {jobs} job(s): roughly {cold} if nothing is in the compile "
+                 f"cache ({costs.source})")
     return plan
 
 

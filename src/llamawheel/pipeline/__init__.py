@@ -20,6 +20,7 @@ from typing import Any
 
 from llamawheel import __version__, repair
 from llamawheel.build import cache, patches, rootbuild, sdist
+from llamawheel.build import timings as build_timings
 from llamawheel.build.compile import BuildRequest, BuildResult, build_wheel, default_jobs
 from llamawheel.build.planning import Plan, cmake_args_for, user_cmake_args
 from llamawheel.core import fileio, log, paths, proc
@@ -46,8 +47,9 @@ class _Timings:
 
 
 def tool_versions(root: CudaRoot | None, build_root: buildroot.Root | None = None) -> dict[str, str]:
-    """The first line of each build tool's ``--version``, for the manifest (a build root's own gcc, ccache and
-    Python; its CMake and ninja are wheels, named in ``build_env.wheelhouse``)."""
+    """The first line of each build tool's ``--version``, for the manifest (a build root's own gcc and Python; its
+    CMake and ninja are wheels, named in ``build_env.wheelhouse``; the compile cache's tool and version are in
+    ``build.compile_cache``)."""
 
     def first_line(cmd: list[str]) -> str:
         if build_root is not None:
@@ -65,7 +67,6 @@ def tool_versions(root: CudaRoot | None, build_root: buildroot.Root | None = Non
         "cmake": "" if build_root else first_line(["cmake", "--version"]),
         "gcc": first_line(["gcc", "--version"]),
         "ninja": "" if build_root else first_line(["ninja", "--version"]),
-        "ccache": first_line(["ccache", "--version"]),
     }
     if root:
         versions["nvcc"] = root.nvcc_version
@@ -206,6 +207,9 @@ def _run(plan: Plan, work: Path) -> Path:
         source_dir, source = prepare_source(plan, work)
     built, build_env = compile_source(plan, root, source_dir, work, build_root)
     timings.seconds["compile"] = built.seconds
+    if built.cache is not None and plan.options.source is None:  # a cold build of the recipe: its costs are kept
+        build_timings.record(plan.minor.version if plan.minor else None, plan.targets, built.jobs, built.seconds,
+                             built.cache.hits, built.cache.misses, plan.build_env)
     with timings.step("repair"):
         repaired = repair_built(plan, built, build_root.path if build_root else None)
     report = None
