@@ -91,6 +91,29 @@ def assert_nowhere(secret: str, *places: Path | str) -> None:
         assert found.stdout == "", f"the password is written in {found.stdout.split()[:5]}"
 
 
+def test_a_store_that_does_not_answer_or_refuses_the_password_stops_the_build_at_once(
+    redis_store: RedisStore | None, tmp_path: Path
+) -> None:
+    """Before anything is downloaded, with the URL named (sccache's own server would wait and give no reason)."""
+    if redis_store is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run installs it)")
+    env = {**os.environ, "LLAMAWHEEL_CACHE": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "llamawheel", "build", "cpu", "--out", str(tmp_path / "out"), "--compile-cache-url"]
+    closed = f"redis://127.0.0.1:{free_port()}"
+    for url, extra, message in [
+        (closed, {}, f"the compile cache store {closed} does not answer"),
+        (redis_store.url(5), {}, f"the compile cache store {redis_store.url(5)} wants a password"),
+        (redis_store.url(5), {"SCCACHE_REDIS_PASSWORD": "not-" + redis_store.password},
+         f"the compile cache store {redis_store.url(5)} refused the password"),
+    ]:
+        done = subprocess.run([*cmd, url], capture_output=True, text=True, env={**env, **extra}, cwd=ROOT,
+                              timeout=300)
+        assert done.returncode == 4, done.stderr[-2000:]
+        assert f"ERROR {message}" in done.stderr
+        assert "not-" + redis_store.password not in done.stdout + done.stderr
+        assert not (tmp_path / "cache" / "toolchains").exists() and not (tmp_path / "cache" / "sdists").exists()
+
+
 @pytest.mark.parametrize("tool,db", [("sccache", 3), ("ccache", 4)])
 def test_machine_b_is_served_the_cuda_fixture_from_the_remote_store(
     cuda_root: Path, redis_store: RedisStore | None, tmp_path: Path, tool: str, db: int

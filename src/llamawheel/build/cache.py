@@ -9,13 +9,17 @@ argument (a process listing shows those), a manifest or a log line. A URL with c
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shlex
 import shutil
+import socket
 import stat
 import subprocess
 import tempfile
+import urllib.error
+import urllib.request
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,7 +28,7 @@ from typing import Any
 from urllib.parse import SplitResult, quote, urlsplit, urlunsplit
 
 from llamawheel.core import log, paths
-from llamawheel.core.errors import ToolchainError, UsageError, did_you_mean
+from llamawheel.core.errors import StoreError, ToolchainError, UsageError, did_you_mean
 from llamawheel.mirror import pipfetch, provenance
 from llamawheel.mirror.profiles import MirrorProfile
 
@@ -160,6 +164,64 @@ class Remote:
         value = urlunsplit((parts.scheme, netloc, self.path if self.backend == "redis" else parts.path, "", ""))
         token = environ.get("SCCACHE_WEBDAV_TOKEN") if self.backend == "webdav" else None
         return value + (f"|bearer-token={token}" if token else "")
+
+
+def _resp(*words: str) -> bytes:
+    return f"*{len(words)}\r\n".encode() + b"".join(
+        f"${len(w.encode())}\r\n".encode() + w.encode() + b"\r\n" for w in words)
+
+
+def preflight(remote: Remote, environ: Mapping[str, str], timeout: float = 10.0) -> None:
+    """Check that the store answers and takes the credentials before the build starts (sccache's server would
+    otherwise wait for it and give up with no reason given). Redis: AUTH and PING; WebDAV: a PROPFIND."""
+    if remote.backend == "redis":
+        parts = urlsplit(remote.endpoint)
+        host, port = parts.hostname or "", parts.port or 6379
+        try:
+            with socket.create_connection((host, port), timeout=timeout) as conn:
+                if remote.endpoint.startswith("rediss:"):
+                    return  # TLS: reaching it is all that is checked here
+                password = environ.get("SCCACHE_REDIS_PASSWORD", "")
+                user = environ.get("SCCACHE_REDIS_USERNAME", "")
+                if password:
+                    conn.sendall(_resp("AUTH", *([user] if user else []), password))
+                conn.sendall(_resp("PING"))
+                answer = b""
+                while answer.count(b"\r\n") < (2 if password else 1):
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    answer += chunk
+        except OSError as exc:
+            raise StoreError(f"the compile cache store {remote.url} does not answer ({exc})",
+                             "start it, check the address, or build without --compile-cache-url") from None
+        text = answer.decode(errors="replace")
+        if "WRONGPASS" in text or "invalid password" in text or "invalid username-password" in text:
+            raise StoreError(f"the compile cache store {remote.url} refused the password",
+                             "check SCCACHE_REDIS_PASSWORD (and SCCACHE_REDIS_USERNAME)")
+        if "NOAUTH" in text:
+            raise StoreError(f"the compile cache store {remote.url} wants a password",
+                             "export SCCACHE_REDIS_PASSWORD (and SCCACHE_REDIS_USERNAME for a Redis ACL user)")
+        if "+PONG" not in text:
+            raise StoreError(f"the compile cache store {remote.url} did not answer as Redis does: {text[:120]!r}")
+    elif remote.backend == "webdav":
+        request = urllib.request.Request(remote.endpoint, method="PROPFIND", headers={"Depth": "0"})
+        token = environ.get("SCCACHE_WEBDAV_TOKEN")
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        elif environ.get("SCCACHE_WEBDAV_PASSWORD"):
+            pair = f"{environ.get('SCCACHE_WEBDAV_USERNAME', '')}:{environ['SCCACHE_WEBDAV_PASSWORD']}"
+            request.add_header("Authorization", "Basic " + base64.b64encode(pair.encode()).decode())
+        try:
+            urllib.request.urlopen(request, timeout=timeout).close()
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403):
+                raise StoreError(f"the compile cache store {remote.url} refused the credentials (HTTP {exc.code})",
+                                 "check SCCACHE_WEBDAV_USERNAME/SCCACHE_WEBDAV_PASSWORD or SCCACHE_WEBDAV_TOKEN"
+                                 ) from None
+        except (OSError, urllib.error.URLError) as exc:
+            raise StoreError(f"the compile cache store {remote.url} does not answer ({exc})",
+                             "start it, check the address, or build without --compile-cache-url") from None
 
 
 def _quote(text: str) -> str:
@@ -311,6 +373,8 @@ def resolve(tool: str, url: str | None, farm_url: str | None, mirror: MirrorProf
     remote, farm = check(tool, url, farm_url)
     if tool == "none":
         return CompileCache("none")
+    if remote is not None:
+        preflight(remote, os.environ)
     return CompileCache(tool, install(tool, mirror), paths.cache_dir() / "compile-cache" / tool, remote, farm)
 
 

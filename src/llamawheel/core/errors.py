@@ -39,6 +39,10 @@ class MirrorError(LlamawheelError):
     exit_code = 4
 
 
+class StoreError(MirrorError):
+    """A compile cache store or a build farm cannot be reached, or refuses the credentials."""
+
+
 class DownloadError(LlamawheelError):
     """A download failed (network, mirror) or its hash did not match the pin."""
 

@@ -118,7 +118,8 @@ def source_date_epoch(source: Path, pinned: bool) -> int:
 
 
 def compile_source(plan: Plan, root: CudaRoot | None, source_dir: Path, work: Path,
-                   build_root: buildroot.Root | None = None) -> tuple[BuildResult, dict[str, Any]]:
+                   build_root: buildroot.Root | None = None,
+                   compile_cache: cache.CompileCache | None = None) -> tuple[BuildResult, dict[str, Any]]:
     """Compile on this machine or in the build root, with pip given only the wheelhouse; returns the result and
     the manifest's ``build_env`` (for a root: the root) and ``fetched.build_requirements`` (the wheels pip was
     given, with their URLs)."""
@@ -141,10 +142,9 @@ def compile_source(plan: Plan, root: CudaRoot | None, source_dir: Path, work: Pa
     log_file = work / "build.log"
     log_file.unlink(missing_ok=True)
     opts = plan.options
-    compile_cache = cache.resolve(opts.compile_cache, opts.compile_cache_url, opts.farm, plan.mirror)
     request = BuildRequest(source_dir, work, cmake_args_for(plan, root), opts.jobs or default_jobs(kind),
                            kind, env, log_file, runner, source_date_epoch(source_dir, opts.source is None),
-                           root.path if root else None, compile_cache)
+                           root.path if root else None, compile_cache or cache.CompileCache("none"))
     return build_wheel(request), described
 
 
@@ -195,6 +195,8 @@ def _run(plan: Plan, work: Path) -> Path:
         buildroot.check_can_build(plan.suite.name)
     log.info(f"building {plan.describe()} (variant {plan.local_version}, {plan.mirror.name} mirror"
              + (f", in a {plan.suite.label} root)" if plan.suite else ", on this machine)"))
+    opts = plan.options  # the compile cache's store is asked first: a build that cannot use it stops at once
+    compile_cache = cache.resolve(opts.compile_cache, opts.compile_cache_url, opts.farm, plan.mirror)
     root = None
     if plan.minor is not None:  # a CPU build has no toolchain step
         with timings.step("toolchain"):
@@ -205,7 +207,7 @@ def _run(plan: Plan, work: Path) -> Path:
             build_root = buildroot.build_root(plan.suite.name, plan.mirror)
     with timings.step("source"):
         source_dir, source = prepare_source(plan, work)
-    built, build_env = compile_source(plan, root, source_dir, work, build_root)
+    built, build_env = compile_source(plan, root, source_dir, work, build_root, compile_cache)
     timings.seconds["compile"] = built.seconds
     if built.cache is not None and plan.options.source is None:  # a cold build of the recipe: its costs are kept
         build_timings.record(plan.minor.version if plan.minor else None, plan.targets, built.jobs, built.seconds,
