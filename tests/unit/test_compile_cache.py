@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from llamawheel.build import cache, options
+from llamawheel.build import cache, farm, options
+from llamawheel.core.compat import tomllib
 from llamawheel.core.errors import UsageError
 
 
@@ -120,3 +121,13 @@ def test_ccache_counts_are_the_difference_over_the_build() -> None:
     after = cache.ccache_stats("direct_cache_hit\t9\npreprocessed_cache_hit\t1\ncache_miss\t8\nremote_storage_hit\t4")
     stats = cache.ccache_delta(before, after)
     assert (stats.hits, stats.misses, stats.remote_hits) == (5, 1, 3)
+
+
+def test_farm_addresses_and_the_clients_configuration() -> None:
+    assert str(farm.parse_address("10.0.0.2", farm.SERVER_PORT, "--server")) == "10.0.0.2:10501"
+    assert farm.parse_address("build-1.lan:9000", farm.SERVER_PORT, "--server").slug == "build-1.lan-9000"
+    with pytest.raises(UsageError, match=r"--server '10\.0\.0\.2:port': expected HOST or HOST:PORT"):
+        farm.parse_address("10.0.0.2:port", farm.SERVER_PORT, "--server")
+    conf = tomllib.loads(cache.farm_config(cache.Farm("http://10.0.0.1:10600", "t0k"), Path("/c/dist-client")))
+    assert conf == {"dist": {"scheduler_url": "http://10.0.0.1:10600", "toolchains": [],
+                             "cache_dir": "/c/dist-client", "auth": {"type": "token", "token": "t0k"}}}

@@ -436,8 +436,17 @@ def secret_names() -> tuple[str, ...]:
     return (*sorted({name for names in SECRETS.values() for name in names}), FARM_TOKEN)
 
 
+def toml_text(values: Mapping[str, object]) -> str:
+    """A flat TOML document: top-level keys, then one table per dict value."""
+    lines = [f"{k} = {json.dumps(v)}" for k, v in values.items() if not isinstance(v, Mapping)]
+    for key, table in values.items():
+        if isinstance(table, Mapping):
+            lines += ["", f"[{key}]", *(f"{k} = {json.dumps(v)}" for k, v in table.items())]
+    return "\n".join(lines) + "\n"
+
+
 def farm_config(farm: Farm, client_cache: Path) -> str:
     """sccache's configuration for sending compiles to ``farm`` (it holds the token: written private)."""
-    return (f"[dist]\nscheduler_url = {json.dumps(farm.scheduler)}\ntoolchains = []\n"
-            f"cache_dir = {json.dumps(str(client_cache))}\n\n"
-            f"[dist.auth]\ntype = \"token\"\ntoken = {json.dumps(farm.token)}\n")
+    return toml_text({"dist": {"scheduler_url": farm.scheduler, "toolchains": [],
+                               "cache_dir": str(client_cache)},
+                      "dist.auth": {"type": "token", "token": farm.token}})

@@ -176,7 +176,7 @@ class _CacheRun:
             settings["SCCACHE_MULTILEVEL_CHAIN"] = f"disk,{cc.remote.backend}"
             settings.update(cc.remote.settings("sccache", os.environ))
         conf = self.dir / "sccache.toml"  # a first start (a new store, a slow remote) may take over 10 s
-        cache.write_private(conf, "server_startup_timeout_ms = 120000\n\n"
+        cache.write_private(conf, "server_startup_timeout_ms = 60000\n\n"
                             + (cache.farm_config(cc.farm, store / "dist-client") if cc.farm else ""))
         settings["SCCACHE_CONF"] = inside(str(conf))
         cache.write_private(self.dir / "settings.env", cache.settings_text(settings))

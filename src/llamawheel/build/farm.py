@@ -54,17 +54,6 @@ def _dist(bin_dir: Path, *args: str) -> str:
     return done.stdout.strip()
 
 
-def _toml(values: dict[str, object]) -> str:
-    lines = []
-    for key, value in values.items():
-        if isinstance(value, dict):
-            lines.append(f"\n[{key}]")
-            lines += [f"{k} = {json.dumps(v)}" for k, v in value.items()]
-        else:
-            lines.append(f"{key} = {json.dumps(value)}")
-    return "\n".join(lines) + "\n"
-
-
 @dataclass(frozen=True)
 class Layout:
     """What `init` wrote and what to run where."""
@@ -113,7 +102,7 @@ def init(folder: Path, scheduler: Address, servers: list[Address], bin_dir: Path
         layout = Layout(staging, scheduler, tuple(servers), bin_dir, base)
         client_token = secrets.token_urlsafe(32)
         server_key = _dist(bin_dir, "auth", "generate-jwt-hs256-key")
-        cache.write_private(staging / "scheduler.toml", _toml({
+        cache.write_private(staging / "scheduler.toml", cache.toml_text({
             "public_addr": str(scheduler),
             "client_auth": {"type": "token", "token": client_token},
             "server_auth": {"type": "jwt_hs256", "secret_key": server_key},
@@ -121,7 +110,7 @@ def init(folder: Path, scheduler: Address, servers: list[Address], bin_dir: Path
         for server in servers:
             token = _dist(bin_dir, "auth", "generate-jwt-hs256-server-token",
                           "--config", str(staging / "scheduler.toml"), "--server", str(server))
-            cache.write_private(layout.server_config(server), _toml({
+            cache.write_private(layout.server_config(server), cache.toml_text({
                 "cache_dir": str(base / server.slug / "toolchains"),
                 "public_addr": str(server),
                 "scheduler_url": layout.scheduler_url,
