@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -184,11 +185,12 @@ def farm(tmp_path: Path) -> Iterator[dict[str, str]]:
     try:
         for i, command in enumerate(printed[:3]):
             log = (tmp_path / f"farm-{i}.log").open("w")
-            procs.append(subprocess.Popen(["bash", "-c", f"exec {command}" if i == 0 else command], stdout=log,
+            procs.append(subprocess.Popen(["bash", "-c", command], stdout=log,
                                           stderr=subprocess.STDOUT, start_new_session=True))
             time.sleep(0.5)
-        env = dict(line.removeprefix("export ").split("=", 1) for line in (folder / "client.env").read_text().split())
-        env = {k: v.strip("'") for k, v in env.items()}
+        lines = (folder / "client.env").read_text().splitlines()
+        pairs = (line.removeprefix("export ").split("=", 1) for line in lines)
+        env = {k: shlex.split(v)[0] for k, v in pairs}
         for _ in range(60):
             status = subprocess.run([sys.executable, "-m", "llamawheel", "farm", "status", "--farm",
                                      env["LLAMAWHEEL_FARM"]], capture_output=True, text=True, cwd=ROOT,

@@ -22,7 +22,7 @@ def test_a_redis_url_names_host_port_and_database() -> None:
     env = {"SCCACHE_REDIS_PASSWORD": "pw", "UNRELATED": "x"}
     assert remote.settings("sccache", env) == {"SCCACHE_REDIS_ENDPOINT": "redis://10.0.0.5:6380",
                                                "SCCACHE_REDIS_DB": "3", "SCCACHE_REDIS_PASSWORD": "pw"}
-    assert remote.ccache_url(env) == "redis://:pw@10.0.0.5:6380/3"
+    assert remote.ccache_url(env) == "redis://default:pw@10.0.0.5:6380/3"  # ccache AUTHs only with a user
     assert remote.ccache_url({"SCCACHE_REDIS_USERNAME": "u", "SCCACHE_REDIS_PASSWORD": "p@ss/word"}) == \
         "redis://u:p%40ss%2Fword@10.0.0.5:6380/3"
 
@@ -118,9 +118,11 @@ def test_sccache_counts_split_local_and_remote_hits() -> None:
 
 def test_ccache_counts_are_the_difference_over_the_build() -> None:
     before = cache.ccache_stats("direct_cache_hit\t5\ncache_miss\t7\nremote_storage_hit\t1\nstats_updated_timestamp\t9")
-    after = cache.ccache_stats("direct_cache_hit\t9\npreprocessed_cache_hit\t1\ncache_miss\t8\nremote_storage_hit\t4")
+    after = cache.ccache_stats("direct_cache_hit\t9\npreprocessed_cache_hit\t1\ncache_miss\t8\nremote_storage_hit\t4\n"
+                               "remote_storage_error\t2")
     stats = cache.ccache_delta(before, after)
-    assert (stats.hits, stats.misses, stats.remote_hits) == (5, 1, 3)
+    assert (stats.hits, stats.misses, stats.remote_hits, stats.remote_errors) == (5, 1, 3, 2)
+    assert stats.describe().endswith("the remote store failed 2 time(s) (those compiles used the local store)")
 
 
 def test_farm_addresses_and_the_clients_configuration() -> None:

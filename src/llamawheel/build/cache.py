@@ -159,8 +159,8 @@ class Remote:
         user, password = environ.get(prefix + "USERNAME", ""), environ.get(prefix + "PASSWORD", "")
         parts = urlsplit(self.endpoint)
         netloc = parts.netloc
-        if password:
-            netloc = f"{_quote(user)}:{_quote(password)}@{netloc}" if user else f":{_quote(password)}@{netloc}"
+        if password:  # ccache sends AUTH only with a user name: Redis's own is "default"
+            netloc = f"{_quote(user or 'default')}:{_quote(password)}@{netloc}"
         value = urlunsplit((parts.scheme, netloc, self.path if self.backend == "redis" else parts.path, "", ""))
         token = environ.get("SCCACHE_WEBDAV_TOKEN") if self.backend == "webdav" else None
         return value + (f"|bearer-token={token}" if token else "")
@@ -299,6 +299,8 @@ class Stats:
     remote_hits: int = 0
     not_cacheable: int = 0
     remote_compiles: int = 0
+    remote_errors: int = 0
+    """Reads or writes the remote store failed (the compile then ran, or was kept, locally)."""
     by_language: dict[str, list[int]] = field(default_factory=dict)
     """sccache: language -> [hits, misses] (nvcc's steps count apart: CUDA, PTX, CUBIN, C/C++)."""
 
@@ -312,11 +314,14 @@ class Stats:
         text += ")"
         if self.remote_compiles:
             text += f"; {self.remote_compiles} compiled on the farm"
+        if self.remote_errors:
+            text += f"; the remote store failed {self.remote_errors} time(s) (those compiles used the local store)"
         return text
 
     def to_json(self) -> dict[str, Any]:
         return {"hits": self.hits, "misses": self.misses, "remote_hits": self.remote_hits,
                 "not_cacheable": self.not_cacheable, "remote_compiles": self.remote_compiles,
+                "remote_errors": self.remote_errors,
                 "by_language": self.by_language}
 
 
@@ -407,6 +412,7 @@ def ccache_delta(before: Mapping[str, int], after: Mapping[str, int]) -> Stats:
         return after.get(key, 0) - before.get(key, 0)
     hits = d("direct_cache_hit") + d("preprocessed_cache_hit")
     return Stats("ccache", hits, d("cache_miss"), remote_hits=d("remote_storage_hit"),
+                 remote_errors=d("remote_storage_error") + d("remote_storage_timeout"),
                  not_cacheable=sum(d(k) for k in ("unsupported_compiler_option", "unsupported_source_language",
                                                    "could_not_use_modules", "multiple_source_files")))
 
@@ -419,10 +425,11 @@ def sccache_stats(data: Mapping[str, Any]) -> Stats:
     languages = sorted(set(hits) | set(misses))
     levels = stats.get("multi_level") or []
     remote_hits = sum(int(level.get("hits", 0)) for level in levels[1:])
+    remote_errors = sum(int(level.get("write_failures", 0)) for level in levels[1:])
     dist = stats.get("dist_compiles") or {}
     return Stats("sccache", sum(hits.values()), sum(misses.values()), remote_hits=remote_hits,
                  not_cacheable=int(stats.get("requests_not_cacheable", 0)),
-                 remote_compiles=sum(int(v) for v in dist.values()),
+                 remote_compiles=sum(int(v) for v in dist.values()), remote_errors=remote_errors,
                  by_language={lang: [int(hits.get(lang, 0)), int(misses.get(lang, 0))] for lang in languages})
 
 
