@@ -34,7 +34,7 @@ from llamawheel.mirror.profiles import MirrorProfile
 
 CHOICES = ("sccache", "ccache", "none")
 DEFAULT = "sccache"
-"""The default tool: sccache won the benchmark (``scripts/bench_compile_cache.py``; the README has the table)."""
+"""The default tool: sccache won the benchmark (``scripts/bench-compile-cache.py``; the README has the table)."""
 
 
 @dataclass(frozen=True)

@@ -151,8 +151,9 @@ class _CacheRun:
         base = str(req.work)
         if cc.tool == "ccache":
             lines = {"cache_dir": str(store), "max_size": os.environ.get("CCACHE_MAXSIZE", "20G"),
-                     "sloppiness": "time_macros,include_file_mtime,include_file_ctime", "hash_dir": "false",
-                     "base_dir": runner.inside(base)}
+                     "sloppiness": "time_macros,include_file_mtime,include_file_ctime", "hash_dir": "false"}
+            if runner.root is None:  # in a root the paths are the same everywhere (/build): nothing to rewrite,
+                lines["base_dir"] = base  # and a rewrite to relative paths would change __FILE__ in the library
             if cc.remote is not None:
                 lines["remote_storage"] = cc.remote.ccache_url(os.environ)
             cache.write_private(self.dir / "ccache.conf", "".join(f"{k} = {v}\n" for k, v in lines.items()))

@@ -2,7 +2,7 @@
 printed once, here, as ``ERROR ...`` and ``TIP ...`` with their own exit codes.
 
 Each module of this package adds its commands (``add_parsers``) and says which function runs each
-(``COMMANDS``): `build` (build, toolchain, toolchains), `verify` (verify-static, verify, tiny-model),
+(``COMMANDS``): `build` (build, toolchain, toolchains, farm), `verify` (verify-static, verify, tiny-model),
 `publish` (publish, index), `image` (image) and `data` (recipes, mirrors, ci-matrix).
 """
 

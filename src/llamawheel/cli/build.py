@@ -1,6 +1,6 @@
-"""The ``build``, ``toolchain`` and ``toolchains`` commands: argument parsing and output only; the work is done
-in `llamawheel.build.planning` (every option checked before anything is downloaded), `llamawheel.pipeline` and
-`llamawheel.toolchain`."""
+"""The ``build``, ``toolchain``, ``toolchains`` and ``farm`` commands: argument parsing and output only; the work
+is done in `llamawheel.build.planning` (every option checked before anything is downloaded), `llamawheel.pipeline`,
+`llamawheel.toolchain` and `llamawheel.build.farm`."""
 
 from __future__ import annotations
 
