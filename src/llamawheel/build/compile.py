@@ -151,7 +151,9 @@ class _CacheRun:
         base = str(req.work)
         if cc.tool == "ccache":
             lines = {"cache_dir": str(store), "max_size": os.environ.get("CCACHE_MAXSIZE", "20G"),
-                     "sloppiness": "time_macros,include_file_mtime,include_file_ctime", "hash_dir": "false"}
+                     "sloppiness": "time_macros,include_file_mtime,include_file_ctime", "hash_dir": "false",
+                     # not the compilers' times: a toolchain unpacked on another machine or day has other times
+                     "compiler_check": "content"}
             if runner.root is None:  # in a root the paths are the same everywhere (/build): nothing to rewrite,
                 lines["base_dir"] = base  # and a rewrite to relative paths would change __FILE__ in the library
             if cc.remote is not None:
