@@ -29,14 +29,23 @@ from .conftest import CPU_PATTERN, CPU_REMOTE_DB, FIXTURE, ROOT, RedisStore, fre
 pytestmark = pytest.mark.integration
 
 
-def machine(folder: Path) -> Path:
+def machine(folder: Path, unpacked_again: bool = False) -> Path:
     """A cache folder of its own: an empty compile cache; the CUDA toolchains and build roots (which are not what
-    is tested) linked in from the usual cache, so that they are not fetched again."""
+    is tested) linked in from the usual cache, so that they are not fetched again. ``unpacked_again``: copied
+    instead, every file with a new time, as on a machine that unpacked them on another day (a compile cache that
+    checks compilers by time misses there)."""
     cache = folder / "cache"
     cache.mkdir(parents=True)
     shared = paths.toolchains_dir()
     shared.mkdir(parents=True, exist_ok=True)
-    (cache / "toolchains").symlink_to(shared)
+    if not unpacked_again:
+        (cache / "toolchains").symlink_to(shared)
+        return cache
+    (cache / "toolchains").mkdir()
+    for tree in ("cuda-13.0-pypi", "buildroot-bullseye"):
+        if (shared / tree).is_dir():
+            subprocess.run(["cp", "-a", "--no-preserve=timestamps", str(shared / tree), str(cache / "toolchains")],
+                           check=True)
     return cache
 
 
@@ -130,7 +139,7 @@ def test_machine_b_is_served_the_cuda_fixture_from_the_remote_store(
     assert redis_store.keys(db) >= a["misses"]
     source_b = tmp_path / "B" / "cublas_probe"  # the same sources in another folder
     shutil.copytree(FIXTURE, source_b)
-    b_cache = machine(tmp_path / "B")
+    b_cache = machine(tmp_path / "B", unpacked_again=True)
     _, b, b_out = build(b_cache, redis_store, db, [*args, str(source_b)], tmp_path / "B" / "out", tool)
     assert b["hits"] >= 1 and b["remote_hits"] == b["hits"], b  # nothing local: every hit came from Redis
     assert b["misses"] < a["misses"], (a, b)
@@ -154,10 +163,11 @@ def test_machine_b_is_served_the_cpu_wheel_from_the_remote_store(
     subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
     for changed in subprocess.run(["git", "ls-files", "--modified", "--others", "--exclude-standard"], cwd=ROOT,
                                   capture_output=True, text=True, check=True).stdout.split():
-        (clone / changed).parent.mkdir(parents=True, exist_ok=True)  # this checkout as it is, not as committed
-        shutil.copy2(ROOT / changed, clone / changed)
-    wheel, b, output = build(machine(tmp_path / "B"), redis_store, CPU_REMOTE_DB, ["cpu"], tmp_path / "B" / "out",
-                             cwd=clone)
+        if (ROOT / changed).is_file():  # this checkout as it is, not as committed
+            (clone / changed).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / changed, clone / changed)
+    b_cache = machine(tmp_path / "B", unpacked_again=True)
+    wheel, b, output = build(b_cache, redis_store, CPU_REMOTE_DB, ["cpu"], tmp_path / "B" / "out", cwd=clone)
     assert wheel.name == cpu_wheel.name and wheel.match(CPU_PATTERN)
     total = b["hits"] + b["misses"]
     print(f"B: {b['hits']} of {total} compiles from Redis ({b['remote_hits']} remote hits)")
