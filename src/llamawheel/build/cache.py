@@ -34,7 +34,8 @@ from llamawheel.mirror.profiles import MirrorProfile
 
 CHOICES = ("sccache", "ccache", "none")
 DEFAULT = "sccache"
-"""The default tool: sccache won the benchmark (``scripts/bench-compile-cache.py``; the README has the table)."""
+"""The default tool: level with ccache cold and from a remote store, slower from a warm local one, and the only
+one with S3, GitHub Actions' cache and a build farm (``scripts/bench-compile-cache.py``; the README has the table)."""
 
 
 @dataclass(frozen=True)
