@@ -133,11 +133,11 @@ class _CacheRun:
         if binary is None or cc.store is None:
             log.info("compile cache: none (--compile-cache none): every compile runs cold")
             return
-        store = cc.store.resolve() if cc.store.is_symlink() else cc.store
-        store.mkdir(parents=True, exist_ok=True)
+        cc.store.mkdir(parents=True, exist_ok=True)
+        store = cc.store.resolve()  # a store (or a folder above it) may be a link to a store shared by caches
         runner = req.runner
-        if runner.root is not None and not store.is_relative_to(paths.cache_dir()):
-            runner = dataclasses.replace(runner, binds=(*runner.binds, store))  # a store linked in from elsewhere
+        if runner.root is not None and not store.is_relative_to(paths.cache_dir().resolve()):
+            runner = dataclasses.replace(runner, binds=(*runner.binds, store))  # bound where the link points
         if cc.needs_network and req.runner.root is not None:
             runner = dataclasses.replace(runner, network=True)
             log.info(f"the {req.runner.root.suite} root shares this machine's network for the compile cache "
