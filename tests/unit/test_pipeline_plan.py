@@ -167,10 +167,11 @@ def test_local_source_tree(tmp_path: Path) -> None:
 
 def test_estimate_grows_with_architectures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLAMAWHEEL_CACHE", str(tmp_path))
-    one = planning.estimate_seconds("13.0", plan_cuda(arch="86").targets, 2, "bullseye")
-    default = planning.estimate_seconds("13.0", plan_cuda().targets, 2, "bullseye")
+    costs = timings.costs("bullseye")
+    one = costs.estimate("13.0", plan_cuda(arch="86").targets, 2)
+    default = costs.estimate("13.0", plan_cuda().targets, 2)
     assert one < default
-    assert planning.estimate_seconds("13.0", plan_cuda(arch="86").targets, 4, "bullseye") == one / 2
+    assert costs.estimate("13.0", plan_cuda(arch="86").targets, 4) == one / 2
 
 
 def test_estimates_come_from_this_machines_cold_builds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -86,11 +86,6 @@ class Plan:
         )
 
 
-def estimate_seconds(minor: str | None, targets: tuple[archs.ArchTarget, ...], jobs: int, build_env: str) -> float:
-    """Seconds a cold build takes, from this machine's measured builds (`timings`)."""
-    return timings.costs(build_env).estimate(minor, targets, jobs)
-
-
 def _source(recipe: Recipe, opts: BuildOptions) -> Sdist:
     if opts.source is not None:
         pyproject = opts.source / "pyproject.toml"
