@@ -63,7 +63,7 @@ def test_an_unknown_store_lists_the_known_ones() -> None:
 
 def test_options_check_the_cache_before_anything_is_downloaded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(cache.FARM_TOKEN, raising=False)
-    assert options.resolve({}).compile_cache == "sccache"
+    assert options.resolve({}).compile_cache is None and cache.DEFAULT == "sccache"  # None: the build takes the default
     monkeypatch.setenv("LLAMAWHEEL_COMPILE_CACHE", "scache")
     with pytest.raises(UsageError, match="--compile-cache scache: choose one of sccache, ccache, none"):
         options.resolve({})

@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import SplitResult, quote, urlsplit, urlunsplit
 
 from llamawheel.core import log, paths
-from llamawheel.core.errors import StoreError, ToolchainError, UsageError, did_you_mean
+from llamawheel.core.errors import NotOnMirror, StoreError, ToolchainError, UsageError, did_you_mean
 from llamawheel.mirror import pipfetch, provenance
 from llamawheel.mirror.profiles import MirrorProfile
 
@@ -374,14 +374,30 @@ def check(tool: str, url: str | None, farm_url: str | None,
     return remote, farm
 
 
-def resolve(tool: str, url: str | None, farm_url: str | None, mirror: MirrorProfile) -> CompileCache:
-    """The compile cache a build asked for, its tool installed (once) through ``mirror``."""
-    remote, farm = check(tool, url, farm_url)
-    if tool == "none":
+def resolve(tool: str | None, url: str | None, farm_url: str | None, mirror: MirrorProfile) -> CompileCache:
+    """The compile cache a build asked for (None: the default), its tool installed (once) through ``mirror``.
+
+    A mirror that does not carry the default tool costs speed, not the build: it goes on without a compile cache
+    and says so. A tool the user named, or one a remote store or farm needs, must be there."""
+    chosen = tool or DEFAULT
+    remote, farm = check(chosen, url, farm_url)
+    if chosen == "none":
         return CompileCache("none")
     if remote is not None:
         preflight(remote, os.environ)
-    return CompileCache(tool, install(tool, mirror), paths.cache_dir() / "compile-cache" / tool, remote, farm)
+    pin = PINS[chosen]
+    try:
+        bin_dir = install(chosen, mirror)
+    except NotOnMirror as exc:
+        if tool is not None or remote is not None or farm is not None:
+            raise NotOnMirror(f"the compile cache {pin.label} could not be installed: {exc.message}",
+                              f"add {pin.project}=={pin.version} to the mirror, choose another --mirror, or build "
+                              "with --compile-cache none") from None
+        log.warn(f"the {mirror.name} index does not offer {pin.project}=={pin.version}: building without a compile "
+                 "cache, so a rebuild compiles everything again (add it to the mirror, or pass --compile-cache none "
+                 "to choose this)")
+        return CompileCache("none")
+    return CompileCache(chosen, bin_dir, paths.cache_dir() / "compile-cache" / chosen, remote, farm)
 
 
 def settings_text(values: Mapping[str, str]) -> str:

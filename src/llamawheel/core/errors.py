@@ -49,6 +49,10 @@ class DownloadError(LlamawheelError):
     exit_code = 5
 
 
+class NotOnMirror(DownloadError):
+    """The index answered but does not offer a pinned file."""
+
+
 class ToolchainError(LlamawheelError):
     """A CUDA toolchain could not be provisioned or is incomplete."""
 

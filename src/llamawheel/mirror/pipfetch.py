@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from llamawheel.core import log
-from llamawheel.core.errors import DownloadError
+from llamawheel.core.errors import DownloadError, NotOnMirror
 from llamawheel.core.proc import CommandFailed, run_streamed
 from llamawheel.mirror import provenance
 from llamawheel.mirror.profiles import MirrorProfile
@@ -100,7 +100,7 @@ def _explain(exc: CommandFailed, mirror: MirrorProfile) -> DownloadError:
             "or clear pip's cache (pip cache purge) if a download was cut short",
         )
     if re.search(r"No matching distribution|Could not find a version", text):
-        return DownloadError(
+        return NotOnMirror(
             f"{index} does not offer a pinned package\n{exc.describe()}",
             "the mirror may lag behind PyPI: try another --mirror or the default profile",
         )
