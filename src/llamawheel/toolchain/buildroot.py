@@ -64,9 +64,10 @@ SUITES = {
 }
 """The Debian releases the machine's mirror still serves (buster is gone from it: bullseye is the oldest)."""
 
-BUILD_PACKAGES = ("build-essential", "python3", "python3-venv", "python3-dev", "ccache")
-"""A build root: GCC, make, the C library's headers, Python to run pip and scikit-build-core, ccache.
-CMake and ninja come as wheels (Debian 11's CMake 3.18 is older than llama.cpp asks for)."""
+BUILD_PACKAGES = ("build-essential", "python3", "python3-venv", "python3-dev")
+"""A build root: GCC, make, the C library's headers, Python to run pip and scikit-build-core. CMake and ninja
+come as wheels (Debian 11's CMake 3.18 is older than llama.cpp asks for); the compile cache is llamawheel's own
+(``build.cache``), bound in."""
 
 
 def build_envs() -> tuple[str, ...]:
