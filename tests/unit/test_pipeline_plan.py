@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from llamawheel.build import options, planning, timings
+from llamawheel.build.cache import Stats
 from llamawheel.core.errors import UsageError
 from llamawheel.recipe import archs, catalog
 from llamawheel.toolchain import CudaRoot
@@ -177,16 +178,27 @@ def test_estimate_grows_with_architectures(tmp_path: Path, monkeypatch: pytest.M
 def test_estimates_come_from_this_machines_cold_builds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLAMAWHEEL_CACHE", str(tmp_path))
     sm90 = plan_cuda(arch="90").targets
-    assert timings.costs("bullseye") == timings.BUILTIN
-    assert not timings.record("13.0", sm90, 2, 120.0, hits=500, misses=10, build_env="bullseye")  # warm: not kept
-    assert timings.record(None, (), 2, 600.0, hits=0, misses=300, build_env="bullseye")
-    assert timings.record("13.0", sm90, 4, 750.0, hits=3, misses=500, build_env="bullseye")
-    costs = timings.costs("bullseye")
-    assert costs.cpu_part == 600.0 and costs.per_arch["13.0"] == 750.0 * 4 / 2 - 600.0
-    assert "from 2 cold build(s) measured on this machine" in costs.source
     two = plan_cuda(arch="86,90").targets
-    assert costs.estimate("13.0", two, 2) == 600.0 + 2 * 900.0
-    assert costs.estimate("12.4", two, 2) == 600.0 + 2 * 900.0  # an unmeasured minor: the latest measured one's
+    assert timings.costs("bullseye") == timings.BUILTIN
+    warm = Stats("sccache", hits=500, misses=10)
+    assert not timings.record("13.0", sm90, 2, 120.0, "bullseye", warm)  # warm: not kept
+    farmed = Stats("sccache", hits=0, misses=500, remote_compiles=480)
+    assert not timings.record("13.0", sm90, 2, 300.0, "bullseye", farmed)  # the farm's time, not this machine's
+    assert timings.record(None, (), 2, 600.0, "bullseye", Stats("ccache", hits=0, misses=300))
+    assert timings.record("13.0", sm90, 4, 750.0, "bullseye", Stats("sccache", hits=3, misses=500))
+    costs = timings.costs("bullseye")
+    assert costs.cpu_part == 600.0
+    assert "from 2 cold build(s) measured on this machine" in costs.source
+    # one architecture measured: 900 s of CUDA code, split as the built-in costs split it
+    builtin = timings.BUILTIN.cuda[""]
+    assert costs.estimate("13.0", sm90, 2) == pytest.approx(600.0 + 900.0)
+    assert costs.estimate("13.0", two, 2) == pytest.approx(600.0 + 900.0 * builtin.seconds(2) / builtin.seconds(1))
+    assert costs.estimate("12.4", two, 2) == costs.estimate("13.0", two, 2)  # an unmeasured minor: the latest one's
+    # a two-architecture build (no compile cache: cold by definition) gives the line through both
+    assert timings.record("13.0", two, 2, 2000.0, "bullseye", None)
+    costs = timings.costs("bullseye")
+    assert costs.cuda["13.0"] == timings.CudaCost(fixed=400.0, per_arch=500.0)  # 900 s for one, 1400 s for two
+    assert costs.estimate("13.0", plan_cuda(arch="75,86,90").targets, 2) == pytest.approx(600.0 + 400.0 + 3 * 500.0)
     assert timings.costs("host") == timings.BUILTIN
 
 

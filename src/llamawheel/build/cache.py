@@ -33,9 +33,12 @@ from llamawheel.mirror import pipfetch, provenance
 from llamawheel.mirror.profiles import MirrorProfile
 
 CHOICES = ("sccache", "ccache", "none")
-DEFAULT = "sccache"
-"""The default tool: level with ccache cold and from a remote store, slower from a warm local one, and the only
-one with S3, GitHub Actions' cache and a build farm (``scripts/bench-compile-cache.py``; the README has the table)."""
+DEFAULT = "ccache"
+"""The default tool: level with sccache cold, and 4 times faster served for the CUDA wheel (from the local store and
+from a remote one: ``scripts/bench-compile-cache.py``; the README has the table). sccache is taken instead where
+only it can work: an S3 or GitHub Actions' cache store, or a build farm (`default_for`)."""
+SCCACHE_ONLY = ("s3", "gha")
+"""Stores only sccache speaks."""
 
 
 @dataclass(frozen=True)
@@ -374,12 +377,20 @@ def check(tool: str, url: str | None, farm_url: str | None,
     return remote, farm
 
 
+def default_for(url: str | None, farm_url: str | None) -> str:
+    """The tool a build that names none uses: `DEFAULT`, or sccache where the store or a farm needs it."""
+    remote = parse_remote(url) if url else None
+    if farm_url or (remote is not None and remote.backend in SCCACHE_ONLY):
+        return "sccache"
+    return DEFAULT
+
+
 def resolve(tool: str | None, url: str | None, farm_url: str | None, mirror: MirrorProfile) -> CompileCache:
     """The compile cache a build asked for (None: the default), its tool installed (once) through ``mirror``.
 
     A mirror that does not carry the default tool costs speed, not the build: it goes on without a compile cache
     and says so. A tool the user named, or one a remote store or farm needs, must be there."""
-    chosen = tool or DEFAULT
+    chosen = tool or default_for(url, farm_url)
     remote, farm = check(chosen, url, farm_url)
     if chosen == "none":
         return CompileCache("none")

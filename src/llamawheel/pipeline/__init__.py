@@ -209,9 +209,10 @@ def _run(plan: Plan, work: Path) -> Path:
         source_dir, source = prepare_source(plan, work)
     built, build_env = compile_source(plan, root, source_dir, work, build_root, compile_cache)
     timings.seconds["compile"] = built.seconds
-    if built.cache is not None and plan.options.source is None:  # a cold build of the recipe: its costs are kept
+    if plan.options.source is None and (built.cache is not None or built.compile_cache.tool == "none"):
+        # a cold build of the recipe (with no compile cache, every build is): its costs are kept
         build_timings.record(plan.minor.version if plan.minor else None, plan.targets, built.jobs, built.seconds,
-                             built.cache.hits, built.cache.misses, plan.build_env)
+                             plan.build_env, built.cache)
     with timings.step("repair"):
         repaired = repair_built(plan, built, build_root.path if build_root else None)
     report = None
