@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import random
+import select
 import shutil
 import signal
 import socket
@@ -340,6 +341,114 @@ def test_a_wrong_or_missing_key_is_refused(api: Api) -> None:
     assert status == 401
 
 
+def _raw(api: Api, head: bytes, body_chunks: tuple[bytes, ...] = (), timeout: float = 30) -> bytes:
+    """Send ``head`` (a request line and headers), then ``body_chunks`` one by one for as long as the server has
+    not answered, and return its answer (read as soon as it comes, before the server closes)."""
+    with socket.create_connection(("127.0.0.1", api.port), timeout=timeout) as sock:
+        sock.sendall(head)
+        for chunk in (b"", *body_chunks):
+            if select.select([sock], [], [], 0.2)[0]:
+                break
+            try:
+                sock.sendall(chunk)
+            except OSError:  # answered and closed while the body was still coming
+                break
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                break
+            if not data:
+                break
+            answer += data
+    return answer
+
+
+def _status(answer: bytes) -> int:
+    return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.1 ") else 0
+
+
+def test_the_docs_and_the_openapi_schema_need_the_key(api: Api) -> None:
+    for path in ("/docs", "/openapi.json", "/redoc"):
+        request = urllib.request.Request(api.url(path))
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code == 401, path
+    with urllib.request.urlopen(urllib.request.Request(api.url("/openapi.json"), headers={
+            "Authorization": f"Bearer {KEY}"}), timeout=30) as response:
+        assert response.status == 200
+
+
+def test_slow_clients_without_the_key_neither_queue_nor_delay_a_chat(api: Api) -> None:
+    """Twenty clients that send a chat request's headers without the key and then dribble its body: each is
+    refused at once (401) and none takes a place in the queue, so a chat with the key is answered in under 2 s
+    (before, they filled MAX_QUEUE and the chat got a 503)."""
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{api.port}\r\nContent-Type: application/json"
+            "\r\nContent-Length: 100000\r\n\r\n{\"messages\": [").encode()
+    slow = [socket.create_connection(("127.0.0.1", api.port), timeout=30) for _ in range(20)]
+    try:
+        for sock in slow:
+            sock.sendall(head)
+        time.sleep(1)
+        for sock in slow:
+            try:
+                sock.sendall(b" ")  # still sending, slowly
+            except OSError:
+                pass  # already answered and closed
+        started = time.monotonic()
+        status, _, stream = _post(api, _ui_chat([{"role": "user", "content": "Hi."}]) | {"max_tokens": 8})
+        took = time.monotonic() - started
+        answers = []
+        for sock in slow:
+            sock.settimeout(10)
+            try:
+                answers.append(sock.recv(4096))
+            except OSError as exc:
+                answers.append(repr(exc).encode())
+    finally:
+        for sock in slow:
+            sock.close()
+    assert status == 200, stream[:500]
+    _answered_in_full(status, stream)
+    assert took < 2.0, f"the chat took {took:.1f} s behind 20 slow clients without a key"
+    assert [_status(a) for a in answers] == [401] * 20, answers[:2]
+
+
+def test_a_100_mb_body_gets_413_without_being_read(api: Api) -> None:
+    size = 100 * 2**20
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{api.port}\r\nAuthorization: Bearer {KEY}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {size}\r\n\r\n").encode()
+    answer = _raw(api, head, tuple(b"x" * 2**20 for _ in range(100)))
+    assert _status(answer) == 413, answer[:300]
+    assert b"MAX_BODY_BYTES" in answer
+    chunked = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{api.port}\r\nAuthorization: Bearer {KEY}\r\n"
+               "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
+    answer = _raw(api, chunked, tuple(b"100000\r\n" + b"x" * 2**20 + b"\r\n" for _ in range(100)))
+    assert _status(answer) == 413, answer[:300]  # no length announced: refused once the limit is passed
+    assert api.process.poll() is None
+
+
+def test_a_preflight_from_another_origin_is_refused(api: Api) -> None:
+    request = urllib.request.Request(api.url("/v1/chat/completions"), method="OPTIONS", headers={
+        "Origin": "http://evil.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 403
+    assert not [h for h in refused.value.headers if h.lower().startswith("access-control-")]
+    status, _, _ = _post(api, {"model": ALIAS, "messages": []}, key="sk-wrong")
+    assert status == 401
+
+
+def test_without_a_key_the_image_refuses_to_serve_other_machines(built: Built, models: Path, tmp_path: Path) -> None:
+    out = _log_of_a_server_that_stops(built.tag, models, tmp_path, "HOST=0.0.0.0")
+    assert "ERROR HOST=0.0.0.0 can be reached from other machines and API_KEY is not set" in out
+    assert "Traceback" not in out
+    out = _log_of_a_server_that_stops(built.tag, models, tmp_path, "API_KEY=sk-llamawheel")
+    assert "is the key earlier llamawheel compose files gave everyone" in out
+
+
 def test_streamed_chat_reads_as_the_ui_reads_it(api: Api) -> None:
     status, content_type, stream = _post(api, _ui_chat([{"role": "user", "content": "Say hello."}]))
     assert status == 200 and content_type.startswith("text/event-stream")
@@ -554,10 +663,11 @@ def test_a_ggml_v3_model_without_a_cache_volume_says_which_to_mount(
     assert "Traceback" not in out
 
 
-def _log_of_a_server_that_stops(tag: str, models: Path, tmp_path: Path) -> str:
-    """Start the image's entry point on ``models``; it must exit by itself, with a non-zero status."""
+def _log_of_a_server_that_stops(tag: str, models: Path, tmp_path: Path, *env: str) -> str:
+    """Start the image's entry point on ``models`` (with a key, unless ``env`` is given); it must exit by itself,
+    with a non-zero status."""
     log = tmp_path / "server.log"
-    container, process = _serve(tag, models, log, _free_port())
+    container, process = _serve(tag, models, log, _free_port(), *(env or (f"API_KEY={KEY}",)))
     try:
         assert process.wait(timeout=60) != 0
     finally:
@@ -593,10 +703,11 @@ cd llamawheel-index
 # an empty image store of its own: the machine that never saw the image
 store="--root $2/storage --runroot $2/run --storage-driver vfs"
 image=$(buildah $store pull --quiet "oci-archive:images/$3")
-. compose/.env
+eval "$5"   # OFFLINE.txt's line that makes this site's own key
+set -a; . compose/.env; set +a
 buildah $store tag "$image" "$API_IMAGE"
 container=$(buildah $store from --pull-never "$API_IMAGE")
-buildah $store run --env=PORT=18000 --env=API_KEY=sk-offline -v "$4:/models:ro" "$container" -- \
+buildah $store run --env=PORT=18000 "--env=API_KEY=$API_KEY" -v "$4:/models:ro" "$container" -- \
     python3 -m llamawheel_runtime.serve > "$2/server.log" 2>&1 &
 server=$!
 for i in $(seq 1 240); do
@@ -604,11 +715,11 @@ for i in $(seq 1 240); do
     sleep 0.5
 done
 python3 - <<'PY'
-import json, urllib.request
+import json, os, urllib.request
 req = urllib.request.Request("http://127.0.0.1:18000/v1/chat/completions", method="POST",
     data=json.dumps({"model": "/models/llama-2-7b-chat.bin", "max_tokens": 8,
                      "messages": [{"role": "user", "content": "Hello"}]}).encode(),
-    headers={"Content-Type": "application/json", "Authorization": "Bearer sk-offline"})
+    headers={"Content-Type": "application/json", "Authorization": "Bearer " + os.environ["API_KEY"]})
 answer = json.load(urllib.request.urlopen(req, timeout=120))
 print("ANSWER", json.dumps(answer["choices"][0]["message"]))
 PY
@@ -634,13 +745,15 @@ def test_an_offline_bundle_unpacks_loads_and_answers_with_no_network(
         env = tar.extractfile("llamawheel-index/compose/.env").read().decode()  # type: ignore[union-attr]
     assert {f"llamawheel-index/images/{built.archive.name}", "llamawheel-index/compose/compose.yaml",
             "llamawheel-index/OFFLINE.txt", "llamawheel-index/cpu/simple/index.html"} <= names
-    assert env == f"API_IMAGE={built.tag}\n"
+    assert env == f"API_IMAGE={built.tag}\n"  # no key: the bundle goes to many sites; each makes its own
+    (make_key,) = [line.strip() for line in said.splitlines() if "an API key of this site's own" in line]
     side = tmp_path / "side"
     side.mkdir()
     script = tmp_path / "offline.sh"
     script.write_text(OFFLINE_SIDE)
     run = subprocess.run(["unshare", "--net", "bash", str(script), str(tmp_path / "carry"), str(side),
-                          built.archive.name, str(models / "tiny")], capture_output=True, text=True, timeout=900,
+                          built.archive.name, str(models / "tiny"), make_key], capture_output=True, text=True,
+                         timeout=900,
                          env={**os.environ, **ENV})
     log = (side / "server.log").read_text() if (side / "server.log").exists() else ""
     assert run.returncode == 0, run.stdout + run.stderr + log

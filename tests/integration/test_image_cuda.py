@@ -118,7 +118,8 @@ def test_on_a_gpu_the_ui_chat_is_served_with_every_layer_offloaded(
     container = buildah("from", "--pull-never", cuda_image["image"]).stdout.strip()
     log = tmp_path / "server.log"
     process = subprocess.Popen(
-        ["buildah", "run", f"-v={models}:/models:ro", *mounts, *devices, f"--env=PORT={port}", container, "--",
+        ["buildah", "run", f"-v={models}:/models:ro", *mounts, *devices, f"--env=PORT={port}",
+         "--env=HOST=127.0.0.1", container, "--",
          *_config(cuda_image["image"])["Entrypoint"]],
         stdout=log.open("w"), stderr=subprocess.STDOUT, env={**os.environ, **ENV}, start_new_session=True, text=True,
     )

@@ -42,10 +42,17 @@ def test_the_ui_asks_for_a_model_id_the_api_serves(compose: dict[str, Any]) -> N
     assert serve.DEFAULT_ALIAS in serve.UI_MODEL_IDS[:3]  # the ids UI 1.0.1 lists
 
 
-def test_the_ui_sends_the_key_the_api_requires(compose: dict[str, Any]) -> None:
+def required(value: str) -> str:
+    """The variable of ``${NAME:?message}``: compose refuses to start while NAME is unset or empty."""
+    match = re.fullmatch(r"\$\{(\w+):\?([^}]+)\}", value)
+    assert match, f"{value}: not a required variable"
+    return match[1]
+
+
+def test_the_ui_sends_the_key_the_api_requires_and_there_is_no_default_key(compose: dict[str, Any]) -> None:
     api, ui = compose["services"]["api"]["environment"], compose["services"]["ui"]["environment"]
-    assert variable(api["API_KEY"]) == variable(ui["OPENAI_API_KEY"])
-    assert default(ui["OPENAI_API_KEY"]) != ""  # an empty key: the UI never asks for models
+    assert required(api["API_KEY"]) == required(ui["OPENAI_API_KEY"]) == "API_KEY"
+    assert "llamawheel compose-env" in api["API_KEY"]  # what compose prints says what to do
 
 
 def test_the_ui_reaches_the_api_on_its_port_and_waits_for_it(compose: dict[str, Any]) -> None:
@@ -53,7 +60,20 @@ def test_the_ui_reaches_the_api_on_its_port_and_waits_for_it(compose: dict[str, 
     assert ui["environment"]["OPENAI_API_HOST"] == "http://api:8000"
     assert ui["environment"]["WAIT_HOSTS"] == "api:8000"
     assert "EXPOSE 8000" in CONTAINERFILE and "PORT=8000" in CONTAINERFILE
-    assert compose["services"]["api"]["ports"] == ["3001:8000"]  # llama-gpt's own mapping
+
+
+def test_only_the_ui_is_published_and_on_loopback_unless_opened(compose: dict[str, Any]) -> None:
+    assert "ports" not in compose["services"]["api"]  # the UI reaches it on the compose network
+    (port,) = compose["services"]["ui"]["ports"]
+    assert port == "${UI_BIND:-127.0.0.1}:${UI_PORT:-3000}:3000"
+
+
+def test_the_api_runs_with_nothing_it_does_not_need(compose: dict[str, Any]) -> None:
+    api = compose["services"]["api"]
+    assert api["cap_drop"] == ["ALL"] and api["security_opt"] == ["no-new-privileges:true"]
+    assert api["init"] is True and api["read_only"] is True and "/tmp" in api["tmpfs"]
+    assert api["restart"] == "on-failure:3"  # a start that fails (a full disk) is not retried forever
+    assert compose["services"]["ui"]["restart"] == "on-failure:3"
 
 
 def test_models_mount_at_models_and_the_gpu_is_reserved(compose: dict[str, Any]) -> None:

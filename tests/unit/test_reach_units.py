@@ -77,13 +77,21 @@ def test_compose_env_names_both_images_and_keeps_the_users_lines(tmp_path: Path)
     env.write_text("# mine\nMODELS=/srv/models\nUI_IMAGE=old\nAPI_KEY=sk-mine\nUI_IMAGE=older\n")
     own = tmp_path / "corp.toml"
     own.write_text('ghcr = "ghcr.mirror.example/prefix"\n')
-    values = compose.compose_env(profiles.load_profile(str(own)), "cpu")
+    values = compose.compose_env(profiles.load_profile(str(own)), "cpu", compose.read_env(env))
     compose.write_env(env, values)
     assert env.read_text() == ("# mine\nMODELS=/srv/models\n"
                                "UI_IMAGE=ghcr.mirror.example/prefix/getumbrel/llama-gpt-ui:1.0.1\n"
-                               "API_KEY=sk-mine\nAPI_IMAGE=localhost/llamawheel-api:cpu\n")
+                               "API_KEY=sk-mine\nAPI_IMAGE=localhost/llamawheel-api:cpu\n")  # the user's key kept
+    assert env.stat().st_mode & 0o777 == 0o600
     assert compose.compose_env(profiles.load_profile("default"), "cu130")["UI_IMAGE"] == (
         "ghcr.io/getumbrel/llama-gpt-ui:1.0.1")
+
+
+def test_compose_env_makes_a_key_of_its_own_and_replaces_the_old_shared_one(tmp_path: Path) -> None:
+    first = compose.compose_env(profiles.load_profile("default"), "cpu")["API_KEY"]
+    second = compose.compose_env(profiles.load_profile("default"), "cpu", {"API_KEY": "sk-llamawheel"})["API_KEY"]
+    assert first != second and first.startswith("sk-") and len(first) >= 40 and len(second) >= 40
+    assert "API_KEY" not in compose.compose_env(profiles.load_profile("default"), "cpu", {"API_KEY": first})
 
 
 def _tar(path: Path, files: dict[str, bytes]) -> Path:
@@ -114,9 +122,14 @@ def test_compose_env_command_writes_the_file_and_says_what_the_ui_comes_through(
     own = tmp_path / "corp.toml"
     own.write_text('ghcr = "ghcr.mirror.example"\n')
     assert main(["compose-env", "--variant", "cpu", "--mirror", str(own), "--env-file", str(target)]) == 0
-    assert target.read_text() == ("API_IMAGE=localhost/llamawheel-api:cpu\n"
-                                  "UI_IMAGE=ghcr.mirror.example/getumbrel/llama-gpt-ui:1.0.1\n")
-    assert f"--env-file {target} up" in capsys.readouterr().out
+    written = compose.read_env(target)
+    assert written.pop("API_KEY").startswith("sk-")
+    assert written == {"API_IMAGE": "localhost/llamawheel-api:cpu",
+                       "UI_IMAGE": "ghcr.mirror.example/getumbrel/llama-gpt-ui:1.0.1"}
+    said = capsys.readouterr().out
+    assert f"--env-file {target} up" in said and compose.read_env(target)["API_KEY"] not in said  # never printed
+    key = compose.read_env(target)["API_KEY"]
     assert main(["compose-env", "--mirror", "tsinghua", "--env-file", str(target)]) == 0
+    assert compose.read_env(target)["API_KEY"] == key  # a second run keeps the site's key
     said = capsys.readouterr().out
     assert "UI_IMAGE=ghcr.io/getumbrel/llama-gpt-ui:1.0.1" in said and "--ui-archive" in said  # no ghcr mirror

@@ -28,8 +28,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--context-only", type=Path, metavar="DIR",
                    help="write the build context to DIR and print the build command, without building")
 
-    c = sub.add_parser("compose-env", help="write docker/.env so that docker compose uses this API image and pulls "
-                                           "llama-gpt's UI through the mirror profile")
+    c = sub.add_parser("compose-env", help="write docker/.env so that docker compose uses this API image, pulls "
+                                           "llama-gpt's UI through the mirror profile, and has an API key of its own")
     c.add_argument("--variant", default="cu130", help="the API image's variant: cu130, cpu ... (default cu130)")
     c.add_argument("--mirror", help="mirror profile: its ghcr mirror serves the UI image")
     c.add_argument("--env-file", type=Path,
@@ -43,11 +43,13 @@ def _cmd_compose_env(args: argparse.Namespace) -> int:
     mirror = profiles.load_profile(args.mirror)
     checkout = paths.checkout()
     target = args.env_file or (checkout / "docker" / ".env" if checkout else Path(".env"))
-    values = compose.compose_env(mirror, args.variant)
+    values = compose.compose_env(mirror, args.variant, compose.read_env(target))
     compose.write_env(target, values)
-    print(f"wrote {target} ({mirror.name} mirror profile):")
+    print(f"wrote {target} ({mirror.name} mirror profile; readable by you only):")
     for key, value in values.items():
-        print(f"    {key}={value}")
+        print(f"    {key}={'(a new key: the UI sends it, the API requires it)' if key == 'API_KEY' else value}")
+    if "API_KEY" not in values:
+        print("    API_KEY kept as it was")
     if not mirror.ghcr:
         print("    (the profile names no ghcr.io mirror: the UI comes from ghcr.io itself; where that is blocked, "
               "load it from an archive: llamawheel index bundle --ui-archive)")

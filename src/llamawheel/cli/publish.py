@@ -87,6 +87,8 @@ def _bundle(args: argparse.Namespace) -> None:
     commands += [c.replace("$PWD/" + index_carry.BUNDLE_TOP, "$PWD") for c in index_carry.bundle_commands(root)]
     if env:
         cpu = " -f compose/compose.cpu.yaml" if refs and refs[0].endswith(":cpu") else ""
+        # The key is made on the site, not carried: a bundle is copied to many sites, and a key in it is no secret.
+        commands.append(compose.SITE_KEY_COMMAND.format(env="compose/.env"))
         commands.append(f"docker compose -f compose/compose.yaml{cpu} --env-file compose/.env up   # models in "
                         "./models, then http://localhost:3000")
     texts = [("OFFLINE.txt", ("On the machine with no network, in the folder you copied both files to:\n"

@@ -59,9 +59,10 @@ def fsync_dir(folder: Path) -> None:
 
 
 @contextmanager
-def new_file(final: Path, *, durable: bool = False, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside ``final`` to write; on success it replaces ``final`` (world-readable:
-    a wheel, a page or an archive is for others to read). ``durable`` flushes it to disk first.
+def new_file(final: Path, *, durable: bool = False, suffix: str = "", mode: int = 0o644) -> Iterator[Path]:
+    """Yield a temporary path beside ``final`` to write; on success it replaces ``final`` (world-readable by
+    default: a wheel, a page or an archive is for others to read; ``mode=0o600`` for a file holding a secret,
+    which is never readable by others, not even while it is written). ``durable`` flushes it to disk first.
 
     On any error the temporary file is removed and ``final`` is left as it was.
     """
@@ -71,7 +72,7 @@ def new_file(final: Path, *, durable: bool = False, suffix: str = "") -> Iterato
     tmp = Path(name)
     try:
         yield tmp
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, mode)
         if durable:
             with tmp.open("rb") as fh:
                 os.fsync(fh.fileno())
@@ -81,9 +82,9 @@ def new_file(final: Path, *, durable: bool = False, suffix: str = "") -> Iterato
         raise
 
 
-def write_file(final: Path, data: bytes, *, durable: bool = False) -> None:
+def write_file(final: Path, data: bytes, *, durable: bool = False, mode: int = 0o644) -> None:
     """Write ``final`` so that a reader sees the old content or the new, never a part."""
-    with new_file(final, durable=durable) as tmp:
+    with new_file(final, durable=durable, mode=mode) as tmp:
         tmp.write_bytes(data)
 
 

@@ -14,7 +14,14 @@ Environment (every name is also one llama_cpp.server reads; anything else it rea
 - ``N_CTX``: default 4096, the least the UI needs (it sends up to 4000 tokens of history and asks for 1000).
 - ``N_GPU_LAYERS``: ``auto`` (default) fits layers to the free GPU memory (see `gpu_layers`); a number as
   llama.cpp takes it (-1: all).
-- ``API_KEY``: when set, every request needs ``Authorization: Bearer <key>``.
+- ``API_KEY``: every request needs ``Authorization: Bearer <key>``, checked in constant time before anything
+  is queued or read (``/docs`` and ``/openapi.json`` too). On an address other machines can reach (the default
+  ``HOST`` is 0.0.0.0) the server refuses to start without one, unless ``ALLOW_NO_API_KEY=true`` says that an
+  open server is meant; on loopback (``HOST=127.0.0.1``) it may run without.
+- ``MAX_BODY_BYTES``: the largest request body (default 1 MiB, about 250,000 tokens of text); past it ``413``.
+- ``BODY_TIMEOUT``: seconds a client has to send its whole body (default 30); past it ``408``.
+- ``CORS_ORIGINS``: web origins whose pages may call the API from a browser (comma-separated, e.g.
+  ``https://chat.example.org``); default none: a request from any other origin gets ``403``, a preflight too.
 - ``N_THREADS``: CPU threads; default: the container's CPU quota (cgroup ``cpu.max``), rounded up, and no more
   than the CPUs it may run on, rather than the host's core count.
 - ``MAX_QUEUE``: completions that may wait while one runs (default 8); past that a request gets ``503`` with
@@ -32,6 +39,10 @@ Standard library only at import time: llama_cpp and uvicorn are imported in `mai
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import hmac
+import ipaddress
 import json
 import math
 import os
@@ -71,6 +82,13 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+KNOWN_KEYS = ("sk-llamawheel",)
+"""Keys that once were defaults, the same for everyone: refused."""
+MAX_BODY_BYTES = 2**20
+BODY_TIMEOUT_SECONDS = 30.0
+TRUE = ("1", "true", "yes", "on")
 
 
 class ConfigError(Exception):
@@ -280,6 +298,61 @@ def resolve(
                        _integer(environ, "PORT"), tuple(notes), n_threads, why, max_queue, interrupt)
 
 
+@dataclass(frozen=True)
+class Security:
+    """Who may use the server, and how much a request may cost before it is answered."""
+
+    api_key: str
+    """Empty: no key (only on loopback, or with ALLOW_NO_API_KEY)."""
+    max_body: int = MAX_BODY_BYTES
+    body_timeout: float = BODY_TIMEOUT_SECONDS
+    cors_origins: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a listening address) is reachable from this machine only."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def security(environ: Mapping[str, str]) -> Security:
+    """The key, limits and CORS origins from ``environ``; refuses to serve other machines without a key."""
+    host = environ.get("HOST") or DEFAULTS["HOST"]
+    key = environ.get("API_KEY", "").strip()
+    notes = []
+    if key in KNOWN_KEYS:
+        raise ConfigError(f"API_KEY={key} is the key earlier llamawheel compose files gave everyone: make your own"
+                          " (llamawheel compose-env writes a new one into docker/.env)")
+    if not key:
+        if not is_loopback(host):
+            if (environ.get("ALLOW_NO_API_KEY") or "").strip().lower() not in TRUE:
+                raise ConfigError(
+                    f"HOST={host} can be reached from other machines and API_KEY is not set: set API_KEY"
+                    " (llamawheel compose-env makes one), or HOST=127.0.0.1 to serve this machine only,"
+                    " or ALLOW_NO_API_KEY=true if an open server is really meant")
+            notes.append(f"no API key on {host} (ALLOW_NO_API_KEY): anyone who reaches this port can use it")
+    elif len(key) < 16:
+        notes.append(f"API_KEY is {len(key)} characters long: a guessable key (llamawheel compose-env makes one of 46)")
+    try:
+        max_body = int(environ.get("MAX_BODY_BYTES") or MAX_BODY_BYTES)
+        body_timeout = float(environ.get("BODY_TIMEOUT") or BODY_TIMEOUT_SECONDS)
+    except ValueError:
+        raise ConfigError("MAX_BODY_BYTES and BODY_TIMEOUT must be numbers (bytes, seconds)") from None
+    if max_body < 1024 or body_timeout <= 0:
+        raise ConfigError(f"MAX_BODY_BYTES={max_body} (at least 1024), BODY_TIMEOUT={body_timeout:g} (more than 0)")
+    origins = tuple(o.strip().rstrip("/") for o in (environ.get("CORS_ORIGINS") or "").split(",") if o.strip())
+    for origin in origins:
+        if origin == "*" or not re.fullmatch(r"https?://[^/\s]+", origin):
+            raise ConfigError(f"CORS_ORIGINS: {origin!r} is not an origin like https://chat.example.org"
+                              " (every origin, '*', is not allowed)")
+    return Security(key, max_body, body_timeout, origins, tuple(notes))
+
+
 def _convert(model: Path, cache_dir: Path) -> Path:
     return convert.ensure_gguf(model, cache_dir, say=lambda line: print(f"llamawheel: {line}", file=sys.stderr,
                                                                         flush=True))
@@ -437,17 +510,136 @@ class StreamErrors:
             await send(m)
 
 
+def _error(message: str, kind: str, code: str | None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
+class Guard:
+    """ASGI middleware, outermost: a request is refused before it costs anything. In order: a browser's
+    preflight from an origin not in ``CORS_ORIGINS`` (403; one from a listed origin is answered here), and on a
+    server without a key any request a page of another origin sends (403); a missing or wrong key (401,
+    compared in constant time, before the body is read or anything is queued); a body over ``max_body`` (413,
+    at once when ``Content-Length`` says so) or not sent within ``body_timeout`` (408). What passes reaches the
+    app with its body read in full. The app's own CORS headers (llama_cpp.server allows every origin with
+    credentials) are dropped and replaced by this middleware's."""
+
+    def __init__(self, app: App, settings: Security) -> None:
+        self.app = app
+        self.settings = settings
+        self._key = hashlib.sha256(settings.api_key.encode()).digest() if settings.api_key else None
+        self.refused: dict[int, int] = {}
+        """Requests refused, by status."""
+
+    async def _refuse(self, send: Send, status: int, payload: dict[str, Any],
+                      headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+        self.refused[status] = self.refused.get(status, 0) + 1
+        await _send_json(send, status, payload, ((b"connection", b"close"), *headers))
+
+    def _allowed_origin(self, origin: str, host: str) -> bool:
+        return origin in self.settings.cors_origins or origin.split("://", 1)[-1] == host
+
+    def _authorized(self, authorization: bytes) -> bool:
+        if self._key is None:
+            return True
+        scheme, _, token = authorization.strip().partition(b" ")
+        given = hashlib.sha256(token.strip()).digest()
+        return hmac.compare_digest(given, self._key) and scheme.lower() == b"bearer"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get("type") != "http":
+            if scope.get("type") == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            await self.app(scope, receive, send)
+            return
+        headers = {k.lower(): v for k, v in scope.get("headers", [])}
+        origin = headers.get(b"origin", b"").decode("latin-1").rstrip("/")
+        host = headers.get(b"host", b"").decode("latin-1")
+        cors: tuple[tuple[bytes, bytes], ...] = ()
+        preflight = scope.get("method") == "OPTIONS" and b"access-control-request-method" in headers
+        if origin and self._allowed_origin(origin, host):
+            cors = ((b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin"))
+            if preflight:
+                self.refused[204] = self.refused.get(204, 0) + 1
+                await send({"type": "http.response.start", "status": 204, "headers": [
+                    *cors, (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
+                    (b"access-control-allow-headers", b"authorization, content-type"),
+                    (b"access-control-max-age", b"600")]})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+        elif origin and (preflight or self._key is None):
+            # A browser asks first before it sends a key; without a key, a page's plain request is refused too.
+            await self._refuse(send, 403, _error(
+                f"requests from web pages of {origin} are not allowed: list the origin in CORS_ORIGINS to allow"
+                " them", "invalid_request_error", "origin_not_allowed"))
+            return
+        if not self._authorized(headers.get(b"authorization", b"")):
+            await self._refuse(send, 401, _error(
+                "Incorrect API key provided: send the server's API_KEY as 'Authorization: Bearer <key>'",
+                "invalid_request_error", "invalid_api_key"), ((b"www-authenticate", b"Bearer"), *cors))
+            return
+        too_big = _error(f"the request body is larger than this server takes ({self.settings.max_body} bytes,"
+                         " MAX_BODY_BYTES)", "invalid_request_error", "request_too_large")
+        length = headers.get(b"content-length", b"")
+        if length.strip().isdigit() and int(length) > self.settings.max_body:
+            await self._refuse(send, 413, too_big, cors)
+            return
+        body = b""
+        if scope.get("method") in ("POST", "PUT", "PATCH"):
+            chunks: list[bytes] = []
+            size = 0
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.settings.body_timeout
+            while True:
+                try:
+                    message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+                except asyncio.TimeoutError:
+                    await self._refuse(send, 408, _error(
+                        f"the request body did not arrive within {self.settings.body_timeout:g} s (BODY_TIMEOUT)",
+                        "invalid_request_error", "request_timeout"), cors)
+                    return
+                if message.get("type") == "http.disconnect":
+                    return
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > self.settings.max_body:
+                    await self._refuse(send, 413, too_big, cors)
+                    return
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+            body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        async def with_cors(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                kept = [(k, v) for k, v in message.get("headers", []) if not k.lower().startswith(b"access-control-")
+                        and k.lower() != b"vary"]
+                message = {**message, "headers": [*kept, *cors]}
+            await send(message)
+
+        await self.app(scope, replay, with_cors)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Resolve the settings, log them, and run the server until it is stopped."""
     del argv
     import llama_cpp
 
     try:
+        guard = security(os.environ)
         config = resolve(os.environ, gpu_offload=bool(llama_cpp.llama_supports_gpu_offload()))
     except ConfigError as exc:
         print(f"ERROR {exc}", file=sys.stderr)
         return 2
-    for note in config.notes:
+    for note in (*guard.notes, *config.notes):
         print(f"llamawheel: {note}", file=sys.stderr)
     cpu_variant = getattr(getattr(llama_cpp, "_backends", None), "CPU_VARIANT", None)
     if cpu_variant:
@@ -457,8 +649,11 @@ def main(argv: list[str] | None = None) -> int:
           f" (n_ctx {config.n_ctx}, n_gpu_layers {config.n_gpu_layers},"
           f" {config.n_threads} thread(s): {config.threads_why},"
           f" up to {config.max_queue} request(s) queued,"
-          f" API key {'required' if os.environ.get('API_KEY') else 'not set'})", file=sys.stderr, flush=True)
+          f" API key {'required' if guard.api_key else 'not set'}, bodies up to {guard.max_body} bytes,"
+          f" cross-origin requests {'from ' + ', '.join(guard.cors_origins) if guard.cors_origins else 'refused'})",
+          file=sys.stderr, flush=True)
     os.environ.update(config.environ())
+    os.environ.pop("API_KEY", None)  # the key is checked by Guard alone (llama_cpp.server compares it with ==)
     import uvicorn
     from llama_cpp.server.app import create_app
     from llama_cpp.server.settings import (
@@ -467,7 +662,8 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     app = create_app(server_settings=ServerSettings(), model_settings=[ModelSettings()])
-    uvicorn.run(Admission(StreamErrors(app), config.max_queue), host=config.host, port=config.port)
+    uvicorn.run(Guard(Admission(StreamErrors(app), config.max_queue), guard), host=config.host, port=config.port,
+                server_header=False)
     return 0
 
 
