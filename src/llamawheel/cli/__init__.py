@@ -17,6 +17,7 @@ from llamawheel import __version__
 from llamawheel.cli import build, data, image, publish, verify
 from llamawheel.core import log
 from llamawheel.core.errors import LlamawheelError
+from llamawheel.core.redact import redact
 
 _MODULES = (build, verify, publish, image, data)
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -42,9 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LlamawheelError as exc:
         if args.traceback:
             traceback.print_exc()
-        print(f"ERROR {exc.message}", file=sys.stderr)
+        print(f"ERROR {redact(exc.message)}", file=sys.stderr)
         if exc.tip:
-            print(f"TIP {exc.tip}", file=sys.stderr)
+            print(f"TIP {redact(exc.tip)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         log.warn("interrupted: nothing half-written was left in place")

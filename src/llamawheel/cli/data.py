@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from llamawheel.build import options
 from llamawheel.core.errors import MirrorError
+from llamawheel.core.redact import redact
 from llamawheel.mirror import probe, profiles
 from llamawheel.recipe import catalog
 from llamawheel.recipe.matrix import matrix
@@ -45,7 +46,7 @@ def _cmd_mirrors(args: argparse.Namespace) -> int:
             print(f"{name}: {profile.description}")
             urls = {k: v for k, v in profile.urls().items() if v}
             for key, url in urls.items():
-                print(f"    {key:<16} {url}")
+                print(f"    {key:<16} {redact(url)}")
             if not urls:
                 print("    (changes nothing: pip and apt keep this machine's configuration)")
         return 0

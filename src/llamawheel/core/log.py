@@ -5,13 +5,31 @@ from __future__ import annotations
 import sys
 import time
 
+from llamawheel.core.redact import redact
+
 
 def info(message: str) -> None:
-    print(f"llamawheel: {message}", file=sys.stderr, flush=True)
+    """Tell the user what is happening (credentials in URLs are shown as ``***``, see `redact`)."""
+    print(f"llamawheel: {redact(message)}", file=sys.stderr, flush=True)
 
 
 def warn(message: str) -> None:
-    print(f"llamawheel: WARNING {message}", file=sys.stderr, flush=True)
+    print(f"llamawheel: WARNING {redact(message)}", file=sys.stderr, flush=True)
+
+
+def escaped(text: str) -> str:
+    """``text`` safe for one line of a terminal or a log: every character that is not printable (a newline, an
+    ANSI escape, a DEL, a C1 control) shown as ``\\xNN`` (``\\uNNNN`` above U+00FF), and a backslash doubled
+    (a sent ``\\x1b`` cannot pass for an escaped one)."""
+    return "".join(_escaped_char(c) for c in text)
+
+
+def _escaped_char(c: str) -> str:
+    if c == "\\":
+        return "\\\\"
+    if c.isprintable():
+        return c
+    return f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
 
 
 def human_size(n: float) -> str:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from llamawheel.core.errors import LlamawheelError
+from llamawheel.core.redact import redact
 
 
 class CommandFailed(Exception):
@@ -17,11 +18,17 @@ class CommandFailed(Exception):
         self.cmd = list(cmd)
         self.returncode = returncode
         self.tail = tail
-        super().__init__(f"{shlex.join(self.cmd)} exited with {returncode}")
+        super().__init__(f"{echo(self.cmd)} exited with {returncode}")
 
     def describe(self) -> str:
-        indented = "\n".join("    " + line for line in self.tail)
-        return f"command: {shlex.join(self.cmd)}\nreturn code: {self.returncode}\noutput (last lines):\n{indented}"
+        """The command, its return code and its last lines, indented (credentials in them shown as ``***``)."""
+        indented = "\n".join("    " + redact(line) for line in self.tail)
+        return f"command: {echo(self.cmd)}\nreturn code: {self.returncode}\noutput (last lines):\n{indented}"
+
+
+def echo(cmd: Sequence[str]) -> str:
+    """``cmd`` as a shell line to show or log, with the credentials of any URL in it shown as ``***``."""
+    return shlex.join(redact(arg) for arg in cmd)
 
 
 UNSET = "\0unset"
@@ -48,7 +55,7 @@ def run_streamed(
     on_line: Callable[[str], None] | None = None,
     keep: int = 80,
 ) -> list[str]:
-    """Run ``cmd``; each output line goes to ``log_file`` and ``on_line``.
+    """Run ``cmd``; each output line goes to ``log_file`` (credentials in URLs shown as ``***``) and ``on_line``.
 
     Returns the last ``keep`` lines; raises `CommandFailed` on a non-zero exit.
     """
@@ -57,7 +64,7 @@ def run_streamed(
     log = log_file.open("a", encoding="utf-8") if log_file else None
     try:
         if log:
-            log.write(f"$ {shlex.join(cmd)}\n")
+            log.write(f"$ {echo(cmd)}\n")
         proc = subprocess.Popen(
             list(cmd), env=full_env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, errors="replace", bufsize=1,
@@ -67,7 +74,7 @@ def run_streamed(
             line = line.rstrip("\n")
             tail.append(line)
             if log:
-                log.write(line + "\n")
+                log.write(redact(line) + "\n")
             if on_line:
                 on_line(line)
         code = proc.wait()

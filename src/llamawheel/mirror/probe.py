@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
+from llamawheel.core.redact import redact
 from llamawheel.mirror.profiles import MirrorProfile, pip_configured_index
 
 READ_LIMIT = 64 * 1024 * 1024
@@ -56,6 +57,8 @@ class Feature:
 
 @dataclass(frozen=True)
 class Probe:
+    """What one need's fetch answered. Its URL and detail are shown to the user: without credentials (`redact`)."""
+
     need: Need
     url: str
     ok: bool
@@ -63,6 +66,10 @@ class Probe:
     seconds: float
     links_to: tuple[str, ...] = ()
     """For a PyPI project page: the hosts its file links point to (where pip then downloads from)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "url", redact(self.url))
+        object.__setattr__(self, "detail", redact(self.detail))
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from llamawheel.core import datafile, log, paths, records
 from llamawheel.core.errors import MirrorError, did_you_mean
 from llamawheel.core.proc import unset_all
 from llamawheel.core.records import DERIVED
+from llamawheel.core.redact import redact
 
 
 def _url(value: str) -> str | None:
@@ -109,8 +110,9 @@ class MirrorProfile:
         return f"{mirror or REGISTRY_DEFAULTS[registry]}/{path}"
 
     def pypi_index(self) -> str:
-        """The index pip will really use: this profile's, else pip's own configuration."""
-        return self.pypi or pip_configured_index()
+        """The index pip will really use, as messages and manifests show it: this profile's, else pip's own
+        configuration, its credentials shown as ``***`` (`redact`)."""
+        return redact(self.pypi or pip_configured_index())
 
     def pip_env(self) -> dict[str, str]:
         """Environment for pip subprocesses (`proc.UNSET` values remove a variable). Empty for a profile that

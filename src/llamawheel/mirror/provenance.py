@@ -5,6 +5,9 @@ came from (`from_pip_log`), apt says it with ``--print-uris``, a Debian root's p
 index it was made from. Where files are kept in a cache folder (the sdist, a build root's wheelhouse, a
 published index), an ``origins.json`` beside them keeps their records, so that a later build that reuses the
 cache can still say where each file came from. The wheel's manifest lists them all (``fetched``).
+
+A record holds its URL without credentials (`redact`): an index's user and token, a link's signed query are
+``***`` in every record, so in every file and page made from one.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from llamawheel.core import fileio
+from llamawheel.core.redact import redact
 
 ORIGINS = "origins.json"
 """The file, in a folder of fetched files, that says where each came from."""
@@ -35,6 +39,9 @@ class Fetched:
     sha256: str
     size: int = 0
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "url", redact(self.url))
+
     @property
     def host(self) -> str:
         """The host it came from ('' for a local file)."""
@@ -49,11 +56,12 @@ def described(path: Path, url: str) -> Fetched:
 
 
 def pip_links(log_text: str) -> dict[str, str]:
-    """Every file name pip's log says it found a link for, with that link's URL (fragment dropped)."""
+    """Every file name pip's log says it found a link for, with that link's URL (fragment dropped; the name is
+    the last part of the path, without a signed link's query)."""
     links: dict[str, str] = {}
     for match in _FOUND.finditer(log_text):
         url = match.group(1).split("#", 1)[0]
-        links[unquote(url.rstrip("/").rsplit("/", 1)[-1])] = url
+        links[unquote(urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1])] = url
     return links
 
 

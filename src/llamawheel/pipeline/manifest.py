@@ -1,7 +1,8 @@
 """The JSON manifest beside every wheel: what is in it and how it was built.
 
 This module names no stage: each stage's result describes itself (``manifest_fields()``), and
-`compose` merges those descriptions under a header that identifies the wheel file.
+`compose` merges those descriptions under a header that identifies the wheel file. `write` shows the
+credentials of every URL in it as ``***`` (`redact`): a manifest is copied into the index, bundles and releases.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from llamawheel.core import fileio
+from llamawheel.core.redact import redact_tree
 
 SUFFIX = ".json"
 SCHEMA = 1
@@ -53,6 +55,7 @@ def compose(wheel: Path, *parts: Describes | Mapping[str, Any] | None) -> dict[s
 
 
 def write(wheel: Path, data: dict[str, Any]) -> Path:
+    """Write ``data`` beside ``wheel``, every string in it (keys too) without credentials."""
     target = path_for(wheel)
-    fileio.write_file(target, (json.dumps(data, indent=2) + "\n").encode())
+    fileio.write_file(target, (json.dumps(redact_tree(data), indent=2) + "\n").encode())
     return target

@@ -1,6 +1,7 @@
 """Carrying an index elsewhere: ``index bundle`` (one .tar.gz plus its .sha256, for a disk to an offline
-site), ``index serve`` (a stdlib HTTP server on a chosen address) and ``index upload`` (twine, to an index
-server that already exists; credentials only from twine's own places)."""
+site), ``index serve`` (a stdlib HTTP server on a chosen address, for a trusted network: it serves the pages and
+the files they link, nothing else) and ``index upload`` (twine, to an index server that already exists;
+credentials only from twine's own places)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,16 @@ import functools
 import http.server
 import importlib.util
 import io
+import os
 import subprocess
 import sys
 import tarfile
 import time
 from collections.abc import Callable, Sequence
+from http import HTTPStatus
 from pathlib import Path
-from urllib.parse import urlparse
+from typing import Any
+from urllib.parse import unquote, urlparse, urlsplit
 
 from llamawheel.core import fileio, log
 from llamawheel.core.errors import PublishError, UsageError
@@ -105,8 +109,36 @@ def _add(tar: tarfile.TarFile, path: Path, name: str) -> None:
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
+    """The index's pages and the files they link, and nothing else: a folder is served only through its
+    ``index.html`` (never listed), a name starting with a dot (``.incoming-*``, ``.generation-*``, the state file)
+    is not found, and so is anything whose real path, symlinks followed, is outside the served folder. Each
+    request is logged as one line, its non-printable characters escaped (`log.escaped`)."""
+
+    def send_head(self) -> Any:
+        if not self._servable():
+            self.send_error(HTTPStatus.NOT_FOUND, "File not found")
+            return None
+        return super().send_head()
+
+    def list_directory(self, path: str | os.PathLike[str]) -> None:
+        self.send_error(HTTPStatus.NOT_FOUND, "File not found")
+        return None
+
+    def _servable(self) -> bool:
+        """Whether the request names no hidden entry and leads (symlinks followed) nowhere outside the root."""
+        if any(part.startswith(".") for part in unquote(urlsplit(self.path).path).split("/")):
+            return False
+        root = os.path.realpath(self.directory)
+        path = self.translate_path(self.path)
+        candidates = [path, os.path.join(path, "index.html"), os.path.join(path, "index.htm")]
+        return all(_inside(os.path.realpath(c), root) for c in candidates if os.path.lexists(c))
+
     def log_message(self, format: str, *args: object) -> None:
-        log.info(f"{self.address_string()} {format % args}")
+        log.info(log.escaped(f"{self.address_string()} {format % args}"))
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def serve(root: Path, host: str, port: int, on_ready: Callable[[str], None] | None = None) -> None:
