@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from llamawheel.core.compat import tomllib
 from llamawheel.publish.index_pages import parse_links
 
 from ..index_wheels import make_wheel
@@ -345,3 +346,115 @@ def test_upload_to_a_real_pypiserver(twine_site: Path, pypiserver: tuple[str, Pa
                                                                if not k.startswith("PIP_")} | {
                               "PIP_CONFIG_FILE": os.devnull})
     assert page.returncode == 0, page.stdout + page.stderr
+
+
+# ----------------------------------------------------------------------------- the lock (PEP 751)
+
+
+def lock_of(root: Path) -> Path:
+    return root / "cpu" / "simple" / f"pylock.cp{PYTHON.replace('.', '')}-x86_64.toml"
+
+
+def locked_hashes(lock: Path) -> dict[str, str]:
+    """Each locked wheel's file name with its sha256, checked against the file its path names."""
+    data = tomllib.loads(lock.read_text())
+    assert data["lock-version"] == "1.0" and data["created-by"] == "llamawheel"
+    assert data["requires-python"] == f"=={PYTHON}.*"
+    hashes = {}
+    for package in data["packages"]:
+        (wheel,) = package["wheels"]
+        assert wheel["name"].split("-")[1] == package["version"]
+        stored = lock.parent / wheel["path"]
+        assert hashlib.sha256(stored.read_bytes()).hexdigest() == wheel["hashes"]["sha256"], wheel["name"]
+        assert stored.stat().st_size == wheel["size"]
+        hashes[wheel["name"]] = wheel["hashes"]["sha256"]
+    return hashes
+
+
+def page_hashes(root: Path) -> dict[str, str]:
+    simple = root / "cpu" / "simple"
+    return {link["#text"]: link["href"].split("#sha256=")[1]
+            for project in [a["#text"] for a in parse_links((simple / "index.html").read_text())]
+            for link in parse_links((simple / project / "index.html").read_text())}
+
+
+def test_publish_writes_a_lock_whose_hashes_match_the_index(published: Path) -> None:
+    locked = locked_hashes(lock_of(published))
+    assert {name.split("-")[0].lower() for name in locked} == {"diskcache", "pyyaml", "typing_extensions"}
+    pages = page_hashes(published)
+    assert all(pages[name] == sha for name, sha in locked.items()), (locked, pages)
+    check = llamawheel("index", "check", str(published))
+    assert check.returncode == 0 and "1 lock(s) match the files" in check.stdout, check.stdout + check.stderr
+
+
+def test_a_second_publish_takes_the_locked_files_without_resolving(tmp_path: Path) -> None:
+    root = tmp_path / "wheels"
+    first = make_wheel(tmp_path / "built")
+    result = llamawheel("publish", str(first), "--index", str(root), "--python-version", PYTHON)
+    assert result.returncode == 0, result.stdout + result.stderr
+    locked = locked_hashes(lock_of(root))
+    assert len(locked) == 3
+
+    # A new build with the same requirements, published with pip cut off from every index: only the lock
+    # (files taken from the index's own store, checked by sha256) can make this work.
+    second = make_wheel(tmp_path / "built", version="0.3.37+cpu")
+    (tmp_path / "nothing").mkdir()
+    cut_off = offline_env(PIP_NO_INDEX="1", PIP_FIND_LINKS=str(tmp_path / "nothing"), http_proxy=DEAD_PROXY,
+                          https_proxy=DEAD_PROXY)
+    again = llamawheel("publish", str(second), "--index", str(root), "--python-version", PYTHON, env=cut_off)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "taking the locked closure for Python" in again.stderr and "not resolving" in again.stderr
+    assert "cpu: 1 added, 0 replaced, 3 already there" in again.stdout, again.stdout
+    assert locked_hashes(lock_of(root)) == locked
+    assert {n: s for n, s in page_hashes(root).items() if not n.startswith("llama_cpp")} == locked
+    roots = tomllib.loads(lock_of(root).read_text())["tool"]["llamawheel"]["roots"]
+    assert roots == sorted(f"{w.name}[server]" for w in (first, second))
+
+
+def test_refreshing_the_lock_resolves_anew(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from llamawheel.core.errors import DownloadError
+    from llamawheel.publish import index
+
+    root = tmp_path / "wheels"
+    wheel = make_wheel(tmp_path / "built")
+    index.publish([wheel], index_root=root, python_versions=[PYTHON])
+    locked = locked_hashes(lock_of(root))
+    (tmp_path / "nothing").mkdir()
+    for key, value in offline_env(PIP_NO_INDEX="1", PIP_FIND_LINKS=str(tmp_path / "nothing")).items():
+        monkeypatch.setenv(key, value)
+    index.publish([wheel], index_root=root, python_versions=[PYTHON])  # the lock: no index needed
+    with pytest.raises(DownloadError):  # resolving needs an index, which pip is cut off from
+        index.publish([wheel], index_root=root, python_versions=[PYTHON], refresh_lock=True)
+    assert locked_hashes(lock_of(root)) == locked  # a failed refresh leaves the index as it was
+
+
+def test_a_locked_file_missing_from_the_store_is_fetched_by_its_locked_hash(tmp_path: Path) -> None:
+    root = tmp_path / "wheels"
+    wheel = make_wheel(tmp_path / "built")
+    assert llamawheel("publish", str(wheel), "--index", str(root), "--python-version", PYTHON).returncode == 0
+    locked = locked_hashes(lock_of(root))
+    (name,) = [n for n in locked if n.startswith("diskcache-")]
+    stored = root / "cpu" / "files" / locked[name] / name
+    good = stored.read_bytes()
+
+    # The mirror now serves other bytes under that name: the publish refuses them, naming both hashes.
+    stored.unlink()
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / name).write_bytes(good + b"\0")
+    served = offline_env(PIP_NO_INDEX="1", PIP_FIND_LINKS=str(mirror))
+    refused = llamawheel("publish", str(wheel), "--index", str(root), "--python-version", PYTHON, env=served)
+    assert refused.returncode == 5, refused.stdout + refused.stderr
+    assert "1 locked file(s) are not in the index: fetching exactly those" in refused.stderr
+    bad_sha = hashlib.sha256(good + b"\0").hexdigest()
+    assert f"{name} (from {(mirror / name).as_uri()}): expected sha256 {locked[name]}, got {bad_sha}" in (
+        refused.stderr), refused.stderr
+
+    # The right bytes: fetched with --require-hashes, stored again, and the index is whole.
+    (mirror / name).write_bytes(good)
+    fixed = llamawheel("publish", str(wheel), "--index", str(root), "--python-version", PYTHON, env=served)
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert stored.read_bytes() == good
+    assert locked_hashes(lock_of(root)) == locked
+    check = llamawheel("index", "check", str(root))
+    assert check.returncode == 0, check.stdout + check.stderr

@@ -18,7 +18,7 @@ import pytest
 
 from llamawheel import cli
 from llamawheel.core.errors import IndexCheckError, PublishError, UsageError
-from llamawheel.publish import index, index_carry, index_check
+from llamawheel.publish import closure, index, index_carry, index_check
 from llamawheel.publish.index_pages import IndexedFile, parse_links, project_page, root_page
 from llamawheel.recipe import catalog
 from llamawheel.recipe.variant import index_name
@@ -467,3 +467,56 @@ def test_markers_are_evaluated_for_the_target_python(tmp_path: Path) -> None:
                             requires=(), extras=(), package="exceptiongroup")
     only_cp310.rename(folder / only_cp310.name.replace("py3-none", "cp39-cp39"))
     assert unmet("3.10", ()) == ["exceptiongroup>=1.0"], "a wheel for another Python does not count"
+
+
+# ----------------------------------------------------------------------------- the lock
+
+
+def _locked_index(root: Path, built: Path) -> tuple[Path, Path]:
+    """A cpu index holding a llama wheel that needs diskcache, diskcache itself, and a lock naming diskcache
+    (as a publish with the closure writes it); returns the lock and the diskcache wheel."""
+    llama = make_wheel(built, requires=("diskcache>=5.6.1",), extras=())
+    dep = make_wheel(built, name="diskcache", version="5.6.3+cpu", requires=(), extras=(), package="diskcache")
+    publish(root, llama, dep)
+    lock = closure.Lock("3.11", "x86_64",
+                        (closure.locked_file(dep, sha256(dep), dep.stat().st_size),))
+    path = (root / "cpu" / "simple").resolve() / lock.name
+    path.write_text(lock.render())
+    return path, dep
+
+
+def test_check_verifies_the_lock_against_the_files(root: Path, built: Path) -> None:
+    lock, dep = _locked_index(root, built)
+    report = index_check.check(root)
+    assert not report.problems and report.locks == 1
+    assert "1 lock(s) match the files" in report.render()
+    lock.write_text(lock.read_text().replace(sha256(dep), "f" * 64))
+    problems = index_check.check(root).problems
+    assert f"cpu/simple/{lock.name}: locks {dep.name} (sha256 {'f' * 64}), which no page links to" in problems
+    lock.write_text("lock-version = '0.9'\n")
+    assert f"cpu/simple/{lock.name}: {lock}: lock-version is '0.9', not '1.0'" in index_check.check(root).problems
+
+
+def test_publish_with_a_lock_takes_the_locked_files_and_asks_pip_nothing(
+    root: Path, built: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lock, dep = _locked_index(root, built)
+
+    def no_pip(*args: object, **kwargs: object) -> None:
+        raise AssertionError("pip was asked to resolve although the lock covers everything")
+
+    monkeypatch.setattr(requirements.pipfetch, "download_for", no_pip)
+    newer = make_wheel(built, version="0.3.37+cpu", requires=("diskcache>=5.6.1",), extras=())
+    (result,) = index.publish([newer], index_root=root, python_versions=["3.11"])
+    assert result.added == (newer.name,) and dep.name in result.unchanged
+    relocked = closure.read_lock(root / "cpu" / "simple" / lock.name)
+    assert [(f.file, f.sha256) for f in relocked.files] == [(dep.name, sha256(dep))]
+    assert relocked.roots == (newer.name,)
+    assert not index_check.check(root).problems
+
+
+def test_a_publish_without_the_closure_keeps_the_lock(root: Path, built: Path) -> None:
+    lock, _ = _locked_index(root, built)
+    before = lock.read_text()
+    publish(root, make_wheel(built, version="0.3.37+cpu"))
+    assert (root / "cpu" / "simple" / lock.name).read_text() == before

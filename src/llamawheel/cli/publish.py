@@ -18,6 +18,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--index", type=Path, help="index folder (default: wheels/)")
     p.add_argument("--mirror", help="mirror profile the dependencies come through (default: pip's own configuration)")
     p.add_argument("--force", action="store_true", help="replace a published file of the same name but other bytes")
+    p.add_argument("--refresh-lock", action="store_true",
+                   help="resolve the dependencies anew instead of taking the files the variant's lock names")
     p.add_argument("--no-closure", dest="closure", action="store_false",
                    help="publish only the given wheels, without fetching their dependencies")
     p.add_argument("--python-version", action="append", metavar="X.Y",
@@ -115,6 +117,7 @@ def _cmd_publish(args: argparse.Namespace) -> int:
         force=args.force,
         with_closure=args.closure,
         python_versions=_python_versions(args.python_version) or None,
+        refresh_lock=args.refresh_lock,
     )
     for r in results:
         print(

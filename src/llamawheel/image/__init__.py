@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import tarfile
 import tempfile
 import time
@@ -37,6 +36,7 @@ from llamawheel.image import compose
 from llamawheel.image.engine import Engine
 from llamawheel.mirror import profiles
 from llamawheel.mirror.profiles import MirrorProfile
+from llamawheel.pipeline import wheelhouse
 from llamawheel.publish import closure, index
 from llamawheel.recipe import catalog
 from llamawheel.recipe.variant import cuda_version_of
@@ -173,24 +173,11 @@ def chosen_wheel(index_root: Path, variant: str, version: str | None = None) -> 
 
 
 def pip_wheel(mirror: MirrorProfile) -> Path:
-    """pip itself, as a wheel, to run at build time (cached: later builds need no network for it)."""
-    folder = paths.images_dir() / "pip"
-    found = sorted(folder.glob("pip-*.whl"))
-    if found:
-        return found[-1]
-    folder.mkdir(parents=True, exist_ok=True)
+    """pip itself, as a wheel, to run at build time (never installed): the release ``recipes/pins/tools.toml``
+    pins, checked against its sha256 (cached: later builds need no network for it)."""
     index = mirror.pypi_index() or "pip's configured index"
-    log.info(f"fetching pip (run once at image build time, never installed) from {index}")
-    with tempfile.TemporaryDirectory(prefix="pip-", dir=folder) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--progress-bar", "off",
-               "--dest", tmp, "pip"]
-        try:
-            run_streamed(cmd, env=mirror.pip_env())
-        except CommandFailed as exc:
-            raise ImageError(f"could not fetch pip from {index}\n{exc.describe()}",
-                             f"check the index (llamawheel mirrors check {mirror.name})") from None
-        (wheel,) = Path(tmp).glob("pip-*.whl")
-        return Path(shutil.move(str(wheel), folder / wheel.name))
+    log.info(f"pip for the image build: the pinned wheel (recipes/pins/tools.toml) from {index}, or the cache")
+    return wheelhouse.pinned_pip(mirror, paths.images_dir() / "pip")
 
 
 def converter_files(mirror: MirrorProfile) -> Path:

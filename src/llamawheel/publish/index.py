@@ -12,6 +12,8 @@ Layout of an index folder (``wheels/`` by default)::
       files/<sha256>/<wheel>.json       the build manifest, when the wheel had one beside it
       .generation-<time>-<id>/          one complete set of pages (+ .llamawheel.json, what they list)
       simple -> .generation-<time>-<id> the index pip reads: a symlink, swapped with os.replace
+      simple/pylock.cp311-x86_64.toml   the closure as resolved for one Python on one machine (PEP 751 lock,
+                                        see `closure`): the next publish takes exactly these files
 
 How a publish stays safe when it is killed at any point: a wheel reaches the store under a temporary
 name and is renamed into place only when complete and hashed; a store entry is named by its sha256, so a
@@ -56,6 +58,7 @@ from llamawheel.publish.index_pages import (
 )
 from llamawheel.recipe import catalog
 from llamawheel.wheel import distmeta
+from llamawheel.wheel.requirements import wheel_arch
 
 STATE_FILE = ".llamawheel.json"
 GENERATION_PREFIX = ".generation-"
@@ -183,11 +186,13 @@ def publish(
     force: bool = False,
     with_closure: bool = True,
     python_versions: Sequence[str] | None = None,
+    refresh_lock: bool = False,
 ) -> list[PublishResult]:
     """Add ``wheels`` (and, unless ``with_closure`` is false, everything they need) to their variants' indexes.
 
     The same file again is a no-op; a different file under a published name is refused unless ``force``.
-    ``python_versions`` overrides the recipe's list of Python versions to fetch dependencies for.
+    ``python_versions`` overrides the recipe's list of Python versions to fetch dependencies for. Where the
+    variant has a lock for a Python, its files are taken instead of resolving; ``refresh_lock`` resolves anew.
     """
     root = (index_root or paths.wheels_dir()).resolve()
     profile = mirror or profiles.load_profile(None)
@@ -201,7 +206,8 @@ def publish(
     results = []
     with publish_lock(root):
         for variant, group in groups.items():
-            results.append(_publish_variant(root, variant, group, profile, force, with_closure, python_versions))
+            results.append(_publish_variant(root, variant, group, profile, force, with_closure, python_versions,
+                                            refresh_lock))
         write_top_page(root)
     return results
 
@@ -226,11 +232,20 @@ def _publish_variant(
     force: bool,
     with_closure: bool,
     python_versions: Sequence[str] | None,
+    refresh_lock: bool = False,
 ) -> PublishResult:
-    """Publish ``wheels`` (and, with ``with_closure``, what they need) into the index of ``variant``."""
+    """Publish ``wheels`` (and, with ``with_closure``, what they need) into the index of ``variant``; the
+    variant's locks are used (unless ``refresh_lock``) and written again with what was resolved."""
     vdir = _variant_dir(root, variant)
     current = load_state(vdir)
     _sweep(vdir, current)
+    try:
+        current_locks = closure.read_locks(vdir / "simple")
+    except PublishError:
+        if not refresh_lock:
+            raise
+        current_locks = {}  # a damaged lock is what --refresh-lock is for
+    locks = dict(current_locks)
     found = _dedupe([_Candidate.of(w, direct=True) for w in wheels])
     if with_closure and not force:
         _refuse_conflicts(current, found, force)  # before a long download, not only after it
@@ -240,13 +255,17 @@ def _publish_variant(
         if with_closure:
             wanted = tuple(python_versions or python_versions_for(variant))
             pythons = tuple(sorted({*pythons, *wanted}, key=lambda v: [int(x) for x in v.split(".")]))
-            found = _fetch_closure(found, wanted, incoming, mirror)
+            found, resolved = _fetch_closure(found, wanted, incoming, mirror, {} if refresh_lock else current_locks,
+                                             vdir)
         _refuse_conflicts(current, found, force)
         merged = _merge(current, found)
         for c in found:
             _store(vdir, c, merged.files[c.path.name])
         state = VariantState(variant, tuple(merged.files.values()), pythons)
-        _commit(vdir, current, state, changed=bool(merged.added or merged.replaced))
+        if with_closure:
+            locks = _new_locks({} if refresh_lock else current_locks, resolved, merged.files)
+        changed = bool(merged.added or merged.replaced) or _texts(locks) != _texts(current_locks)
+        _commit(vdir, current, state, changed, locks)
     finally:
         shutil.rmtree(incoming, ignore_errors=True)
     url = f"{root.as_uri()}/{variant}/simple"
@@ -269,18 +288,52 @@ def _variant_dir(root: Path, variant: str) -> Path:
     return vdir
 
 
+_Resolved = list[tuple[_Candidate, str, list[_Candidate]]]
+"""For each published wheel and Python version: the closure taken for it."""
+
+
 def _fetch_closure(
-    found: list[_Candidate], wanted: tuple[str, ...], incoming: Path, mirror: MirrorProfile
-) -> list[_Candidate]:
-    """``found`` plus every wheel it needs for the Python versions ``wanted``, fetched into ``incoming``."""
+    found: list[_Candidate], wanted: tuple[str, ...], incoming: Path, mirror: MirrorProfile,
+    locks: dict[str, closure.Lock], vdir: Path,
+) -> tuple[list[_Candidate], _Resolved]:
+    """``found`` plus every wheel it needs for the Python versions ``wanted``, fetched into ``incoming`` (the
+    locked files where ``locks`` has a lock for the Python); and what each wheel took for each Python."""
     out = list(found)
+    resolved: _Resolved = []
     for n, c in enumerate(found):
-        fetched = closure.fetch(
+        by_python = closure.fetch(
             c.path, extras=c.indexed().extras, python_versions=wanted, dest=incoming / str(n), mirror=mirror,
-            constraints=closure.runtime_pins(c.path),
+            constraints=closure.runtime_pins(c.path), locks=locks, store=vdir,
         )
-        out += [_Candidate.of(f.path, direct=False, origin=f.url) for f in fetched]
-    return _dedupe(out)
+        seen: dict[str, _Candidate] = {}
+        for python, fetched in by_python.items():
+            taken = [seen.setdefault(f.path.name, _Candidate.of(f.path, direct=False, origin=f.url)) for f in fetched]
+            resolved.append((c, python, taken))
+        out += seen.values()
+    return _dedupe(out), resolved
+
+
+def _new_locks(current: dict[str, closure.Lock], resolved: _Resolved,
+               files: dict[str, IndexedFile]) -> dict[str, closure.Lock]:
+    """The locks after a publish: each one merged with what was taken for its Python (a project taken again
+    keeps only its new release), without files the pages no longer list."""
+    locks = dict(current)
+    for c, python, taken in resolved:
+        arch = wheel_arch(c.meta.platforms)
+        name = closure.lock_name(python, arch)
+        lock = locks.get(name) or closure.Lock(python, arch)
+        extras = f"[{','.join(c.indexed().extras)}]" if c.indexed().extras else ""
+        locks[name] = lock.merged(
+            [closure.LockedFile(t.meta.project, t.meta.version, t.path.name, t.sha256, t.size, t.meta.requires_python)
+             for t in taken], [c.path.name + extras])
+    for name, lock in locks.items():
+        kept = tuple(f for f in lock.files if f.file in files and files[f.file].sha256 == f.sha256)
+        locks[name] = replace(lock, files=kept)
+    return locks
+
+
+def _texts(locks: dict[str, closure.Lock]) -> dict[str, str]:
+    return {name: lock.render() for name, lock in locks.items()}
 
 
 @dataclass
@@ -313,10 +366,12 @@ def _merge(current: VariantState, found: list[_Candidate]) -> _Merged:
     return merged
 
 
-def _commit(vdir: Path, current: VariantState, state: VariantState, changed: bool) -> None:
-    """Unless nothing changed, make ``state`` visible: a new generation, the symlink swap, then the sweep."""
+def _commit(vdir: Path, current: VariantState, state: VariantState, changed: bool,
+            locks: dict[str, closure.Lock]) -> None:
+    """Unless nothing changed, make ``state`` (and ``locks``) visible: a new generation, the symlink swap, then
+    the sweep."""
     if changed or state.python_versions != current.python_versions:
-        generation = _write_generation(vdir, state)
+        generation = _write_generation(vdir, state, locks)
         _swap(vdir, generation)
         _sweep(vdir, state)
     else:
@@ -381,13 +436,14 @@ def _store(vdir: Path, c: _Candidate, entry: IndexedFile) -> None:
     fileio.fsync_dir(folder)
 
 
-def _write_generation(vdir: Path, state: VariantState) -> Path:
-    """Write every page of ``state`` into a fresh generation folder (nobody reads it until `_swap`)."""
+def _write_generation(vdir: Path, state: VariantState, locks: dict[str, closure.Lock]) -> Path:
+    """Write every page of ``state``, and ``locks``, into a fresh generation folder (nobody reads it until
+    `_swap`)."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     generation = Path(tempfile.mkdtemp(prefix=f"{GENERATION_PREFIX}{stamp}-", dir=vdir))
     os.chmod(generation, 0o755)
     projects = state.projects()
-    pages = {"index.html": root_page(projects), STATE_FILE: state.to_json()}
+    pages = {"index.html": root_page(projects), STATE_FILE: state.to_json(), **_texts(locks)}
     for project, files in projects.items():
         pages[f"{project}/index.html"] = project_page(project, files)
     for rel, text in pages.items():

@@ -1,8 +1,9 @@
 """``llamawheel index check``: verify an index as pip will see it, reading the pages, not trusting any
 record of what was published. Every link must resolve, carry ``#sha256=`` of the file's bytes and PEP
 658/714 attributes matching a ``.metadata`` file equal to the METADATA inside the wheel; projects must be
-listed under their normalized names. Files in the store that no page links to are listed as orphans
-(what a killed publish leaves; harmless, and removed by the next publish), not as problems.
+listed under their normalized names. Each lock beside the pages (``pylock.cp311-x86_64.toml``, see `closure`)
+must name only files the pages link, with their sha256 and size. Files in the store that no page links to are
+listed as orphans (what a killed publish leaves; harmless, and removed by the next publish), not as problems.
 
 A check takes no lock: run during a publish, it reads one generation of pages throughout, but may find a
 file missing that the publish removed after swapping in its new pages; run it again then."""
@@ -18,6 +19,7 @@ from urllib.parse import unquote, urljoin, urlparse
 
 from llamawheel.core.errors import IndexCheckError, PublishError
 from llamawheel.core.fileio import sha256_of
+from llamawheel.publish import closure
 from llamawheel.publish.index import variant_dirs
 from llamawheel.publish.index_pages import parse_links
 from llamawheel.wheel import distmeta
@@ -30,6 +32,7 @@ class CheckReport:
     files: int = 0
     problems: list[str] = field(default_factory=list)
     orphans: list[Path] = field(default_factory=list)
+    locks: int = 0
 
     def render(self) -> str:
         lines = [f"{self.root}: {len(self.variants)} variant(s) ({', '.join(self.variants) or 'none'}),"
@@ -37,7 +40,8 @@ class CheckReport:
         lines += [f"PROBLEM {p}" for p in self.problems]
         lines += [f"orphan  {o} (no page links to it; the next publish removes it)" for o in self.orphans]
         if not self.problems:
-            lines.append("ok: every link resolves, every sha256 and metadata file matches")
+            lines.append("ok: every link resolves, every sha256 and metadata file matches"
+                         + (f"; {self.locks} lock(s) match the files" if self.locks else ""))
         return "\n".join(lines)
 
     def raise_if_failed(self) -> None:
@@ -88,10 +92,35 @@ def _check_variant(vdir: Path, report: CheckReport) -> None:
         page = simple / project / "index.html"
         for link in parse_links(page.read_text()):
             _check_link(vdir, project, link, report, referenced)
+    for lock in sorted(simple.glob("pylock.*.toml")):
+        _check_lock(vdir, lock, report, referenced)
     store = vdir / "files"
     for path in sorted(store.rglob("*")) if store.is_dir() else []:
         if path.is_file() and path.relative_to(vdir).as_posix() not in referenced:
             report.orphans.append(path)
+
+
+def _check_lock(vdir: Path, path: Path, report: CheckReport, referenced: set[str]) -> None:
+    where = f"{vdir.name}/simple/{path.name}"
+    try:
+        lock = closure.read_lock(path)
+    except PublishError as exc:
+        report.problems.append(f"{where}: {exc.message}")
+        return
+    report.locks += 1
+    for f in lock.files:
+        stored = vdir / f.store_path
+        if f.store_path not in referenced:
+            report.problems.append(f"{where}: locks {f.file} (sha256 {f.sha256}), which no page links to")
+        if not stored.is_file():
+            report.problems.append(f"{where}: locks {f.store_path}, which is missing")
+            continue
+        actual = sha256_of(stored)
+        if actual != f.sha256:
+            report.problems.append(f"{where}: {f.file} does not match the lock (lock says {f.sha256}, file has"
+                                   f" {actual})")
+        elif f.size and stored.stat().st_size != f.size:
+            report.problems.append(f"{where}: {f.file} is {stored.stat().st_size} bytes, the lock says {f.size}")
 
 
 def _check_link(vdir: Path, project: str, link: dict[str, str], report: CheckReport, referenced: set[str]) -> None:
