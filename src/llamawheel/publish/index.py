@@ -44,6 +44,7 @@ from pathlib import Path
 
 from llamawheel.core import fileio, log, paths
 from llamawheel.core.errors import PublishError, UsageError
+from llamawheel.core.redact import redact
 from llamawheel.mirror import profiles
 from llamawheel.mirror.profiles import MirrorProfile
 from llamawheel.pipeline import manifest
@@ -428,7 +429,7 @@ def _store(vdir: Path, c: _Candidate, entry: IndexedFile) -> None:
     extras = {final.name + ".metadata": c.meta.raw}
     built = manifest.path_for(c.path)
     if c.direct and built.is_file():
-        extras[final.name + ".json"] = built.read_bytes()
+        extras[final.name + ".json"] = redact(built.read_text()).encode()  # a manifest written by hand, or before
     for name, data in extras.items():
         target = folder / name
         if not (target.is_file() and target.read_bytes() == data):
