@@ -65,25 +65,39 @@ def test_gcc_10_builds_every_cpu_level_but_alderlake_and_sapphirerapids() -> Non
     assert host.cpu_variants == policy.X86_CPU_VARIANTS
 
 
-def test_a_root_is_entered_with_no_network_no_host_environment_and_the_cache_bound(tmp_path: Path) -> None:
+def test_a_root_is_entered_read_only_with_no_network_no_host_environment_and_only_the_store_writable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLAMAWHEEL_CACHE", str(tmp_path / "cache"))
+    made: list[list[str]] = []
+    monkeypatch.setattr(rootbuild, "run_streamed", lambda cmd, **_: made.append(list(cmd)) or [])
     root = buildroot.Root(tmp_path / "buildroot-bullseye", "bullseye", (), "test", 0, 0.0, "2.31", "10.2.1", "3.9")
     work = tmp_path / "cache" / "build" / "llama-cpu"
     runner = rootbuild.runner_for(root, tmp_path / "house", tmp_path / "cuda", work)
     cmd, extra = runner.command(["python", "-V"], {"CMAKE_ARGS": "-DX=1"})
     assert extra is None  # everything is inside the command
     assert cmd[cmd.index("--bind") + 1:cmd.index("--bind") + 3] == [str(root.path), "/"]
-    assert "--unshare-net" in cmd and "--clearenv" in cmd
+    assert cmd[cmd.index("--remount-ro"):cmd.index("--remount-ro") + 2] == ["--remount-ro", "/"]
+    assert "--unshare-net" in cmd and "--clearenv" in cmd and "--share-net" not in cmd
     env = {cmd[i + 1]: cmd[i + 2] for i, a in enumerate(cmd) if a == "--setenv"}
     assert env["PIP_NO_INDEX"] == "1" and env["PIP_FIND_LINKS"] == str(tmp_path / "house")
     assert env["PIP_CONFIG_FILE"] == "/dev/null"  # neither this machine's pip settings nor the root's
-    assert env["PATH"].startswith(f"/opt/cuda/bin:{buildroot.VENV}/bin:")
+    assert env["PATH"].startswith(f"/opt/cuda/bin:{rootbuild.BUILD_VENV}/bin:")
     assert env["CMAKE_ARGS"] == "-DX=1"
     assert cmd[-3:] == ["--", "python", "-V"]
+    # pip runs in a venv of the build's own folder, made by the root's Python (the root cannot take a newer pip)
+    assert runner.python == "/build/.venv/bin/python"
+    assert made and made[0][-5:] == ["--", "python3", "-m", "venv", "/build/.venv"] and "--remount-ro" in made[0]
     # the build's folder and the CUDA root at fixed paths inside, whatever this machine calls them: the paths
     # compiled into the libraries are the same on every machine; this machine's paths in arguments follow them
     assert ["--bind", str(work), "/build"] == cmd[cmd.index(str(work)) - 1:cmd.index(str(work)) + 2]
     assert ["--ro-bind", str(tmp_path / "cuda"), "/opt/cuda"] == \
         cmd[cmd.index(str(tmp_path / "cuda")) - 1:cmd.index(str(tmp_path / "cuda")) + 2]
+    # writable: the build's folder and the compile caches' stores; the wheelhouse and the tools read-only; nothing
+    # else of the cache (the farm's tokens, the toolchains) is bound at all
+    pairs = [(cmd[i], cmd[i + 1]) for i, a in enumerate(cmd[:-2]) if a in ("--bind", "--ro-bind")]
+    assert pairs == [("--bind", str(root.path)), ("--bind", str(tmp_path / "cache" / "compile-cache")),
+                     ("--bind", str(work)), ("--ro-bind", str(tmp_path / "house")),
+                     ("--ro-bind", str(tmp_path / "cache" / "tools")), ("--ro-bind", str(tmp_path / "cuda"))]
     moved, _ = runner.command(["pip", "wheel", f"{work}/src", f"-DCUDAToolkit_ROOT={tmp_path / 'cuda'}"], {})
     assert moved[-5:] == ["--", "pip", "wheel", "/build/src", "-DCUDAToolkit_ROOT=/opt/cuda"]
     assert rootbuild.Runner().command(["python", "-V"], {"A": "1"}) == (["python", "-V"], {"A": "1"})

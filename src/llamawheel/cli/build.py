@@ -12,7 +12,7 @@ from pathlib import Path
 
 from llamawheel import pipeline
 from llamawheel.build import cache, farm, options, planning
-from llamawheel.core import log, paths
+from llamawheel.core import fileio, log, paths
 from llamawheel.core.errors import UsageError, did_you_mean
 from llamawheel.mirror import profiles
 from llamawheel.recipe import catalog
@@ -117,7 +117,11 @@ def _cmd_toolchains(args: argparse.Namespace) -> int:
             raise UsageError(f"no cached toolchain named {args.clean}{did_you_mean(args.clean, names)}",
                              f"cached: {', '.join(names) or 'none'}")
         for path, size in chosen:
-            buildroot.remove_root(path)
+            def waiting(path: Path = path) -> None:
+                log.info(f"{path.name} is being made or checked by another run: waiting for it to finish")
+
+            with fileio.locked(path, on_wait=waiting):  # the lock its provisioning (and each use's check) takes
+                buildroot.remove_root(path)
             print(f"removed {path} ({log.human_size(size)})")
         return 0
     if not roots and not builds:

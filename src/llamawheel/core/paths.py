@@ -113,3 +113,13 @@ def images_dir() -> Path:
 def models_dir() -> Path:
     """Vocabularies taken from the sdist, for the tiny verification models."""
     return cache_dir() / "models"
+
+
+def tools_dir() -> Path:
+    """The compile-cache tools llamawheel installs (sccache, ccache): bound read-only into build roots."""
+    return cache_dir() / "tools"
+
+
+def compile_stores_dir() -> Path:
+    """The compile caches' local stores, one folder per tool: the only part of the cache a build root writes."""
+    return cache_dir() / "compile-cache"

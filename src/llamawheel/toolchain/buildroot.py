@@ -9,6 +9,11 @@ bubblewrap: no container engine, no daemon. Inside, the network is cut: everythi
 build backend, CMake and ninja as wheels) is fetched on the host through the mirror profile first, so a
 build root can never contact a host the profile does not name.
 
+A build is sandboxed (`SANDBOX`): every namespace of its own (no host process, no IPC, a user namespace where
+the kernel allows one), a new session, no capability, and the root read-only; only the build's own folder and
+the compile cache's store are written (`Root.command` with ``read_only``). Each use first checks the root against
+the list of its files recorded when it was made (`assemble.intact`).
+
 The same maker gives the test roots (bookworm, trixie) that the wheels are installed into.
 """
 
@@ -31,7 +36,7 @@ from llamawheel.core import fileio, log, paths
 from llamawheel.core.errors import ToolchainError, UsageError, did_you_mean
 from llamawheel.core.proc import CommandFailed, run_streamed
 from llamawheel.mirror.profiles import MirrorProfile
-from llamawheel.toolchain.assemble import tree_size
+from llamawheel.toolchain.assemble import intact, record_files, tree_size
 
 HOST = "host"
 ROOT_MARKER = "llamawheel-root.json"
@@ -64,6 +69,12 @@ SUITES = {
 }
 """The Debian releases the machine's mirror still serves (buster is gone from it: bullseye is the oldest)."""
 
+SANDBOX = ("--unshare-all", "--new-session", "--die-with-parent", "--cap-drop", "ALL")
+"""What every command in a root runs under: its own user (where the kernel allows it), PID, IPC, network, UTS and
+cgroup namespaces (the network only shared on request: ``--share-net``), a new terminal session (no
+``TIOCSTI`` into this one), killed with llamawheel, and no capability even when run as root (``--cap-drop``:
+bubblewrap 0.3 and later; Debian 12 has 0.8.0)."""
+
 BUILD_PACKAGES = ("build-essential", "python3", "python3-venv", "python3-dev")
 """A build root: GCC, make, the C library's headers, Python to run pip and scikit-build-core. CMake and ninja
 come as wheels (Debian 11's CMake 3.18 is older than llama.cpp asks for); the compile cache is llamawheel's own
@@ -89,8 +100,8 @@ def check_can_build(suite: str) -> None:
     if bwrap is None:
         raise ToolchainError(f"bubblewrap is not installed: it enters the Debian {suite} build root",
                              f"apt-get install bubblewrap; {host_tip}")
-    probe = subprocess.run([bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--unshare-net", "--", "true"],
-                           capture_output=True, text=True)
+    probe = subprocess.run([bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", *SANDBOX, "--",
+                            "true"], capture_output=True, text=True)
     if probe.returncode != 0:
         raise ToolchainError(f"bubblewrap cannot make its namespaces here: {probe.stderr.strip()}",
                              f"in a container, run it privileged (docker run --privileged); {host_tip}")
@@ -140,19 +151,21 @@ class Root:
 
     def command(self, argv: Sequence[str], *, env: Mapping[str, str],
                 binds: Sequence[Path | tuple[str, str]] = (), ro_binds: Sequence[Path | tuple[str, str]] = (),
-                network: bool = False, cwd: Path | None = None) -> list[str]:
-        """``argv`` run inside this root with bubblewrap: the root as ``/`` (writable: pip caches and
-        ``__pycache__`` land in it), a fresh /tmp, ``binds`` at their own paths (or, as a pair, here ->
-        inside), only ``env`` in the environment, and no network unless asked."""
+                network: bool = False, cwd: Path | None = None, read_only: bool = False) -> list[str]:
+        """``argv`` run inside this root with bubblewrap, under `SANDBOX`: the root as ``/`` (``read_only``, as
+        every build has it; else writable, as the copies of test roots that wheels are installed into), a fresh
+        /tmp, ``binds`` at their own paths (or, as a pair, here -> inside), ``ro_binds`` alike but read-only,
+        only ``env`` in the environment, and no network unless asked."""
         # `check_can_build` has said what to install when there is none
         cmd = [shutil.which("bwrap") or "bwrap", "--bind", str(self.path), "/", "--dev", "/dev", "--proc", "/proc",
-               "--tmpfs", "/tmp", "--die-with-parent", "--clearenv"]
-        if not network:
-            cmd.append("--unshare-net")
+               "--tmpfs", "/tmp", *SANDBOX, "--clearenv"]
+        cmd.append("--share-net" if network else "--unshare-net")
         for flag, pairs in (("--bind", binds), ("--ro-bind", ro_binds)):
             for b in pairs:
                 here, there = b if isinstance(b, tuple) else (str(b), str(b))
                 cmd += [flag, here, there]
+        if read_only:  # last: the folders the binds need are made in the root first (their mount points)
+            cmd += ["--remount-ro", "/"]
         for key, value in {"PATH": f"{VENV}/bin:/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8",
                            **env}.items():
             cmd += ["--setenv", key, value]
@@ -163,7 +176,8 @@ class Root:
     def output(self, argv: Sequence[str]) -> str:
         """The output of a short command inside (``gcc -dumpfullversion``); '' if it fails."""
         try:
-            done = subprocess.run(self.command(argv, env={}), capture_output=True, text=True, timeout=60)
+            done = subprocess.run(self.command(argv, env={}, read_only=True), capture_output=True, text=True,
+                                  timeout=60)
         except (OSError, subprocess.SubprocessError, ToolchainError):
             return ""
         return done.stdout.strip() if done.returncode == 0 else ""
@@ -195,7 +209,8 @@ def make_root(name: str, suite: str, packages: Sequence[str], mirror: MirrorProf
     key = _key(suite, packages, hooks)
     with fileio.locked(final):
         marker = final / ROOT_MARKER
-        if marker.is_file() and json.loads(marker.read_text()).get("key") == key:
+        if marker.is_file() and json.loads(marker.read_text()).get("key") == key \
+                and intact(final, f"the Debian {suite} root", compilers):
             return Root.from_marker(final)
         exe = shutil.which("mmdebstrap")
         if exe is None:
@@ -230,10 +245,17 @@ def make_root(name: str, suite: str, packages: Sequence[str], mirror: MirrorProf
             data = {"key": key, "suite": suite, "packages": list(packages), "origin": f"{mirror.name} apt mirror",
                     "size_bytes": tree_size(tmp), "seconds": round(seconds, 1), **facts,
                     "fetched": debs_fetched(Path(record), sources, tmp / "var/lib/dpkg/status")}
+            record_files(tmp, compilers)
             (tmp / ROOT_MARKER).write_text(json.dumps(data, indent=2) + "\n")
         root = Root.from_marker(final)
     log.info(f"Debian {suite} root ready at {final}: {log.human_size(root.size_bytes)} in {log.human_time(seconds)}")
     return root
+
+
+def compilers(rel: str) -> bool:
+    """The files of a root hashed again before each use (with their exec bit): GCC's own programs and everything in
+    ``usr/bin`` (about 130 MB in the bullseye build root); every other file is checked by its size and time."""
+    return rel.startswith(("usr/bin/", "usr/lib/gcc/"))
 
 
 def _list_prefix(uri: str) -> str:
@@ -304,12 +326,13 @@ def cached_roots(folder: Path) -> list[Root]:
 
 
 def remove_root(root: Path) -> None:
-    """Remove a root (it may hold files only root can delete, and device nodes)."""
+    """Remove a root (it may hold files only root can delete, and device nodes). Call it holding
+    ``fileio.locked(root)``, the lock its making takes; the lock file itself stays (another run may be waiting on
+    it: a new one would let two runs in at once)."""
     shutil.rmtree(root, ignore_errors=True)
     if root.exists():
         subprocess.run(["rm", "-rf", "--one-file-system", str(root)], check=False)
-    for extra in (root.with_name(root.name + ".log"), root.with_name(root.name + ".lock")):
-        extra.unlink(missing_ok=True)
+    root.with_name(root.name + ".log").unlink(missing_ok=True)
 
 
 def env_for_pip(wheelhouse: Path) -> dict[str, str]:

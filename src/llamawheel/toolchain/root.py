@@ -13,7 +13,7 @@ from typing import Any
 from llamawheel.core import log
 from llamawheel.mirror import provenance
 from llamawheel.mirror.provenance import Fetched
-from llamawheel.toolchain.assemble import tree_size
+from llamawheel.toolchain.assemble import intact, record_files, tree_size
 
 MARKER = "llamawheel-toolchain.json"
 
@@ -67,14 +67,22 @@ class CudaRoot:
         )
 
 
+def compilers(rel: str) -> bool:
+    """The files of a CUDA root hashed again before each use (with their exec bit): nvcc, ptxas, cicc, fatbinary,
+    nvlink, cudafe++ (about 180 MB); every other file is checked by its size and time."""
+    return rel.startswith(("bin/", "nvvm/bin/"))
+
+
 def cached_root(root: Path, pins: str) -> CudaRoot | None:
     """The finished root at ``root`` when it was made from the pins ``pins`` (and records its downloads: a root
-    from before they were recorded is made again), else None."""
+    from before they were recorded is made again) and is still as it was made (`assemble.intact`), else None."""
     try:
         data = json.loads((root / MARKER).read_text())
     except (OSError, ValueError):
         return None
     if data.get("pins") != pins or "fetched" not in data:
+        return None
+    if not intact(root, f"the CUDA {data.get('version', '')} toolchain", compilers):
         return None
     return CudaRoot.from_marker(root)
 
@@ -82,11 +90,12 @@ def cached_root(root: Path, pins: str) -> CudaRoot | None:
 def seal(tmp: Path, final: Path, version: str, provider: str, origin: str, nvcc_version: str,
          fetched: list[Fetched], started: float, extra: dict[str, object]) -> CudaRoot:
     """Describe the finished root in ``tmp`` (which becomes ``final``), made of the ``fetched`` files, and write
-    its marker last: a root without a marker is never trusted."""
+    its marker last: a root without a marker is never trusted. The list of its files is written just before."""
     root = CudaRoot(path=final, version=version, provider=provider, origin=origin, nvcc_version=nvcc_version,
                     download_bytes=provenance.total_size(fetched), size_bytes=tree_size(tmp),
                     fetched=tuple(provenance.to_json(fetched)))
     marker = root.to_json() | extra | {"seconds": round(time.monotonic() - started, 1)}
+    record_files(tmp, compilers)
     (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
     return root
 
