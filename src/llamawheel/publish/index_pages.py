@@ -137,7 +137,8 @@ def top_page(states: Sequence[VariantState], base_url: str, note: str = "") -> s
         body.append(f"    <p>{html.escape(note)}</p>")
     body += [
         "    <p>Over HTTP: serve this folder (<code>llamawheel index serve --host 0.0.0.0 --port 8080</code>) and",
-        "    use <code>--index-url http://HOST:8080/VARIANT/simple</code> instead.</p>",
+        "    use <code>--index-url http://HOST:8080/VARIANT/simple</code> instead, on a trusted network: beyond one,"
+        " put a real web server (TLS, authentication) in front.</p>",
     ]
     for state in states:
         url = f"{base_url}/{quote(state.variant)}/simple"

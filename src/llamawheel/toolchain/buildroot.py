@@ -35,6 +35,7 @@ from typing import Any
 from llamawheel.core import fileio, log, paths
 from llamawheel.core.errors import ToolchainError, UsageError, did_you_mean
 from llamawheel.core.proc import CommandFailed, run_streamed
+from llamawheel.core.redact import redact
 from llamawheel.mirror.profiles import MirrorProfile
 from llamawheel.toolchain.assemble import intact, record_files, tree_size
 
@@ -275,7 +276,7 @@ def debs_fetched(record: Path, sources: Sequence[str], status: Path) -> list[dic
             fields = dict(re.findall(r"^(Package|Version|Architecture|Filename|Size|SHA256): (\S+)$", stanza, re.M))
             if base and {"Package", "Version", "Filename", "SHA256"} <= fields.keys():
                 key = (fields["Package"], fields["Version"], fields.get("Architecture", ""))
-                index[key] = {"file": fields["Filename"].rsplit("/", 1)[-1], "url": base + fields["Filename"],
+                index[key] = {"file": fields["Filename"].rsplit("/", 1)[-1], "url": redact(base + fields["Filename"]),
                               "sha256": fields["SHA256"], "size": int(fields.get("Size", 0))}
     fetched = []
     text = status.read_text(errors="replace") if status.is_file() else ""
