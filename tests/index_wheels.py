@@ -3,7 +3,10 @@ whose Requires-Dist names only small packages, so no test downloads a CUDA wheel
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from llamawheel.wheel.wheelfile import Entry, write_wheel
@@ -39,3 +42,25 @@ def make_wheel(
     path = folder / f"{name}-{version}-py3-none-{platform}.whl"
     write_wheel(entries, path)
     return path
+
+
+@contextmanager
+def index_server(published: Path, log: Path) -> Iterator[str]:
+    """The real ``llamawheel index serve`` of ``published`` on a free loopback port (port 0: it prints the one it
+    got), its log in ``log``; yields its base URL (``http://127.0.0.1:PORT``)."""
+    with log.open("w") as log_fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "llamawheel", "index", "serve", "--index", str(published), "--host", "127.0.0.1",
+             "--port", "0"],
+            cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, stderr=log_fh, text=True,
+        )
+        try:
+            assert proc.stdout is not None
+            first = proc.stdout.readline()
+            assert first.startswith("serving "), first + log.read_text()
+            url = first.split(" at ", 1)[1].split("/ ", 1)[0]
+            assert url.startswith("http://127.0.0.1:")
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)

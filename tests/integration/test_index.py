@@ -27,7 +27,7 @@ import pytest
 from llamawheel.core.compat import tomllib
 from llamawheel.publish.index_pages import parse_links
 
-from ..index_wheels import make_wheel
+from ..index_wheels import index_server, make_wheel
 from .conftest import ROOT, llamawheel
 
 pytestmark = pytest.mark.integration
@@ -102,22 +102,8 @@ def test_pip_installs_offline_from_file_index(published: Path, tmp_path: Path) -
 def server(published: Path, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """``llamawheel index serve`` on a free loopback port (port 0: it prints the one it got)."""
     log = tmp_path / "serve.log"
-    with log.open("w") as log_fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "llamawheel", "index", "serve", "--index", str(published), "--host", "127.0.0.1",
-             "--port", "0"],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=log_fh, text=True,
-        )
-        try:
-            assert proc.stdout is not None
-            first = proc.stdout.readline()
-            assert first.startswith("serving "), first + log.read_text()
-            url = first.split(" at ", 1)[1].split("/ ", 1)[0]
-            assert url.startswith("http://127.0.0.1:")
-            yield url, log
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+    with index_server(published, log) as url:
+        yield url, log
 
 
 def test_pip_installs_from_the_http_server(server: tuple[str, Path], tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ import pytest
 
 from llamawheel.publish import index
 
-from ..index_wheels import make_wheel
+from ..index_wheels import index_server, make_wheel
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,20 +47,8 @@ def published(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(published: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """The real command on a free loopback port (port 0: it prints the one it got); its log in a file."""
     log = tmp_path_factory.mktemp("serve-log") / "serve.log"
-    with log.open("w") as log_fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "llamawheel", "index", "serve", "--index", str(published), "--host", "127.0.0.1",
-             "--port", "0"],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=log_fh, text=True,
-        )
-        try:
-            assert proc.stdout is not None
-            first = proc.stdout.readline()
-            assert first.startswith("serving "), first + log.read_text()
-            yield first.split(" at ", 1)[1].split("/ ", 1)[0], log
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+    with index_server(published, log) as url:
+        yield url, log
 
 
 def get(url: str) -> tuple[int, bytes]:

@@ -401,6 +401,21 @@ async def _send_json(send: Send, status: int, payload: dict[str, Any],
     await send({"type": "http.response.body", "body": data, "more_body": False})
 
 
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that gives the app ``body`` (read already) as one message, then whatever comes next (the
+    client's disconnect)."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
 def _is_completion(scope: Scope) -> bool:
     return scope.get("type") == "http" and scope.get("method") == "POST" and scope.get("path") in STREAM_PATHS
 
@@ -454,14 +469,7 @@ class StreamErrors:
             if message.get("type") != "http.request" or not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
+        replay = _replaying(body, receive)
 
         try:
             request = json.loads(body)
@@ -609,14 +617,7 @@ class Guard:
                 if not message.get("more_body", False):
                     break
             body = b"".join(chunks)
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
+        replay = _replaying(body, receive)
 
         async def with_cors(message: Message) -> None:
             if message["type"] == "http.response.start":
