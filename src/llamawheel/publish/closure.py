@@ -42,6 +42,7 @@ from llamawheel.core.errors import LlamawheelError, PublishError
 from llamawheel.mirror.profiles import MirrorProfile
 from llamawheel.mirror.provenance import Fetched
 from llamawheel.pipeline.wheelhouse import download_pinned
+from llamawheel.publish import index_pages
 from llamawheel.recipe import catalog
 from llamawheel.recipe.model import requirement_name
 from llamawheel.recipe.variant import Variant
@@ -84,7 +85,7 @@ class LockedFile:
     @property
     def store_path(self) -> str:
         """Where it lies in the variant folder (the content store, named by its sha256)."""
-        return f"files/{self.sha256}/{self.file}"
+        return index_pages.store_path(self.sha256, self.file)
 
     @property
     def path(self) -> str:

@@ -39,7 +39,12 @@ class IndexedFile:
     @property
     def store_path(self) -> str:
         """Where the file lies, relative to the variant folder: written once, never overwritten."""
-        return f"files/{self.sha256}/{self.name}"
+        return store_path(self.sha256, self.name)
+
+
+def store_path(sha256: str, name: str) -> str:
+    """Where a file of the variant's content store lies, relative to the variant folder (named by its sha256)."""
+    return f"files/{sha256}/{name}"
 
 
 @dataclass(frozen=True)
