@@ -219,7 +219,7 @@ def test_a_ggml_v3_model_converts_once_with_llama_2_settings_and_answers(
     assert [p.name for p in cache.iterdir()] == [converted.name]  # no partial file left
     assert "converting it once to GGUF" in said[0] and said[-1].startswith("converted ")
     again: list[str] = []
-    assert convert.ensure_gguf(model, cache, converter_dir=tmp_path, say=again.append) == converted
+    assert convert.ensure_gguf(model, cache, converter_dir=converter_files(mirror), say=again.append) == converted
     assert "made on an earlier start" in again[0]
     out = subprocess.run([str(venv / "bin" / "python"), "-c", CONVERTED_SCRIPT, str(converted)],
                          capture_output=True, text=True, timeout=300)

@@ -12,11 +12,23 @@ import pytest
 
 from llamawheel.runtime import convert, serve
 
+from .gguf_files import model_tensors, write_gguf
+
 
 def ggml_file(path: Path, *, version: int = 3, n_embd: int = 64, n_head: int = 4) -> Path:
     """A ggjt header (the converter is not run here, so nothing else is needed)."""
     path.write_bytes(struct.pack("<4sI7i", b"tjgg", version, 32000, n_embd, 256, n_head, 2, n_embd // n_head, 7))
     return path
+
+
+@pytest.fixture
+def converter(tmp_path: Path) -> Path:
+    """A converter folder as the image ships it (the script is not run here: only its bytes count)."""
+    folder = tmp_path / "converter"
+    (folder / "gguf").mkdir(parents=True)
+    (folder / convert.CONVERTER_SCRIPT).write_text("# llama.cpp's converter\n")
+    (folder / "gguf" / "__init__.py").write_text("")
+    return folder
 
 
 def test_a_ggml_file_is_known_by_its_bytes_whatever_its_name(tmp_path: Path) -> None:
@@ -34,22 +46,30 @@ def test_llama_2_70b_gets_its_grouped_query_factor(tmp_path: Path) -> None:
     assert cmd[-6:] == ["--context-length", "4096", "--eps", "1e-5", "--gqa", "8"]
 
 
-def test_the_cache_name_changes_with_the_file(tmp_path: Path) -> None:
+def test_the_cache_name_changes_with_the_file_and_with_the_converter(tmp_path: Path, converter: Path) -> None:
     model = ggml_file(tmp_path / "llama-2-7b-chat.bin")
-    first = convert.converted_name(model)
+    first = convert.converted_name(model, converter)
     assert first.startswith("llama-2-7b-chat.") and first.endswith(".gguf")
     os.utime(model, ns=(1, 1))
-    assert convert.converted_name(model) != first
+    second = convert.converted_name(model, converter)
+    assert second != first
+    (converter / convert.CONVERTER_SCRIPT).write_text("# llama.cpp's converter, patched again\n")
+    assert convert.converted_name(model, converter) != second
 
 
-def test_an_earlier_conversion_is_reused(tmp_path: Path) -> None:
+def test_without_its_converter_the_image_is_said_to_be_incomplete(tmp_path: Path) -> None:
+    model = ggml_file(tmp_path / "llama-2-7b-chat.bin")
+    with pytest.raises(convert.ConversionError, match=r"convert_llama_ggml_to_gguf\.py cannot be read .*rebuild it"):
+        convert.ensure_gguf(model, tmp_path, converter_dir=tmp_path / "none", need_volume=False)
+
+
+def test_an_earlier_conversion_is_reused(tmp_path: Path, converter: Path) -> None:
     model = ggml_file(tmp_path / "llama-2-7b-chat.bin")
     cache = tmp_path / "cache"
     cache.mkdir()
-    done = cache / convert.converted_name(model)
-    done.write_bytes(b"GGUF")
+    done = write_gguf(cache / convert.converted_name(model, converter), model_tensors())
     said: list[str] = []
-    assert convert.ensure_gguf(model, cache, converter_dir=tmp_path / "none", say=said.append) == done
+    assert convert.ensure_gguf(model, cache, converter_dir=converter, say=said.append) == done
     assert "made on an earlier start" in said[0]
 
 
@@ -58,7 +78,8 @@ def test_an_earlier_conversion_is_reused(tmp_path: Path) -> None:
     ("readonly", "is not writable"),
     ("not-a-volume", "is not a mounted volume"),
 ])
-def test_without_a_writable_volume_the_error_says_which_to_mount(tmp_path: Path, make: str, words: str) -> None:
+def test_without_a_writable_volume_the_error_says_which_to_mount(tmp_path: Path, converter: Path, make: str,
+                                                                 words: str) -> None:
     model = ggml_file(tmp_path / "llama-2-7b-chat.bin")
     cache = tmp_path / "cache"
     if make != "missing":
@@ -71,7 +92,7 @@ def test_without_a_writable_volume_the_error_says_which_to_mount(tmp_path: Path,
     if need_volume and convert.on_volume(cache):
         pytest.skip(f"{cache} is on another file system than / here: it counts as a volume")
     with pytest.raises(convert.ConversionError) as info:
-        convert.ensure_gguf(model, cache, converter_dir=tmp_path, need_volume=need_volume)
+        convert.ensure_gguf(model, cache, converter_dir=converter, need_volume=need_volume)
     assert words in str(info.value) and f"-v llama-cache:{cache}" in str(info.value)
     assert "GGML v3" in str(info.value)
 

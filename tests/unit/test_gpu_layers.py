@@ -124,7 +124,18 @@ def test_a_file_cut_before_its_last_tensor_is_truncated(tmp_path: Path) -> None:
     path = write_gguf(tmp_path / "m.gguf", model_tensors())
     data = path.read_bytes()
     path.write_bytes(data[:len(data) - 8192 - 10240])  # the last tensor (blk.3.ffn_up, 8192 bytes) and more
-    with pytest.raises(GgufError, match=r"truncated: tensor blk\.3\.ffn_up\.weight starts at byte \d+ but the file"):
+    with pytest.raises(GgufError, match=r"truncated: tensor blk\.3\.ffn_up\.weight ends at byte \d+ but the file"):
+        read_layout(path)
+
+
+def test_a_file_one_byte_short_of_its_last_tensor_is_truncated(tmp_path: Path) -> None:
+    """The header says how long every tensor is (its type and dimensions): a file cut inside its last tensor is
+    not sized as if that tensor were shorter."""
+    path = write_gguf(tmp_path / "m.gguf", model_tensors())
+    size = path.stat().st_size
+    os.truncate(path, size - 1)
+    with pytest.raises(GgufError, match=rf"truncated: tensor blk\.3\.ffn_up\.weight ends at byte {size} but the file"
+                                        rf" has {size - 1} bytes"):
         read_layout(path)
 
 

@@ -19,10 +19,11 @@ from __future__ import annotations
 import argparse
 import ctypes
 import enum
+import math
 import os
 import struct
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -50,6 +51,46 @@ _STRING, _ARRAY = 8, 9
 _U32, _U64, _TYPE_COUNT = struct.Struct("<I"), struct.Struct("<Q"), struct.Struct("<IQ")
 
 Value = bool | int | float | str | tuple[int, ...]
+
+MAX_TENSORS = 1 << 16
+"""Tensors a header may list. The largest llama.cpp models list a few thousand (a mixture of experts keeps each
+block's experts in one tensor); every one costs a few hundred bytes of memory here, so 65,536 stay under 20 MB."""
+MAX_KEYS = 1 << 16
+"""Metadata keys a header may list: real models have under a hundred (the vocabulary is one array)."""
+MAX_ARRAY = 1 << 24
+"""Elements of one metadata array: the largest vocabularies and merge lists have well under a million."""
+MAX_NAME = (1 << 16) - 1
+"""A key's length: the GGUF specification's limit."""
+MAX_TENSOR_NAME = 256
+"""A tensor name's length: llama.cpp refuses names of 64 bytes or more (GGML_MAX_NAME); with MAX_TENSORS, the
+names held here stay under 16 MiB."""
+MAX_STRING = 64 * MIB
+"""A string value's length: the longest real ones are chat templates (tens of kB) and a whole tokenizer.json
+(a few MB). Only short ones are ever read into memory; longer ones are skipped."""
+MAX_KEPT_STRING = 1024
+"""String values up to this long are kept (the architecture's name); longer ones are skipped."""
+MAX_DEPTH = 4
+"""Arrays nested in arrays: llama.cpp reads no nested array at all; gguf-py can write them."""
+MAX_BLOCKS = 1 << 16
+"""``{arch}.block_count``: the deepest models have a few hundred blocks; the plan takes one step per block."""
+MAX_KEPT = 256
+"""Metadata values kept for sizing (the keys named in ``_USED``): a real model has about ten."""
+_USED = ("architecture", "alignment", "block_count", "embedding_length", "attention.head_count",
+         "attention.head_count_kv", "attention.key_length", "attention.value_length", "context_length", "vocab_size")
+"""Metadata read_layout uses (after the architecture or ``general.``): only these values are kept."""
+_MIN_KV = 8 + 4 + 1
+"""The fewest bytes a metadata entry takes: an empty key's length, the value type, a one-byte value."""
+_MIN_TENSOR = 8 + 4 + 4 + 8
+"""The fewest bytes a tensor's entry takes: an empty name's length, no dimensions, the type, the offset."""
+_MIN_ELEMENT = {_STRING: 8, _ARRAY: 12}
+GGML_BLOCKS = {
+    0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24), 8: (32, 34), 9: (32, 40),
+    10: (256, 84), 11: (256, 110), 12: (256, 144), 13: (256, 176), 14: (256, 210), 15: (256, 292), 16: (256, 66),
+    17: (256, 74), 18: (256, 98), 19: (256, 50), 20: (32, 18), 21: (256, 110), 22: (256, 82), 23: (256, 136),
+    24: (1, 1), 25: (1, 2), 26: (1, 4), 27: (1, 8), 28: (1, 8), 29: (256, 56), 30: (1, 2), 34: (256, 54),
+    35: (256, 66), 39: (32, 17),
+}
+"""ggml tensor type -> (elements per block, bytes per block), as ggml's type traits give them: a tensor's size."""
 
 
 class GgufError(ValueError):
@@ -82,7 +123,9 @@ class ModelLayout:
 
 
 class _Reader:
-    """Sequential little-endian reads of a file's header, a megabyte at a time."""
+    """Sequential little-endian reads of a file's header, a megabyte at a time. Every count and length it
+    reads is checked against a limit and against the bytes left in the file before anything is read or
+    allocated for it."""
 
     def __init__(self, file: BinaryIO, path: Path, size: int) -> None:
         self.file, self.path, self.size = file, path, size
@@ -92,16 +135,29 @@ class _Reader:
     def offset(self) -> int:
         return self.base + self.pos
 
+    @property
+    def left(self) -> int:
+        """Bytes in the file after the read position."""
+        return self.size - self.offset
+
+    def _truncated(self) -> GgufError:
+        return GgufError(f"{self.path}: truncated: the file ends inside its header, at byte {self.size}")
+
     def _fill(self, n: int) -> None:
         if self.pos + n <= len(self.buf):
             return
-        if self.offset + n > self.size:
-            raise GgufError(f"{self.path}: truncated: the file ends inside its header, at byte {self.size}")
+        if n > self.left:
+            raise self._truncated()
         if self.pos > len(self.buf):  # skipped past the buffer
             self.file.seek(self.offset)
         self.base += self.pos
         self.buf = self.buf[self.pos:] + self.file.read(max(n, CHUNK))
         self.pos = 0
+
+    def skip(self, n: int) -> None:
+        if n > self.left:
+            raise self._truncated()
+        self.pos += n
 
     def unpack(self, layout: struct.Struct) -> tuple[Any, ...]:
         self._fill(layout.size)
@@ -112,46 +168,122 @@ class _Reader:
     def u64(self) -> int:
         return int(self.unpack(_U64)[0])
 
-    def string(self) -> str:
+    def count(self, n: int, what: str, limit: int, each: int) -> int:
+        """``n`` items the header announces, each at least ``each`` bytes: refused above ``limit`` or when the
+        rest of the file cannot hold them."""
+        if n > limit:
+            raise GgufError(f"{self.path}: the header says {n} {what}; at most {limit} are read"
+                            " (a corrupt or crafted file?)")
+        if n * each > self.left:
+            raise GgufError(f"{self.path}: truncated: the file ends inside its header, at byte {self.size}: the"
+                            f" header says {n} {what}, at least {n * each} bytes from byte {self.offset}")
+        return n
+
+    def length(self, what: str, limit: int) -> int:
+        """A string's length, checked before it is read."""
+        at = self.offset
         n = self.u64()
+        if n > limit:
+            raise GgufError(f"{self.path}: the header says {what} at byte {at} is {n} bytes long; at most {limit}"
+                            " (a corrupt or crafted file?)")
+        if n > self.left:
+            raise self._truncated()
+        return n
+
+    def text(self, n: int) -> str:
         self._fill(n)
         text = self.buf[self.pos:self.pos + n].decode("utf-8", errors="replace")
         self.pos += n
         return text
 
-    def value(self, vtype: int, key: str) -> Value | None:
-        """One metadata value; None for an array skipped over."""
+    def string(self, what: str, limit: int) -> str:
+        """A key or a tensor name."""
+        return self.text(self.length(what, limit))
+
+    def value(self, vtype: int, key: str, keep: bool, depth: int = 0) -> Value | None:
+        """One metadata value; None when it is not kept: ``keep`` is false, or it is a long string or array."""
         if vtype in _SCALARS:
             return self.unpack(_SCALARS[vtype])[0]  # type: ignore[no-any-return]
         if vtype == _STRING:
-            return self.string()
+            n = self.length(f"the string {key}", MAX_STRING)
+            if keep and n <= MAX_KEPT_STRING:
+                return self.text(n)
+            self.skip(n)
+            return None
         if vtype != _ARRAY:
             raise GgufError(f"{self.path}: unknown metadata value type {vtype} for {key} (a corrupt file?)")
+        if depth >= MAX_DEPTH:
+            raise GgufError(f"{self.path}: {key} nests arrays in arrays more than {MAX_DEPTH} deep"
+                            " (a corrupt or crafted file?)")
         etype, count = self.unpack(_TYPE_COUNT)
-        if etype in _INTEGERS and count <= MAX_KEPT_ARRAY:
+        each = _SCALARS[etype].size if etype in _SCALARS else _MIN_ELEMENT.get(etype)
+        if each is None:
+            raise GgufError(f"{self.path}: unknown metadata value type {etype} in the array {key} (a corrupt file?)")
+        self.count(count, f"elements in the array {key}", MAX_ARRAY, each)
+        if keep and etype in _INTEGERS and count <= MAX_KEPT_ARRAY:
             return tuple(int(v) for v in self.unpack(struct.Struct(f"<{count}{_SCALARS[etype].format[-1]}")))
         if etype in _SCALARS:
-            self.pos += count * _SCALARS[etype].size
+            self.skip(count * each)
         elif etype == _STRING:  # a vocabulary: 100k+ strings, each with its own length
             for _ in range(count):
-                self._fill(8)
-                self.pos += 8 + _U64.unpack_from(self.buf, self.pos)[0]
+                self.skip(self.length(f"a string in {key}", MAX_STRING))
         else:
             for _ in range(count):
-                self.value(etype, key)
+                self.value(etype, key, False, depth + 1)
         return None
 
 
-def _int(meta: dict[str, Value], key: str, default: int) -> int:
-    """An integer field; the largest element of a per-block array; ``default`` when missing."""
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor as the header lists it."""
+
+    name: str
+    dims: tuple[int, ...]
+    ggml_type: int
+    offset: int
+    """From the start of the tensor data."""
+
+    @property
+    def nbytes(self) -> int | None:
+        """Its data's size, from its type and dimensions; None for a type GGML_BLOCKS does not know."""
+        block = GGML_BLOCKS.get(self.ggml_type)
+        return None if block is None else math.prod(self.dims) * block[1] // block[0]
+
+
+@dataclass(frozen=True)
+class GgufHeader:
+    """A GGUF file's header, checked against the file: every tensor's data lies inside it."""
+
+    path: Path
+    version: int
+    metadata: Mapping[str, Value]
+    """Only the values read_layout uses (the keys in ``_USED``)."""
+    tensors: tuple[TensorInfo, ...]
+    data_start: int
+    """The file offset of the tensor data (the header, padded to ``general.alignment``)."""
+    data_end: int
+    """Where the tensor data ends, as the header says: the least size the file can have."""
+    file_size: int
+
+
+def _kept(key: str) -> bool:
+    return len(key) <= 256 and key.partition(".")[2] in _USED
+
+
+def _int(meta: Mapping[str, Value], key: str, default: int) -> int:
+    """An integer field; the largest element of a per-block array; ``default`` when missing (or not a number)."""
     value = meta.get(key)
     if isinstance(value, tuple):
         return max(value, default=default)
+    if isinstance(value, float) and not math.isfinite(value):
+        return default
     return int(value) if isinstance(value, int | float) else default
 
 
-def read_layout(path: Path) -> ModelLayout:
-    """Parse a GGUF file's header (versions 2 and 3, little-endian); the tensor data is never read."""
+def read_gguf_header(path: Path) -> GgufHeader:
+    """Parse a GGUF file's header (versions 2 and 3, little-endian); the tensor data is never read. Bounded: a
+    corrupt or crafted file (huge counts or lengths, deep nesting, a cut file) raises GgufError naming it and
+    what is wrong, never a MemoryError or a RecursionError."""
     file_size = path.stat().st_size
     with open(path, "rb") as file:
         magic = file.read(4)
@@ -162,36 +294,60 @@ def read_layout(path: Path) -> ModelLayout:
         (version,) = r.unpack(_U32)
         if version not in (2, 3):
             raise GgufError(f"{path}: GGUF version {version} is not supported (only 2 and 3, little-endian)")
-        tensor_count, kv_count = r.u64(), r.u64()
+        tensor_count = r.count(r.u64(), "tensors", MAX_TENSORS, _MIN_TENSOR)
+        kv_count = r.count(r.u64(), "metadata keys", MAX_KEYS, _MIN_KV)
         meta: dict[str, Value] = {}
         for _ in range(kv_count):
-            key = r.string()
-            value = r.value(r.unpack(_U32)[0], key)
-            if value is not None:
+            key = r.string("a metadata key", MAX_NAME)
+            keep = _kept(key)
+            value = r.value(r.unpack(_U32)[0], key, keep)
+            if keep and value is not None:
                 meta[key] = value
-        tensors: list[tuple[int, str, tuple[int, ...]]] = []  # (offset, name, dims)
+                if len(meta) > MAX_KEPT:
+                    raise GgufError(f"{path}: more than {MAX_KEPT} metadata keys about the model's shape"
+                                    " (a corrupt or crafted file?)")
+        r.count(tensor_count, "tensors", MAX_TENSORS, _MIN_TENSOR)
+        tensors: list[TensorInfo] = []
         for _ in range(tensor_count):
-            name = r.string()
+            name = r.string("a tensor name", MAX_TENSOR_NAME)
             (n_dims,) = r.unpack(_U32)
             if n_dims > 8:
                 raise GgufError(f"{path}: tensor {name} has {n_dims} dimensions (a corrupt file?)")
             dims = r.unpack(struct.Struct(f"<{n_dims}Q"))
-            _type, offset = r.unpack(_TYPE_COUNT)
-            tensors.append((offset, name, dims))
+            ggml_type, offset = r.unpack(_TYPE_COUNT)
+            tensors.append(TensorInfo(name, tuple(int(d) for d in dims), int(ggml_type), int(offset)))
         alignment = _int(meta, "general.alignment", 32) or 32
+        if alignment < 0 or alignment & (alignment - 1):
+            raise GgufError(f"{path}: general.alignment is {alignment}, not a power of two (a corrupt file?)")
         data_start = -(-r.offset // alignment) * alignment
+    data_end, last = data_start, None
+    for t in tensors:
+        end = data_start + t.offset + (t.nbytes or 0)
+        if end > data_end:
+            data_end, last = end, t
+    if last is not None and data_end > file_size:
+        where = "starts" if last.nbytes is None else "ends"
+        raise GgufError(f"{path}: truncated: tensor {last.name} {where} at byte {data_end} but the file has"
+                        f" {file_size} bytes")
+    return GgufHeader(path, version, meta, tuple(tensors), data_start, data_end, file_size)
+
+
+def read_layout(path: Path) -> ModelLayout:
+    """The sizes of a GGUF model's layers, from its header (read_gguf_header); the tensor data is never read."""
+    header = read_gguf_header(path)
+    meta, data_start, file_size = header.metadata, header.data_start, header.file_size
     arch = meta.get("general.architecture")
     if not isinstance(arch, str):
         raise GgufError(f"{path}: no general.architecture in the metadata: not a llama.cpp model")
     block_count = _int(meta, f"{arch}.block_count", -1)
     if block_count < 0:
         raise GgufError(f"{path}: no {arch}.block_count in the metadata: cannot tell how many layers the model has")
-    tensors.sort()
+    if block_count > MAX_BLOCKS:
+        raise GgufError(f"{path}: the header says {block_count} blocks; at most {MAX_BLOCKS} are read"
+                        " (a corrupt or crafted file?)")
+    tensors = sorted((t.offset, t.name, t.dims) for t in header.tensors)
     ends = [offset for offset, _, _ in tensors[1:]] + [file_size - data_start] if tensors else []
     sizes = {name: end - offset for (offset, name, _), end in zip(tensors, ends, strict=True)}
-    if tensors and ends[-1] < tensors[-1][0]:
-        raise GgufError(f"{path}: truncated: tensor {tensors[-1][1]} starts at byte {data_start + tensors[-1][0]}"
-                        f" but the file has {file_size} bytes")
     layers = [0] * block_count
     output = other = 0
     for name, size in sizes.items():

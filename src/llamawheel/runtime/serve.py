@@ -630,39 +630,46 @@ class Guard:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Resolve the settings, log them, and run the server until it is stopped."""
+    """Resolve the settings, log them, and run the server until it is stopped. Until the server runs (a model
+    converted, loaded), SIGTERM and SIGINT stop it at once, leaving nothing half-written (`convert.stop_on_signals`):
+    as a container's PID 1 it would otherwise ignore ``docker stop``."""
     del argv
-    import llama_cpp
+    with convert.stop_on_signals():
+        try:
+            guard = security(os.environ)
+        except ConfigError as exc:
+            print(f"ERROR {exc}", file=sys.stderr)
+            return 2
+        import llama_cpp
 
-    try:
-        guard = security(os.environ)
-        config = resolve(os.environ, gpu_offload=bool(llama_cpp.llama_supports_gpu_offload()))
-    except ConfigError as exc:
-        print(f"ERROR {exc}", file=sys.stderr)
-        return 2
-    for note in (*guard.notes, *config.notes):
-        print(f"llamawheel: {note}", file=sys.stderr)
-    cpu_variant = getattr(getattr(llama_cpp, "_backends", None), "CPU_VARIANT", None)
-    if cpu_variant:
-        print(f"llamawheel: llama.cpp runs its {cpu_variant} CPU code (the best of the wheel's x86-64 levels "
-              "that runs here)", file=sys.stderr)
-    print(f"llamawheel: serving {config.model} as {config.alias} on {config.host}:{config.port}"
-          f" (n_ctx {config.n_ctx}, n_gpu_layers {config.n_gpu_layers},"
-          f" {config.n_threads} thread(s): {config.threads_why},"
-          f" up to {config.max_queue} request(s) queued,"
-          f" API key {'required' if guard.api_key else 'not set'}, bodies up to {guard.max_body} bytes,"
-          f" cross-origin requests {'from ' + ', '.join(guard.cors_origins) if guard.cors_origins else 'refused'})",
-          file=sys.stderr, flush=True)
-    os.environ.update(config.environ())
-    os.environ.pop("API_KEY", None)  # the key is checked by Guard alone (llama_cpp.server compares it with ==)
-    import uvicorn
-    from llama_cpp.server.app import create_app
-    from llama_cpp.server.settings import (
-        ModelSettings,
-        ServerSettings,
-    )
+        try:
+            config = resolve(os.environ, gpu_offload=bool(llama_cpp.llama_supports_gpu_offload()))
+        except ConfigError as exc:
+            print(f"ERROR {exc}", file=sys.stderr)
+            return 2
+        for note in (*guard.notes, *config.notes):
+            print(f"llamawheel: {note}", file=sys.stderr)
+        cpu_variant = getattr(getattr(llama_cpp, "_backends", None), "CPU_VARIANT", None)
+        if cpu_variant:
+            print(f"llamawheel: llama.cpp runs its {cpu_variant} CPU code (the best of the wheel's x86-64 levels "
+                  "that runs here)", file=sys.stderr)
+        origins = "from " + ", ".join(guard.cors_origins) if guard.cors_origins else "refused"
+        print(f"llamawheel: serving {config.model} as {config.alias} on {config.host}:{config.port}"
+              f" (n_ctx {config.n_ctx}, n_gpu_layers {config.n_gpu_layers},"
+              f" {config.n_threads} thread(s): {config.threads_why},"
+              f" up to {config.max_queue} request(s) queued,"
+              f" API key {'required' if guard.api_key else 'not set'}, bodies up to {guard.max_body} bytes,"
+              f" cross-origin requests {origins})", file=sys.stderr, flush=True)
+        os.environ.update(config.environ())
+        os.environ.pop("API_KEY", None)  # the key is checked by Guard alone (llama_cpp.server compares it with ==)
+        import uvicorn
+        from llama_cpp.server.app import create_app
+        from llama_cpp.server.settings import (
+            ModelSettings,
+            ServerSettings,
+        )
 
-    app = create_app(server_settings=ServerSettings(), model_settings=[ModelSettings()])
+        app = create_app(server_settings=ServerSettings(), model_settings=[ModelSettings()])  # loads the model
     uvicorn.run(Guard(Admission(StreamErrors(app), config.max_queue), guard), host=config.host, port=config.port,
                 server_header=False)
     return 0
