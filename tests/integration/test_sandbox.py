@@ -109,6 +109,7 @@ def test_inside_the_root_no_host_process_no_capability_no_network(root: buildroo
     assert "touch: cannot touch '/opt/cuda/bin/x': Read-only file system" in writes.stdout
     seen = _inside(runner, f"ls -A {paths.cache_dir()}; test -e {farm.default_folder()} && echo farm-visible")
     assert set(seen.stdout.split()) <= {"compile-cache", "tools", "wheelhouse"}, seen.stdout  # mount points only
+    assert paths.cache_dir() not in farm.default_folder().parents  # the farm's tokens live apart from the cache
 
 
 def test_a_modified_file_in_a_toolchain_is_found_before_use(cuda_root: Path, tmp_path: Path,

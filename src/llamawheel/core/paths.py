@@ -89,6 +89,16 @@ def cache_dir() -> Path:
     return base / "llamawheel"
 
 
+def config_dir() -> Path:
+    """Settings that hold secrets, apart from the cache (``LLAMAWHEEL_CONFIG``; else ``$XDG_CONFIG_HOME/llamawheel``,
+    ``~/.config/llamawheel``): the farm's tokens. Nothing under it is ever bound into a build root."""
+    env = os.environ.get("LLAMAWHEEL_CONFIG")
+    if env:
+        return Path(env).resolve()
+    xdg = os.environ.get("XDG_CONFIG_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".config") / "llamawheel"
+
+
 def toolchains_dir() -> Path:
     return cache_dir() / "toolchains"
 
