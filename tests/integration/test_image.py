@@ -654,6 +654,52 @@ def test_a_ggml_v3_model_is_converted_into_the_cache_volume_served_and_reused(
     print("first start:\n" + "\n".join(line for line in logs[0].splitlines() if line.startswith("llamawheel:")))
 
 
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap (apt-get install bubblewrap)")
+def test_the_image_serves_from_a_read_only_root_with_no_capability(
+    built: Built, ggml_models: Path, tmp_path: Path
+) -> None:
+    """What compose asks of the API container (read_only, tmpfs /tmp, cap_drop ALL, a cache volume): the image's
+    own file system, mounted read-only under bubblewrap as uid 1000 with no capability, converts a GGML model into
+    the one writable volume and answers a chat. (buildah run cannot make a root read-only.)"""
+    container = buildah("from", "--pull-never", built.tag).stdout.strip()
+    rootfs = buildah("mount", container).stdout.strip()
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cache.chmod(0o777)
+    port = _free_port()
+    config = _config(built.tag)
+    env = [*config["Env"], f"PORT={port}", "HOST=127.0.0.1", "HOME=/home/llama"]
+    log = tmp_path / "server.log"
+    process = subprocess.Popen(
+        ["bwrap", "--ro-bind", rootfs, "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
+         "--ro-bind", str(ggml_models), "/models", "--bind", str(cache), "/cache", "--unshare-user", "--uid", "1000",
+         "--gid", "1000", "--unshare-pid", "--unshare-ipc", "--cap-drop", "ALL", "--die-with-parent",
+         "--chdir", "/home/llama", "/usr/bin/env", "-i", *env, *config["Entrypoint"]],
+        stdout=log.open("w"), stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    server = Api(container, port, ggml_models, process, log)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert process.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        status, _, stream = _post(server, _ui_chat([{"role": "user", "content": "Hello!"}], GGML_ID)
+                                  | {"max_tokens": 16})
+        _answered_in_full(status, stream)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=30)
+        buildah("umount", container, check=False)
+        buildah("rm", container, check=False)
+    assert [p.suffix for p in cache.iterdir()] == [".gguf"]  # the volume took the conversion, nothing else
+    assert "Read-only file system" not in log.read_text()
+
+
 def test_a_ggml_v3_model_without_a_cache_volume_says_which_to_mount(
     built: Built, ggml_models: Path, tmp_path: Path
 ) -> None:
