@@ -26,14 +26,38 @@ def show_pip_line(line: str) -> None:
         log.info("pip: " + line.strip())
 
 
+class PipFailed(CommandFailed):
+    """A ``pip download`` that failed, with pip's own verbose log (``log``: where it says which file did not
+    match which hash)."""
+
+    def __init__(self, failed: CommandFailed, log_lines: list[str]) -> None:
+        super().__init__(failed.cmd, failed.returncode, failed.tail)
+        self.log = log_lines
+
+
 def _pip_logged(cmd: list[str], dest: Path, mirror: MirrorProfile) -> list[Fetched]:
     """Run a ``pip download`` into ``dest`` with its verbose log kept aside; returns what pip says it resolved,
-    each with the URL it came from."""
+    each with the URL it came from. A failure is `PipFailed`, with that log."""
     with tempfile.TemporaryDirectory() as tmp:
         pip_log = Path(tmp) / "pip.log"
-        run_streamed([*cmd, "--log", str(pip_log)], env=mirror.pip_env(), on_line=show_pip_line)
+        try:
+            run_streamed([*cmd, "--log", str(pip_log)], env=mirror.pip_env(), on_line=show_pip_line)
+        except CommandFailed as exc:
+            lines = pip_log.read_text(errors="replace").splitlines() if pip_log.is_file() else []
+            raise PipFailed(exc, lines) from None
         text = pip_log.read_text(errors="replace") if pip_log.is_file() else ""
     return provenance.from_pip_log(text, dest)
+
+
+def _target(python_version: str | None, platforms: Sequence[str]) -> list[str]:
+    """pip's options that fetch for CPython ``python_version`` on ``platforms`` (none: for this machine)."""
+    if python_version is None:
+        return []
+    abi = "cp" + python_version.replace(".", "")
+    args = ["--python-version", python_version, "--implementation", "cp", "--abi", abi]
+    for platform in platforms:
+        args += ["--platform", platform]
+    return args
 
 
 def download(
@@ -44,23 +68,37 @@ def download(
     binary: bool,
 ) -> list[Fetched]:
     """``pip download --require-hashes`` the given ``name==version --hash=...`` lines into ``dest``; returns each
-    file with its URL and sha256."""
+    file with its URL and sha256. A failure is explained (`DownloadError`, `NotOnMirror`)."""
+    try:
+        return download_hashed(requirement_lines, dest, mirror, binary=binary)
+    except PipFailed as exc:
+        raise _explain(exc, mirror) from None
+
+
+def download_hashed(
+    requirement_lines: Sequence[str],
+    dest: Path,
+    mirror: MirrorProfile,
+    *,
+    binary: bool,
+    python_version: str | None = None,
+    platforms: Sequence[str] = (),
+) -> list[Fetched]:
+    """`download` for CPython ``python_version`` on ``platforms`` (None: this machine), leaving the explaining to
+    the caller: a failure is `PipFailed`, with pip's log."""
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         req = Path(tmp) / "requirements.txt"
         req.write_text("\n".join(requirement_lines) + "\n")
         cmd = [
             sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes",
-            "--progress-bar", "off", "-d", str(dest), "-r", str(req),
+            "--progress-bar", "off", "-d", str(dest), "-r", str(req), *_target(python_version, platforms),
         ]
         # Only the pinned projects are forced to wheels or to sources: a sdist's build
         # backend (installed by pip to read its metadata) may still come as a wheel.
         names = ",".join(line.split("==")[0].strip() for line in requirement_lines)
         cmd += [f"--only-binary={names}"] if binary else [f"--no-binary={names}"]
-        try:
-            return _pip_logged(cmd, dest, mirror)
-        except CommandFailed as exc:
-            raise _explain(exc, mirror) from None
+        return _pip_logged(cmd, dest, mirror)
 
 
 def download_for(
@@ -70,13 +108,10 @@ def download_for(
     """``pip download`` wheels (only wheels) of ``requirements`` and what they need, as CPython
     ``python_version`` on ``platforms`` would take them, into ``dest`` (files already there are kept); returns
     the files pip resolved, each with its URL and sha256."""
-    abi = "cp" + python_version.replace(".", "")
     cmd = [
         sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--progress-bar", "off",
-        "--dest", str(dest), "--python-version", python_version, "--implementation", "cp", "--abi", abi,
+        "--dest", str(dest), *_target(python_version, platforms),
     ]
-    for platform in platforms:
-        cmd += ["--platform", platform]
     if constraint_file is not None:
         cmd += ["--constraint", str(constraint_file)]
     try:

@@ -27,7 +27,6 @@ from packaging.version import Version
 from llamawheel.core import datafile, fileio, log, paths, records
 from llamawheel.core.compat import tomllib
 from llamawheel.core.errors import DownloadError, RecipeError
-from llamawheel.core.proc import CommandFailed, run_streamed
 from llamawheel.mirror import pipfetch, provenance
 from llamawheel.mirror.profiles import MirrorProfile
 from llamawheel.mirror.provenance import Fetched
@@ -198,34 +197,21 @@ def download_pinned(
     lines: list[str], dest: Path, mirror: MirrorProfile, *, python_version: str | None, platforms: tuple[str, ...],
     expected: dict[str, tuple[str, ...]], what: str,
 ) -> list[Fetched]:
-    """``pip download --require-hashes --no-deps --only-binary=:all:`` of the ``name==version --hash=...`` lines
-    into ``dest`` (as CPython ``python_version`` on ``platforms``, or this machine when None), then every file pip
-    took checked against ``expected`` (file name -> allowed sha256s): a file of other bytes is refused, naming
-    it with the expected and the actual sha256."""
-    dest.mkdir(parents=True, exist_ok=True)
+    """``pip download --require-hashes --no-deps`` of the ``name==version --hash=...`` lines, wheels only, into
+    ``dest`` (as CPython ``python_version`` on ``platforms``, or this machine when None; `pipfetch.download_hashed`),
+    then every file pip took checked against ``expected`` (file name -> allowed sha256s): a file of other bytes is
+    refused, naming it with the expected and the actual sha256."""
     index = mirror.pypi_index() or "pip's configured index"
     tip = (f"the index ({index}) serves other bytes than were pinned: try another --mirror, or clear pip's cache"
            f" (pip cache purge) if a download was cut short; if the project re-published its files, {REFRESH_TIP}")
-    with tempfile.TemporaryDirectory() as tmp:
-        req = Path(tmp) / "requirements.txt"
-        req.write_text("".join(f"{line}\n" for line in lines))
-        pip_log = Path(tmp) / "pip.log"
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes", "--only-binary=:all:",
-               "--progress-bar", "off", "--dest", str(dest), "-r", str(req), "--log", str(pip_log)]
-        if python_version is not None:
-            cmd += ["--python-version", python_version, "--implementation", "cp",
-                    "--abi", "cp" + python_version.replace(".", "")]
-            for platform in platforms:
-                cmd += ["--platform", platform]
-        try:
-            run_streamed(cmd, env=mirror.pip_env(), on_line=pipfetch.show_pip_line)
-        except CommandFailed as exc:
-            text = pip_log.read_text(errors="replace").splitlines() if pip_log.is_file() else []
-            refuse_mismatches(mismatches_in_pip_output([*exc.tail, *text]) or [], what, tip)
-            raise DownloadError(f"could not fetch the pinned files of {what} from {index}\n{exc.describe()}",
-                                f"check that the index answers (llamawheel mirrors check {mirror.name}); the mirror"
-                                f" may lack a pinned release: try another --mirror, or {REFRESH_TIP}") from None
-        fetched = provenance.from_pip_log(pip_log.read_text(errors="replace") if pip_log.is_file() else "", dest)
+    try:
+        fetched = pipfetch.download_hashed(lines, dest, mirror, binary=True, python_version=python_version,
+                                           platforms=platforms)
+    except pipfetch.PipFailed as exc:
+        refuse_mismatches(mismatches_in_pip_output([*exc.tail, *exc.log]), what, tip)
+        raise DownloadError(f"could not fetch the pinned files of {what} from {index}\n{exc.describe()}",
+                            f"check that the index answers (llamawheel mirrors check {mirror.name}); the mirror"
+                            f" may lack a pinned release: try another --mirror, or {REFRESH_TIP}") from None
     bad = [HashMismatch(f.path.name, expected.get(f.path.name, ()), f.sha256, f.url) for f in fetched
            if f.sha256 not in expected.get(f.path.name, ())]
     refuse_mismatches(bad, what, tip)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -202,8 +201,13 @@ def _take_locked(lock: Lock, store: Path | None, dest: Path, mirror: MirrorProfi
             try:
                 os.link(stored, target)
             except OSError:
-                shutil.copy2(stored, target)
-        if target.is_file() and fileio.sha256_of(target) == f.sha256:
+                try:
+                    fileio.copy_file(stored, target, f.sha256)
+                except fileio.ChangedWhileCopying:
+                    missing.append(f)
+                    continue
+            taken.append(Fetched(target, "", f.sha256, target.stat().st_size))  # the bytes just checked
+        elif target.is_file() and fileio.sha256_of(target) == f.sha256:
             taken.append(Fetched(target, "", f.sha256, target.stat().st_size))
         else:
             target.unlink(missing_ok=True)
