@@ -358,6 +358,11 @@ def _convert(model: Path, cache_dir: Path) -> Path:
                                                                         flush=True))
 
 
+def _error(message: str, kind: str, code: str | None, param: str | None = None) -> dict[str, Any]:
+    """OpenAI's error shape, which the UI shows (``error.message``) as a toast."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
 def error_body(exc: BaseException, request: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
     """The OpenAI-style error llama_cpp.server gives a plain request, for an error raised in a stream."""
     match = CONTEXT_EXCEEDED.search(str(exc))
@@ -374,10 +379,8 @@ def error_body(exc: BaseException, request: Mapping[str, Any]) -> tuple[int, dic
             message = (f"This model's maximum context length is {window} tokens, however you requested"
                        f" {prompt + completion} tokens ({prompt} in your prompt; {completion} for the completion)."
                        " Please reduce your prompt; or completion length.")
-        return 400, {"error": {"message": message, "type": "invalid_request_error", "param": "messages",
-                               "code": "context_length_exceeded"}}
-    return 500, {"error": {"message": str(exc) or type(exc).__name__, "type": "internal_server_error",
-                           "param": None, "code": None}}
+        return 400, _error(message, "invalid_request_error", "context_length_exceeded", "messages")
+    return 500, _error(str(exc) or type(exc).__name__, "internal_server_error", None)
 
 
 def _first_error(exc: BaseException) -> BaseException | None:
@@ -440,8 +443,7 @@ class Admission:
                        f" for it, as many as it queues (MAX_QUEUE={self.max_queue}); try again in"
                        f" {RETRY_AFTER_SECONDS} s")
             print(f"llamawheel: refused with 503: {message}", file=sys.stderr, flush=True)
-            await _send_json(send, 503, {"error": {"message": message, "type": "server_error", "param": None,
-                                                   "code": "server_busy"}},
+            await _send_json(send, 503, _error(message, "server_error", "server_busy"),
                              ((b"retry-after", str(RETRY_AFTER_SECONDS).encode()),))
             return
         self.in_flight += 1
@@ -475,8 +477,7 @@ class StreamErrors:
             request = json.loads(body)
         except ValueError as exc:  # llama_cpp.server answers 500 and logs a traceback
             why = "it is empty" if not body.strip() else f"{exc}"
-            await _send_json(send, 400, {"error": {"message": f"the request body is not JSON: {why}",
-                                                   "type": "invalid_request_error", "param": None, "code": None}})
+            await _send_json(send, 400, _error(f"the request body is not JSON: {why}", "invalid_request_error", None))
             return
         if not isinstance(request, dict) or request.get("stream") is not True:
             await self.app(scope, replay, send)
@@ -518,10 +519,6 @@ class StreamErrors:
             await send(m)
 
 
-def _error(message: str, kind: str, code: str | None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
-
-
 class Guard:
     """ASGI middleware, outermost: a request is refused before it costs anything. In order: a browser's
     preflight from an origin not in ``CORS_ORIGINS`` (403; one from a listed origin is answered here), and on a
@@ -535,12 +532,9 @@ class Guard:
         self.app = app
         self.settings = settings
         self._key = hashlib.sha256(settings.api_key.encode()).digest() if settings.api_key else None
-        self.refused: dict[int, int] = {}
-        """Requests refused, by status."""
 
     async def _refuse(self, send: Send, status: int, payload: dict[str, Any],
                       headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
-        self.refused[status] = self.refused.get(status, 0) + 1
         await _send_json(send, status, payload, ((b"connection", b"close"), *headers))
 
     def _allowed_origin(self, origin: str, host: str) -> bool:
@@ -568,7 +562,6 @@ class Guard:
         if origin and self._allowed_origin(origin, host):
             cors = ((b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin"))
             if preflight:
-                self.refused[204] = self.refused.get(204, 0) + 1
                 await send({"type": "http.response.start", "status": 204, "headers": [
                     *cors, (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
                     (b"access-control-allow-headers", b"authorization, content-type"),
