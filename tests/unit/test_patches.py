@@ -85,13 +85,15 @@ def test_the_shipped_patches_apply_to_the_pinned_sdist(tmp_path: Path) -> None:
     with tarfile.open(sdist) as tar:
         members = [m for m in tar.getmembers() if (m.name.count("/") == 1 and m.name.endswith("/CMakeLists.txt"))
                    or (m.name.endswith(".py") and "/llama_cpp/" in m.name and "/vendor/" not in m.name)
-                   or m.name.endswith("/vendor/llama.cpp/ggml/src/CMakeLists.txt")]
+                   or m.name.endswith(("/vendor/llama.cpp/ggml/src/CMakeLists.txt",
+                                       "/vendor/llama.cpp/tools/mtmd/mtmd-helper.cpp"))]
         tar.extractall(tmp_path, members=members, filter="data")
     (top,) = tmp_path.iterdir()
     applied = patches.apply_all(recipe.patch_files, top)
     assert [a.file.name for a in applied] == ["stream-incremental.patch", "backend-modules.patch",
-                                              "cpu-variants-compiler.patch"]
+                                              "cpu-variants-compiler.patch", "subprocess-glibc-2.28.patch"]
     assert "stream_decoder" in (top / "llama_cpp" / "llama.py").read_text()
     assert "_backends.load(_base_path)" in (top / "llama_cpp" / "llama_cpp.py").read_text()
     assert "foreach(backend ${GGML_AVAILABLE_BACKENDS})" in (top / "CMakeLists.txt").read_text()
     assert "check_cxx_compiler_flag(-mavxvnni" in (top / "vendor/llama.cpp/ggml/src/CMakeLists.txt").read_text()
+    assert "#define SUBPROCESS_HAVE_CWD 0" in (top / "vendor/llama.cpp/tools/mtmd/mtmd-helper.cpp").read_text()

@@ -145,8 +145,9 @@ def test_defaults_are_shared_and_a_recipe_can_replace_them(tmp_path: Path) -> No
     path = _write_variant(tmp_path, 'kind = "cuda"', 'kind = "cuda"\npython-versions = ["3.12"]')
     assert catalog.load_recipe(path).python_versions == ("3.12",)
     assert [p.name for p in shipped.patch_files] == ["stream-incremental.patch", "backend-modules.patch",
-                                                   "cpu-variants-compiler.patch"]
+                                                   "cpu-variants-compiler.patch", "subprocess-glibc-2.28.patch"]
     assert shipped.build.env == "bullseye"  # from defaults.toml
+    assert shipped.build.glibc == "2.28"
 
 
 def test_a_missing_patch_names_the_key_and_the_file(tmp_path: Path) -> None:

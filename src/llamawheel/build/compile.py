@@ -63,6 +63,9 @@ class BuildRequest:
     wheel: the sdist's own date, else 1980-01-01 (the earliest a zip file can hold)."""
     cuda_root: Path | None = None
     compile_cache: CompileCache = field(default_factory=lambda: CompileCache("none"))
+    flags: dict[str, str] = field(default_factory=dict)
+    """Compiler and linker flags added to ``CFLAGS``, ``CXXFLAGS``, ``CUDAFLAGS`` and ``LDFLAGS`` (the glibc
+    binding, `llamawheel.build.glibc`), after the user's own on this machine."""
 
 
 @dataclass
@@ -228,6 +231,14 @@ class _CacheRun:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def _add_flags(env: dict[str, str], req: BuildRequest, flags: dict[str, str]) -> None:
+    """Append ``flags`` to the environment's compiler and linker flags (on this machine, after the user's own; a
+    root sees none of this machine's)."""
+    for var, value in flags.items():
+        before = env.get(var, os.environ.get(var, "") if req.runner.root is None else "")
+        env[var] = " ".join(v for v in (before, value) if v)
+
+
 def _reproducible(env: dict[str, str], req: BuildRequest) -> None:
     """What makes two builds of the same inputs give the same bytes: one time for every timestamp, and no path of
     this machine in the libraries. In a root the build's folder and the CUDA root are seen at fixed paths anyway;
@@ -238,9 +249,8 @@ def _reproducible(env: dict[str, str], req: BuildRequest) -> None:
     maps = [f"-ffile-prefix-map={req.work}={BUILD_DIR}"]
     if req.cuda_root is not None:
         maps.append(f"-ffile-prefix-map={req.cuda_root}={CUDA_DIR}")
-    for var in ("CFLAGS", "CXXFLAGS"):
-        env[var] = " ".join([os.environ.get(var, ""), *maps]).strip()
-    env["CUDAFLAGS"] = " ".join([os.environ.get("CUDAFLAGS", ""), *(f"-Xcompiler={m}" for m in maps)]).strip()
+    _add_flags(env, req, {"CFLAGS": " ".join(maps), "CXXFLAGS": " ".join(maps),
+                          "CUDAFLAGS": " ".join(f"-Xcompiler={m}" for m in maps)})
 
 
 def _pip_wheel(req: BuildRequest, env: dict[str, str], tree: Path, raw: Path, progress: Progress,
@@ -284,6 +294,7 @@ def build_wheel(req: BuildRequest) -> BuildResult:
         "CMAKE_BUILD_PARALLEL_LEVEL": str(req.jobs),
         "FORCE_CMAKE": "1",
     }
+    _add_flags(env, req, {k: v for k, v in req.flags.items() if v})
     _reproducible(env, req)
     run = _CacheRun(req.compile_cache, env, req)
     progress = Progress()

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from llamawheel.build import cache
+from llamawheel.build import cache, glibc
 from llamawheel.core.errors import UsageError
 
 RUNTIME_MODES = ("pypi", "system")
@@ -37,6 +37,9 @@ class BuildOptions:
     build_env: str | None = None
     """Where to compile (``LLAMAWHEEL_BUILD_ENV``): an older Debian root (``bullseye``) or ``host``; None: the
     recipe's ``build.env``."""
+    glibc: str | None = None
+    """The oldest glibc the wheel runs on (``LLAMAWHEEL_GLIBC``); None: the recipe's ``build.glibc`` in a root, this
+    machine's own on the host."""
     verify: bool = True
     """Run static verification after the build."""
     compile_cache: str | None = None
@@ -75,6 +78,12 @@ def resolve(cli: dict[str, object]) -> BuildOptions:
         raise UsageError(f"--runtime {opts.runtime}: choose one of {', '.join(RUNTIME_MODES)}")
     if opts.toolchain not in TOOLCHAIN_CHOICES:
         raise UsageError(f"--toolchain {opts.toolchain}: choose one of {', '.join(TOOLCHAIN_CHOICES)}")
+    if opts.glibc is not None:
+        version = glibc.parse_version(opts.glibc, "--glibc")
+        if version < glibc.OLDEST:
+            oldest = glibc.dotted(glibc.OLDEST)
+            raise UsageError(f"--glibc {opts.glibc}: older than {oldest} (manylinux2014), the oldest glibc CUDA's "
+                             "libraries support", f"pass --glibc {oldest} or newer")
     if opts.jobs is not None and opts.jobs < 1:
         raise UsageError("--jobs must be at least 1")
     tool = opts.compile_cache or cache.default_for(opts.compile_cache_url, opts.farm)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llamawheel.build import timings
+from llamawheel.build import glibc, timings
 from llamawheel.build.compile import default_jobs
 from llamawheel.build.options import BuildOptions
 from llamawheel.core import log, paths
@@ -41,6 +41,16 @@ class Plan:
     def suite(self) -> buildroot.Suite | None:
         """The build root's Debian release; None on the host."""
         return buildroot.SUITES.get(self.build_env)
+
+    @property
+    def glibc(self) -> tuple[int, int] | None:
+        """The oldest glibc the wheel is built for: ``--glibc``, else the recipe's in a root; None: the build
+        environment's own (nothing bound)."""
+        if self.options.glibc:
+            return glibc.parse_version(self.options.glibc, "--glibc")
+        if self.suite is not None and self.recipe.build.glibc:
+            return glibc.parse_version(self.recipe.build.glibc, f"{self.recipe.path.name}: build.glibc")
+        return None
 
     @property
     def variant(self) -> Variant:

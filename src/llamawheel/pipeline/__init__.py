@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from llamawheel import __version__, repair
-from llamawheel.build import cache, patches, rootbuild, sdist
+from llamawheel.build import cache, glibc, patches, rootbuild, sdist
 from llamawheel.build import timings as build_timings
 from llamawheel.build.compile import BuildRequest, BuildResult, build_wheel, default_jobs
 from llamawheel.build.planning import Plan, cmake_args_for, user_cmake_args
@@ -138,14 +138,42 @@ def compile_source(plan: Plan, root: CudaRoot | None, source_dir: Path, work: Pa
             env["PATH"] = f"{root.path / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"
         env.update({**proc.unset_all("PIP_"), **buildroot.env_for_pip(house)})
     described["fetched"] = {**described.get("fetched", {}), "build_requirements": provenance.to_json(files)}
+    binding = bind_glibc(plan, build_root, work, runner)
+    described["glibc"] = binding.manifest_fields()["glibc"] if binding else None
     kind = "cpu" if root is None else "cuda"
     log_file = work / "build.log"
     log_file.unlink(missing_ok=True)
     opts = plan.options
     request = BuildRequest(source_dir, work, cmake_args_for(plan, root), opts.jobs or default_jobs(kind),
                            kind, env, log_file, runner, source_date_epoch(source_dir, opts.source is None),
-                           root.path if root else None, compile_cache or cache.CompileCache("none"))
+                           root.path if root else None, compile_cache or cache.CompileCache("none"),
+                           binding.flags(runner.inside(str(work / ".glibc" / glibc.HEADER_NAME)))
+                           if binding and binding.needed else {})
     return build_wheel(request), described
+
+
+def bind_glibc(plan: Plan, build_root: buildroot.Root | None, work: Path,
+               runner: rootbuild.Runner) -> glibc.Binding | None:
+    """The glibc binding of this build (None: no target, the build environment's own glibc), its header written
+    into the build's folder."""
+    target = plan.glibc
+    if target is None:
+        return None
+    if build_root is not None:
+        env_glibc, top = glibc.parse_version(build_root.glibc), build_root.path
+    else:
+        env_glibc, top = glibc.parse_version((os.confstr("CS_GNU_LIBC_VERSION") or "glibc 2.17").split()[-1]), Path("/")
+    binding = glibc.binding(target, top / "lib" / f"{platform.machine()}-linux-gnu", env_glibc)
+    if not binding.needed:
+        log.info(f"building for glibc {glibc.dotted(target)} in an environment with glibc {glibc.dotted(env_glibc)}: "
+                 "nothing to bind")
+        return binding
+    glibc.write_header(binding, work / ".glibc")
+    log.info(f"building for glibc {glibc.dotted(target)} (the environment has {glibc.dotted(env_glibc)}): "
+             f"{len(binding.bound)} glibc symbols bound to older versions if used "
+             f"({', '.join(sorted(binding.bound)[:8])}{', ...' if len(binding.bound) > 8 else ''}), "
+             "libstdc++ linked statically")
+    return binding
 
 
 def repair_built(plan: Plan, built: BuildResult, sysroot: Path | None = None) -> repair.RepairedWheel:
@@ -156,6 +184,7 @@ def repair_built(plan: Plan, built: BuildResult, sysroot: Path | None = None) ->
         runtime_rpath=plan.recipe.runtime_rpath if cuda else (),
         requires=plan.minor.runtime_requires if (plan.minor and plan.options.runtime == "pypi") else (),
         sysroot=sysroot,
+        glibc=plan.glibc,
     )
     return repair.repair_wheel(built.wheel, plan.output_dir, spec)
 

@@ -34,6 +34,14 @@ def _pythons(values: tuple[str, ...]) -> str | None:
     return f"'{bad[0]}' is not a Python version like 3.12" if bad else None
 
 
+def _glibc(value: str) -> str | None:
+    match = re.fullmatch(r"(\d+)\.(\d+)", value)
+    if not match:
+        return f"'{value}' is not a glibc version like 2.28"
+    return None if (int(match[1]), int(match[2])) >= (2, 17) else \
+        f"'{value}' is older than 2.17 (manylinux2014), the oldest glibc CUDA's libraries support"
+
+
 def requirement_name(line: str) -> str:
     """``nvidia-cublas-cu12>=12.4,<13`` -> ``nvidia-cublas-cu12``."""
     return re.split(r"[<>=!~;\s\[]", line, maxsplit=1)[0]
@@ -180,6 +188,11 @@ class BuildFlags:
     """Where the wheel is compiled: an older Debian root made from the apt mirror (``bullseye``: glibc 2.31
     and GCC 10, so the wheel installs on Debian 11, Ubuntu 20.04 and newer), or ``host``, this machine as it
     is. ``--build-env`` overrides it."""
+    glibc: str | None = field(default=None, metadata={"check": _glibc})
+    """The oldest glibc the wheels run on (``2.28``: RHEL 8 and the systems built on it), when that is older than
+    the build root's own: symbols are bound to versions that glibc has, libstdc++ is linked statically, the wheel
+    is tagged ``manylinux_2_28`` and a library needing anything newer fails the build with its name. Applies to
+    builds in a root; a ``host`` build targets this machine's glibc unless ``--glibc`` names one."""
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from llamawheel.core import log
 from llamawheel.core.errors import RepairError
 from llamawheel.wheel.distmeta import WheelName
 from llamawheel.wheel.elf import ElfInfo, is_elf, read_elf
-from llamawheel.wheel.policy import CUDA_LIBRARIES, platform_tag, system_library, whitelist
+from llamawheel.wheel.policy import CUDA_LIBRARIES, beyond, platform_tag, policy_for, system_library, whitelist
 from llamawheel.wheel.wheelfile import Entry, dist_info_dir, read_entries, write_wheel
 
 CUDA_LIB_PREFIXES = ("libcudart.so", "libcublas.so", "libcublasLt.so")
@@ -42,6 +42,9 @@ class RepairSpec:
     requires: tuple[str, ...] = ()
     sysroot: Path | None = None
     """The root the wheel was built in (its libraries are the ones to carry), None for this machine."""
+    glibc: tuple[int, int] | None = None
+    """The oldest glibc the wheel was built for: its tag is that glibc's (``manylinux_2_28``), and a library that
+    needs anything newer fails the repair; None: the tag the libraries earn."""
 
 
 @dataclass
@@ -172,9 +175,9 @@ def _dedupe_libraries(kept: list[Entry], rename: dict[str, str], result: Repaire
 
 def _patch_libraries(
     kept: list[Entry], rename: dict[str, str], spec: RepairSpec, result: RepairedWheel
-) -> list[ElfInfo]:
-    """Patch SONAME, NEEDED and RUNPATH of each library in place; returns what each then is."""
-    infos: list[ElfInfo] = []
+) -> dict[str, ElfInfo]:
+    """Patch SONAME, NEEDED and RUNPATH of each library in place; returns what each then is, by file name."""
+    infos: dict[str, ElfInfo] = {}
     for e in kept:
         if not is_elf(e.data):
             continue
@@ -191,18 +194,18 @@ def _patch_libraries(
             args += ["--set-rpath", wanted]
         e.data = _patch(e.data, args)
         e.mode = 0o755
-        infos.append(read_elf(e.data))
+        infos[base] = read_elf(e.data)
         result.libraries.append(e.name)
     return infos
 
 
 def _write_repaired(
-    kept: list[Entry], name: WheelName, info_dir: str, infos: list[ElfInfo], spec: RepairSpec, out_dir: Path,
+    kept: list[Entry], name: WheelName, info_dir: str, infos: dict[str, ElfInfo], spec: RepairSpec, out_dir: Path,
     result: RepairedWheel,
 ) -> None:
     """Give the dist-info the new version, requirements and tag, and write the wheel under its new name."""
     version = f"{name.version.split('+')[0]}+{spec.local_version}"
-    result.platform_tag = platform_tag(infos) if infos else name.platform
+    result.platform_tag = _tag(infos, spec.glibc) if infos else name.platform
     new_info = f"{name.distribution}-{version}.dist-info"
     final: list[Entry] = []
     for e in kept:
@@ -220,6 +223,27 @@ def _write_repaired(
     result.size_after = result.path.stat().st_size
     log.info(f"repair: {result.path.name}: {log.human_size(result.size_before)} -> "
              f"{log.human_size(result.size_after)}")
+
+
+def _tag(infos: dict[str, ElfInfo], glibc: tuple[int, int] | None) -> str:
+    """The platform tag: the one the libraries earn, or, built for an older glibc, that glibc's own, once every
+    library is shown to need nothing newer."""
+    if glibc is None:
+        return platform_tag(infos)
+    target = ".".join(map(str, glibc))
+    policy = policy_for(glibc)
+    if policy is None:
+        raise RepairError(f"auditwheel knows no manylinux policy for glibc {target}",
+                          "build for a glibc it knows: --glibc 2.28, say")
+    problems = beyond(policy, infos)
+    if problems:
+        shown = "\n  ".join(problems[:12]) + (f"\n  ... and {len(problems) - 12} more" if len(problems) > 12 else "")
+        raise RepairError(
+            f"the wheel was built for glibc {target} ({policy.name}), but its libraries need what that system lacks:"
+            f"\n  {shown}",
+            "a function glibc added later must be avoided in the source (a recipe patch, see recipes/patches/); "
+            "or build for a newer glibc (--glibc, or build.glibc in the recipe); the manifest lists what was bound")
+    return f"{policy.name}_x86_64"
 
 
 def _graft_external(kept: list[Entry], rename: dict[str, str], result: RepairedWheel,

@@ -12,7 +12,7 @@ from pathlib import Path
 from elftools.common.exceptions import ELFError
 from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
-from elftools.elf.gnuversions import GNUVerNeedSection
+from elftools.elf.gnuversions import GNUVerNeedSection, GNUVerSymSection
 from elftools.elf.sections import SymbolTableSection
 
 FATBIN_MAGIC = 0xBA55ED50
@@ -43,6 +43,8 @@ class ElfInfo:
     machine: str = ""
     exports: set[str] = field(default_factory=set)
     """The ``ggml_backend_*`` functions the library defines (what ggml looks up in a backend module)."""
+    uses: dict[str, frozenset[str]] = field(default_factory=dict)
+    """The symbols the library takes from others, per version needed: {"GLIBC_2.29": {"exp", "log"}}."""
 
     @property
     def symbol_versions(self) -> dict[str, tuple[int, ...]]:
@@ -97,6 +99,9 @@ def read_elf(data: bytes) -> ElfInfo:
     except ELFError:
         return info
     info.machine = elf["e_machine"]
+    version_names: dict[int, str] = {}
+    undefined: list[tuple[int, str]] = []  # (index in .dynsym, name)
+    versym: GNUVerSymSection | None = None
     for section in elf.iter_sections():
         if isinstance(section, DynamicSection):
             for tag in section.iter_tags():
@@ -112,18 +117,31 @@ def read_elf(data: bytes) -> ElfInfo:
             required: dict[str, set[str]] = {}
             for _verneed, auxiliaries in section.iter_versions():
                 for aux in auxiliaries:
+                    version_names[aux["vna_other"]] = aux.name
                     match = _VERSION.match(aux.name)
                     if match:
                         required.setdefault(match.group(1), set()).add(match.group(2))
             info.required = {family: frozenset(v) for family, v in required.items()}
         elif section.name == ".nv_fatbin":
             info.fatbin = parse_fatbin(section.data())
+        elif isinstance(section, GNUVerSymSection):
+            versym = section
         elif isinstance(section, SymbolTableSection) and section.name == ".dynsym":
+            symbols = list(section.iter_symbols())
             info.exports = {
-                sym.name for sym in section.iter_symbols()
+                sym.name for sym in symbols
                 if sym.name.startswith("ggml_backend_") and sym["st_shndx"] != "SHN_UNDEF"
                 and sym["st_info"]["type"] == "STT_FUNC"
             }
+            undefined = [(i, sym.name) for i, sym in enumerate(symbols) if sym.name and sym["st_shndx"] == "SHN_UNDEF"]
+    if versym is not None and version_names:
+        uses: dict[str, set[str]] = {}
+        for index, name in undefined:
+            raw = versym.get_symbol(index).entry["ndx"]
+            version = version_names.get(raw & 0x7FFF) if isinstance(raw, int) else None
+            if version:
+                uses.setdefault(version, set()).add(name)
+        info.uses = {version: frozenset(names) for version, names in uses.items()}
     return info
 
 

@@ -72,6 +72,24 @@ def earned_policy(infos: dict[str, ElfInfo] | list[ElfInfo], machine: str = "x86
     return None
 
 
+def policy_for(glibc: tuple[int, int], machine: str = "x86_64") -> Policy | None:
+    """The manylinux policy of exactly this glibc (``manylinux_2_28``), None if auditwheel has none."""
+    return next((p for p in policies(machine) if p.glibc == glibc), None)
+
+
+def beyond(policy: Policy, infos: dict[str, ElfInfo]) -> list[str]:
+    """What keeps the libraries from ``policy``, symbol by symbol: ``libmtmd.so uses
+    posix_spawn_file_actions_addchdir_np@GLIBC_2.29``."""
+    out = []
+    for name, info in infos.items():
+        for version, symbols in sorted(info.uses.items()):
+            family, _, number = version.partition("_")
+            allowed = policy.allowed.get(family)
+            if allowed is not None and number not in allowed and re.fullmatch(r"[\d.]+", number):
+                out += [f"{name} uses {s}@{version}" for s in sorted(symbols)]
+    return out or policy.violations(infos)
+
+
 def platform_tag(infos: dict[str, ElfInfo] | list[ElfInfo], machine: str = "x86_64") -> str:
     """The tag of `earned_policy`: ``manylinux_2_31_x86_64``, or ``linux_x86_64``."""
     policy = earned_policy(infos, machine)
