@@ -146,9 +146,16 @@ def test_what_keeps_a_wheel_from_an_older_tag_is_named() -> None:
 def test_which_distributions_take_a_wheel() -> None:
     yes, no = policy_module.admitted({"GLIBC": (2, 34), "GLIBCXX": (3, 4, 30)}, "manylinux_2_35_x86_64")
     assert "Debian 12" in yes and "Ubuntu 22.04" in yes
-    assert no == ["RHEL 8", "Debian 11", "Ubuntu 20.04", "RHEL 9"]
+    assert no == ["CentOS 7", policy_module.RHEL8, "Anolis 8", "openEuler 20.03", "Kylin V10", "UOS 20", "Debian 11",
+                  "Ubuntu 20.04", "RHEL 9"]
     yes, no = policy_module.admitted({"GLIBC": (2, 29), "GLIBCXX": (3, 4, 28)}, "manylinux_2_31_x86_64")
-    assert no == ["RHEL 8"] and "Debian 11" in yes
+    assert no[:2] == ["CentOS 7", policy_module.RHEL8] and "Debian 11" in yes
+    # built for glibc 2.28 with libstdc++ linked in: the 2.28 systems, GCC 7 or 8, all take it; CentOS 7 does not
+    yes, no = policy_module.admitted({"GLIBC": (2, 27), "GCC": (4, 2, 0)}, "manylinux_2_28_x86_64")
+    assert no == ["CentOS 7"] and yes[:5] == [policy_module.RHEL8, "Anolis 8", "openEuler 20.03", "Kylin V10", "UOS 20"]
+    # the same libraries needing GCC 8's libstdc++: not on the systems of GCC 7
+    yes, no = policy_module.admitted({"GLIBC": (2, 27), "GLIBCXX": (3, 4, 25)}, "manylinux_2_28_x86_64")
+    assert no == ["CentOS 7", "openEuler 20.03", "Kylin V10", "UOS 20"]
 
 
 def test_platform_tag_takes_the_newest_library() -> None:
@@ -174,7 +181,9 @@ def test_verify_static_fails_a_tag_older_than_the_libraries_need() -> None:
 def test_verify_static_passes_an_honest_or_cautious_tag_and_names_the_distributions() -> None:
     libs = {"pkg/lib.so": needs(GLIBC="2.17", GLIBCXX="3.4.19")}
     ((ok, detail),) = _platform_check("manylinux_2_17_x86_64.manylinux2014_x86_64", libs)
-    assert ok and detail.startswith("manylinux_2_17 earned (needs GLIBC_2.17, GLIBCXX_3.4.19); installs on RHEL 8,")
+    assert ok and detail.startswith("manylinux_2_17 earned (needs GLIBC_2.17, GLIBCXX_3.4.19); installs on CentOS 7, "
+                                    "RHEL 8 (Rocky, Alma, Oracle),")
     ((ok, detail),) = _platform_check("manylinux_2_35_x86_64", libs)  # newer than needed: fewer systems, honest
-    assert ok and "not on RHEL 8, Debian 11, Ubuntu 20.04, RHEL 9" in detail
+    assert ok and "not on CentOS 7, RHEL 8 (Rocky, Alma, Oracle), Anolis 8" in detail
+    assert "Debian 11, Ubuntu 20.04, RHEL 9" in detail
     assert _platform_check("manylinux_2_35_x86_64", {}) == []  # no libraries: nothing to judge

@@ -192,7 +192,7 @@ def repair_built(plan: Plan, built: BuildResult, sysroot: Path | None = None) ->
 def verify_repaired(plan: Plan, wheel: Path) -> Report:
     """Static verification; a wheel that fails it is renamed ``.rejected``, never left where pip would take it."""
     expect = Expectations.for_plan(plan.minor, plan.targets, plan.options.runtime, plan.recipe,
-                                   tuple(user_cmake_args()), plan.build_env)
+                                   tuple(user_cmake_args()), plan.build_env, plan.glibc)
     report = verify_wheel(wheel, expect)
     print(report.render())
     if not report.ok:

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from llamawheel.build import glibc
 from llamawheel.core.errors import UsageError, VerifyError
 from llamawheel.recipe import archs
 from llamawheel.recipe.catalog import all_recipes, find_cuda
@@ -31,10 +32,12 @@ from llamawheel.wheel.policy import (
     CUDA_LIBRARIES,
     X86_CPU_VARIANTS,
     admitted,
+    beyond,
     cpu_variants_for_gcc,
     earned_policy,
     needs_of,
     policies,
+    policy_for,
     tag_glibc,
     whitelist,
 )
@@ -54,18 +57,21 @@ class Expectations:
     requires: tuple[str, ...] = ()
     cpu_variants: tuple[str, ...] = ()
     """The CPU variant modules the wheel must hold (built with GGML_CPU_ALL_VARIANTS); none: not checked."""
+    glibc: tuple[int, int] | None = None
+    """The oldest glibc the wheel is built to run on (the recipe's ``build.glibc``, or ``--glibc``); None: not
+    checked."""
 
     @classmethod
     def for_plan(
         cls, minor: CudaMinor | None, targets: tuple[archs.ArchTarget, ...], runtime: str, recipe: Recipe,
-        extra_cmake_args: tuple[str, ...] = (), build_env: str | None = None,
+        extra_cmake_args: tuple[str, ...] = (), build_env: str | None = None, glibc: tuple[int, int] | None = None,
     ) -> Expectations:
         variants = cpu_variants_of([*recipe.cmake_args, *extra_cmake_args], build_env or recipe.build.env)
         if minor is None:
-            return cls(None, cpu_variants=variants)
+            return cls(None, cpu_variants=variants, glibc=glibc)
         return cls(
             minor.major, targets, runtime, recipe.runtime_rpath,
-            minor.runtime_requires if runtime == "pypi" else (), variants,
+            minor.runtime_requires if runtime == "pypi" else (), variants, glibc,
         )
 
     @classmethod
@@ -79,7 +85,7 @@ class Expectations:
             mode = runtime or "pypi"
             base = cls(minor.major, recipe.default_targets(), mode, recipe.runtime_rpath,
                        minor.runtime_requires if mode == "pypi" else (),
-                       cpu_variants_of(recipe.cmake_args, recipe.build.env))
+                       cpu_variants_of(recipe.cmake_args, recipe.build.env), recipe_glibc(recipe))
         else:
             base = cls.from_version(version)
             if runtime and runtime != base.runtime:
@@ -114,8 +120,9 @@ class Expectations:
         made_by = recipes.get("cpu" if variant.cuda is None else f"cuda-{variant.cuda_major}")
         # other CMake flags (a ``cm`` label) may have changed the variants: then only what is there is checked
         variants = cpu_variants_of(made_by.cmake_args, made_by.build.env) if made_by and not variant.flags else ()
+        target = recipe_glibc(made_by) if made_by else None
         if variant.cuda is None:
-            return cls(None, cpu_variants=variants)
+            return cls(None, cpu_variants=variants, glibc=target)
         major = variant.cuda_major
         recipe = recipes.get(f"cuda-{major}")
         cuda_minor = recipe.minors.get(variant.cuda) if recipe else None
@@ -125,8 +132,15 @@ class Expectations:
             major, targets, runtime,
             recipe.runtime_rpath if recipe else (),
             cuda_minor.runtime_requires if (cuda_minor and runtime == "pypi") else (),
-            variants,
+            variants, target,
         )
+
+
+def recipe_glibc(recipe: Recipe) -> tuple[int, int] | None:
+    """The oldest glibc a recipe's wheels are built for (its ``build.glibc``, for a build in a root)."""
+    if not recipe.build.glibc or recipe.build.env == HOST:
+        return None
+    return glibc.parse_version(recipe.build.glibc, f"{recipe.path.name}: build.glibc")
 
 
 def cpu_variants_of(cmake_args: list[str] | tuple[str, ...], build_env: str = HOST) -> tuple[str, ...]:
@@ -220,7 +234,7 @@ def verify_wheel(path: Path, expect: Expectations | None = None) -> Report:
     _check_layout(report, entries, name)
     elves = _check_copies(report, entries)
     _check_containment(report, elves)
-    _check_platform(report, elves, name)
+    _check_platform(report, elves, name, expect.glibc)
     if name.distribution.lower().replace("-", "_") != LLAMA_DISTRIBUTION:  # a fixture package: none expected
         expect = replace(expect, cpu_variants=())
     _check_cpu_variants(report, entries, elves, expect)
@@ -297,13 +311,22 @@ def _check_containment(report: Report, elves: dict[str, ElfInfo]) -> None:
                "no absolute RUNPATH (no build-machine paths)" if not absolute else "; ".join(absolute))
 
 
-def _check_platform(report: Report, elves: dict[str, ElfInfo], name: WheelName) -> None:
+def _check_platform(report: Report, elves: dict[str, ElfInfo], name: WheelName,
+                    target: tuple[int, int] | None = None) -> None:
     """The platform tag is no older than every versioned symbol the libraries need allows (as auditwheel judges
-    it: GLIBC, GLIBCXX, CXXABI, GCC, LIBATOMIC, ZLIB), and which common distributions can take the wheel."""
+    it: GLIBC, GLIBCXX, CXXABI, GCC, LIBATOMIC, ZLIB), nothing is newer than the glibc the wheel is built for, and
+    which common distributions can take the wheel."""
     if not elves:
         return  # pure Python: the tag says nothing about the system
     libs = {posixpath.basename(n): i for n, i in elves.items()}
     earned = earned_policy(libs)
+    if target is not None:
+        built_for = policy_for(target)
+        problems = beyond(built_for, libs) if built_for else [f"auditwheel has no policy for {glibc.dotted(target)}"]
+        report.add(f"glibc {glibc.dotted(target)}", not problems,
+                   f"nothing needs more than {built_for.name if built_for else ''} allows" if not problems else
+                   f"built for glibc {glibc.dotted(target)}, but " + "; ".join(problems[:4])
+                   + (f" (and {len(problems) - 4} more)" if len(problems) > 4 else ""))
     claimed = tag_glibc(name.platform)
     if earned is None:
         report.add("platform tag", False, "no manylinux policy allows what the libraries need: "

@@ -105,10 +105,16 @@ class Distribution:
     cxxabi: tuple[int, ...]
 
 
-# What each distribution's own glibc and libstdc++6 provide (its release's GCC: 8 -> 3.4.25, 10 -> 3.4.28,
-# 11 -> 3.4.29, 12 -> 3.4.30, 14 -> 3.4.33).
+# What each distribution's own glibc and libstdc++6 provide (its release's GCC: 4.8 -> 3.4.19, 7 -> 3.4.24,
+# 8 -> 3.4.25, 10 -> 3.4.28, 11 -> 3.4.29, 12 -> 3.4.30, 14 -> 3.4.33).
+RHEL8 = "RHEL 8 (Rocky, Alma, Oracle)"
 DISTRIBUTIONS = (
-    Distribution("RHEL 8", (2, 28), (3, 4, 25), (1, 3, 11)),
+    Distribution("CentOS 7", (2, 17), (3, 4, 19), (1, 3, 7)),
+    Distribution(RHEL8, (2, 28), (3, 4, 25), (1, 3, 11)),
+    Distribution("Anolis 8", (2, 28), (3, 4, 25), (1, 3, 11)),
+    Distribution("openEuler 20.03", (2, 28), (3, 4, 24), (1, 3, 11)),  # GCC 7.3
+    Distribution("Kylin V10", (2, 28), (3, 4, 24), (1, 3, 11)),  # GCC 7.3
+    Distribution("UOS 20", (2, 28), (3, 4, 24), (1, 3, 11)),  # its server edition: openEuler's GCC 7.3
     Distribution("Debian 11", (2, 31), (3, 4, 28), (1, 3, 12)),
     Distribution("Ubuntu 20.04", (2, 31), (3, 4, 28), (1, 3, 12)),
     Distribution("RHEL 9", (2, 34), (3, 4, 29), (1, 3, 13)),
