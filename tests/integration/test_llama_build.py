@@ -24,7 +24,8 @@ def test_llama_cpp_python_cuda13_sm90_wheel(tmp_path: Path) -> None:
     assert "libggml-cuda.so" in libs and "libllama.so" in libs
     assert "libggml-cpu-sse42.so" in libs and "libggml-cpu-haswell.so" in libs and "libggml-cpu-x64.so" in libs
     assert [p["file"] for p in manifest["source"]["patches"]] == ["stream-incremental.patch", "backend-modules.patch",
-                                                                   "cpu-variants-compiler.patch"]
-    assert wheel.name.endswith("-py3-none-manylinux_2_31_x86_64.whl")  # built in the Debian 11 root
+                                                                   "cpu-variants-compiler.patch",
+                                                                   "subprocess-glibc-2.28.patch"]
+    assert wheel.name.endswith("-py3-none-manylinux_2_28_x86_64.whl")  # built in the Debian 11 root, for glibc 2.28
     assert manifest["build_env"]["name"] == "bullseye"
     assert len(libs) == len(set(libs))

@@ -1,12 +1,14 @@
 """The wheels where users' systems are: Debian 11 (bullseye: glibc 2.31, GCC 10, Python 3.9 with its pip 20.3),
 12 and 13 roots made with mmdebstrap from the apt mirror. Into each, with the network cut, pip installs the
-CPU wheel and the CUDA 13.0 wheel from the private index; the CPU wheel answers with the tiny model; the CUDA
+CPU wheel and the CUDA 13.0 wheel from the private index; the CPU wheel answers with the tiny model, with the logits
+the wheel built before the glibc 2.28 binding gave (tests/data/tiny-logits.json); the CUDA
 wheel imports and every library it needs resolves (NVIDIA's runtime wheels included; this machine has no GPU).
 And the test can fail: a wheel that needs GCC 12's libstdc++ (manylinux_2_35) is refused in bullseye.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -21,7 +23,7 @@ from llamawheel.wheel import policy
 from llamawheel.wheel.elf import read_elf_file
 from llamawheel.wheel.wheelfile import Entry, write_wheel
 
-from .conftest import llamawheel
+from .conftest import ROOT, llamawheel
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("mmdebstrap") and shutil.which("bwrap")),
@@ -29,6 +31,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 SUITES = ("bullseye", "bookworm", "trixie")
+LOGITS = ROOT / "tests" / "logits.py"
+REFERENCE = ROOT / "tests" / "data" / "tiny-logits.json"
 VENV = "/opt/venv"
 PYTHONS = tuple(buildroot.SUITES[s].python for s in SUITES)
 
@@ -101,6 +105,18 @@ def test_cpu_wheel_installs_offline_and_answers(root: buildroot.Root, index: Pat
     version, variant, tokens, _ = ran.stdout.split(maxsplit=3)
     print(f"{root.suite} (glibc {root.glibc}, Python {root.python}): {ran.stdout.strip()}")
     assert version.startswith("0.3.36") and variant not in ("", "x64") and int(tokens) > 0
+    # the same logits as the wheel built before the glibc 2.28 binding (its exp, log and pow are glibc 2.2.5's)
+    measured = inside(root, python, str(LOGITS), str(model), ro=(model.parent, LOGITS.parent))
+    assert measured.returncode == 0, measured.stderr[-3000:]
+    now, before = json.loads(measured.stdout), json.loads(REFERENCE.read_text())
+    assert now["variant"] == "x64" and now["tokens"] == before["tokens"]
+    assert now["greedy"] == before["greedy"]
+    assert [i for i, _ in now["best"]] == [i for i, _ in before["best"]]
+    pairs = [(v, before["sampled"][k]) for k, v in now["sampled"].items()] + \
+        [(a[1], b[1]) for a, b in zip(now["best"], before["best"], strict=True)]
+    worst = max(abs(a - b) for a, b in pairs)
+    print(f"{root.suite}: logits differ from the manylinux_2_31 wheel's by {worst:.2e} at most ({len(pairs)} compared)")
+    assert worst <= 1e-5
 
 
 RESOLVE = r'''

@@ -245,7 +245,7 @@ def test_mirrors_check_says_which_features_a_mirror_cannot_serve_and_why(
     rows = {line.strip().split("  ")[0]: line for line in table.splitlines() if line.strip()}
     assert rows["CPU wheels (the pinned sdist and its build requirements)"].rstrip().endswith("yes")
     assert rows["CUDA 12.4 (Debian trixie non-free)"].rstrip().endswith("yes")
-    assert rows["Debian 11 build root (wheels for glibc 2.31)"].rstrip().endswith("yes")
+    assert rows["Debian 11 build root (glibc 2.31, GCC 10)"].rstrip().endswith("yes")
     assert "lacks component non-free" in rows["CUDA 11.8 (Debian bookworm non-free)"]
     nvidia = next(v for k, v in rows.items() if "NVIDIA's apt repository" in k)
     assert "no  (NVIDIA's repository index: HTTP 404" in nvidia and f"{url}/nvidia/debian12/x86_64/Release" in nvidia

@@ -66,7 +66,7 @@ def test_the_flags_reach_c_cxx_nvcc_and_the_linker() -> None:
     flags = glibc.Binding((2, 28), (2, 31)).flags("/build/.glibc/glibc-compat.h")
     assert flags["CFLAGS"] == flags["CXXFLAGS"] == "-include /build/.glibc/glibc-compat.h"
     assert flags["CUDAFLAGS"] == "-Xcompiler=-include,/build/.glibc/glibc-compat.h"
-    assert flags["LDFLAGS"] == "-static-libstdc++ -Wl,--exclude-libs,libstdc++.a"
+    assert flags["LDFLAGS"] == "-static-libstdc++ -Wl,--exclude-libs,libstdc++.a -Wl,--gc-sections"
 
 
 @pytest.mark.parametrize("symbol", ["totalorderf64x", "pthread_cond_wait", "glob64", "sched_setaffinity"])

@@ -173,7 +173,9 @@ class Binding:
 
     def flags(self, header: str) -> dict[str, str]:
         """The compiler and linker flags, as the environment variables CMake reads them from on its first run."""
-        link = ["-static-libstdc++", "-Wl,--exclude-libs,libstdc++.a"] if self.static_cxx else []
+        # --gc-sections: libstdc++.a is built with a section per function, so only what is used is linked in
+        # (a library using std::filesystem takes 120 KB of it instead of 1.1 MB)
+        link = ["-static-libstdc++", "-Wl,--exclude-libs,libstdc++.a", "-Wl,--gc-sections"] if self.static_cxx else []
         return {
             "CFLAGS": f"-include {header}",
             "CXXFLAGS": f"-include {header}",

@@ -76,7 +76,7 @@ def features() -> list[Feature]:
     cpu = catalog.cpu_recipe().llama_cpp_python
     build = (_page(cpu.name, sdist_file_name(cpu)), *(_page(n) for n in BUILD_BACKEND),
              *(_page(t.split(">")[0].split("=")[0]) for t in BUILD_TOOLS))
-    roots = [Feature(f"Debian {s.debian} build root (wheels for glibc {s.glibc[0]}.{s.glibc[1]})",
+    roots = [Feature(f"Debian {s.debian} build root (glibc {s.glibc[0]}.{s.glibc[1]}, GCC {s.gcc})",
                      (_suite(s.name), _security(s.name))) for s in SUITES.values() if s.name == "bullseye"]
     return [
         Feature("CPU wheels (the pinned sdist and its build requirements)", build, core=True),
