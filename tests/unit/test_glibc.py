@@ -103,6 +103,7 @@ def test_repair_tags_a_wheel_for_its_target_and_names_what_exceeds_it() -> None:
                                  uses={"GLIBC_2.2.5": frozenset({"exp"}), "GLIBC_2.17": frozenset({"clock_gettime"})})}
     assert repair._tag(ok, (2, 28)) == "manylinux_2_28_x86_64"  # the target's tag, not the older one earned
     assert repair._tag(ok, None) == "manylinux_2_17_x86_64"
+    assert repair._tag(ok, (2, 17)) == "manylinux_2_17_x86_64.manylinux2014_x86_64"  # for CentOS 7's older pip
     bad = {"libmtmd.so": ElfInfo(required={"GLIBC": frozenset({"2.2.5", "2.29"})},
                                  uses={"GLIBC_2.29": frozenset({"posix_spawn_file_actions_addchdir_np"}),
                                        "GLIBC_2.2.5": frozenset({"exp"})})}

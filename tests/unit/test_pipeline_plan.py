@@ -247,7 +247,15 @@ def test_expectations_of_an_unknown_label() -> None:
 def test_label_round_trips_through_verification(cli: dict[str, object]) -> None:
     plan = plan_cuda(**cli)
     expect = verify_static.Expectations.from_version(f"{plan.source.version}+{plan.local_version}")
-    assert expect == verify_static.Expectations.for_plan(plan.minor, plan.targets, plan.options.runtime, plan.recipe)
+    assert expect == verify_static.Expectations.for_plan(plan.minor, plan.targets, plan.options.runtime, plan.recipe,
+                                                         glibc=plan.glibc)
+    assert plan.glibc == (2, 28)  # the recipe's, built in the Debian 11 root
+
+
+def test_the_glibc_target_is_the_option_else_the_recipe_in_a_root_else_none_on_the_host() -> None:
+    assert plan_cuda(glibc="2.17").glibc == (2, 17)
+    assert plan_cuda(build_env="host").glibc is None  # this machine as it is
+    assert plan_cuda(build_env="host", glibc="2.28").glibc == (2, 28)
 
 
 def test_a_second_build_of_the_same_variant_waits_for_the_first(

@@ -243,7 +243,8 @@ def _tag(infos: dict[str, ElfInfo], glibc: tuple[int, int] | None) -> str:
             f"\n  {shown}",
             "a function glibc added later must be avoided in the source (a recipe patch, see recipes/patches/); "
             "or build for a newer glibc (--glibc, or build.glibc in the recipe); the manifest lists what was bound")
-    return f"{policy.name}_x86_64"
+    # manylinux_2_17 is also manylinux2014, the name pip before 20.3 (CentOS 7's) knows
+    return ".".join(f"{tag}_x86_64" for tag in (policy.name, *policy.aliases))
 
 
 def _graft_external(kept: list[Entry], rename: dict[str, str], result: RepairedWheel,
@@ -299,5 +300,5 @@ def _rewrite_wheel_file(text: str, name: WheelName, plat: str) -> str:
     lines = [line for line in text.splitlines() if not line.startswith("Tag:")]
     for py in name.python.split("."):
         for abi in name.abi.split("."):
-            lines.append(f"Tag: {py}-{abi}-{plat}")
+            lines += [f"Tag: {py}-{abi}-{p}" for p in plat.split(".")]
     return "\n".join(lines) + "\n"

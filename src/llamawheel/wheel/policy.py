@@ -25,6 +25,8 @@ class Policy:
     allowed: dict[str, frozenset[str]]
     """Per family auditwheel checks (GLIBC, GLIBCXX, CXXABI, GCC, LIBATOMIC, ZLIB), the versions allowed."""
     whitelist: frozenset[str]
+    aliases: tuple[str, ...] = ()
+    """The legacy names of the same policy (``manylinux2014`` for ``manylinux_2_17``)."""
 
     @property
     def glibc(self) -> tuple[int, int]:
@@ -57,7 +59,8 @@ def policies(machine: str = "x86_64") -> tuple[Policy, ...]:
         versions = entry.get("symbol_versions", {}).get(machine, {})
         if entry["name"].startswith("manylinux_") and versions:
             allowed = {family: frozenset(v) for family, v in versions.items()}
-            out.append(Policy(entry["name"], entry["priority"], allowed, frozenset(entry["lib_whitelist"])))
+            out.append(Policy(entry["name"], entry["priority"], allowed, frozenset(entry["lib_whitelist"]),
+                              tuple(entry.get("aliases", ()))))
     return tuple(sorted(out, key=lambda p: -p.priority))
 
 
