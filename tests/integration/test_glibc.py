@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import ctypes
 import json
+import re
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -97,3 +100,26 @@ def test_an_impossible_target_is_refused_before_anything_is_built(tmp_path: Path
     assert rc == 2 and "--glibc 2.12: older than 2.17 (manylinux2014)" in output
     rc, output, _ = _build(tmp_path, "--glibc", "rhel8")
     assert rc == 2 and "--glibc 'rhel8' is not a glibc version like 2.28" in output
+
+
+@pytest.mark.parametrize("which", ["cpu_wheel", "cu130_wheel"])
+def test_the_llama_wheels_ci_builds_are_manylinux_2_28(which: str, request: pytest.FixtureRequest) -> None:
+    wheel: Path = request.getfixturevalue(which)
+    assert wheel.name.endswith("-py3-none-manylinux_2_28_x86_64.whl")
+    # auditwheel itself agrees: nothing constrains the wheel to a newer glibc than 2.28
+    shown = subprocess.run([sys.executable, "-m", "auditwheel", "show", str(wheel)], capture_output=True, text=True)
+    words = " ".join(shown.stdout.split())
+    constrained = re.search(r'constrains the platform tag to "manylinux_2_(\d+)_x86_64"', words)
+    assert constrained and int(constrained[1]) <= 28, shown.stdout + shown.stderr
+    # verify-static: nothing needs more than glibc 2.28, and RHEL 8 is among the systems that take it
+    result = llamawheel("verify-static", str(wheel))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "PASS  glibc 2.28" in result.stdout
+    platform = next(line for line in result.stdout.splitlines() if "platform tag" in line)
+    assert "RHEL 8 (Rocky, Alma, Oracle), Anolis 8, openEuler 20.03, Kylin V10, UOS 20, Debian 11" in platform
+    # no library needs the system's libstdc++ (linked in), and exp and friends are glibc 2.2.5's
+    with zipfile.ZipFile(wheel) as zf:
+        infos = {n: read_elf(zf.read(n)) for n in zf.namelist() if n.endswith(".so")}
+    assert not [n for n, i in infos.items() if "libstdc++.so.6" in i.needed]
+    assert not [n for n, i in infos.items() if any(v.startswith("GLIBC_2.29") for v in i.uses)]
+    assert "exp" in infos["llama_cpp/lib/libllama.so"].uses["GLIBC_2.2.5"]
