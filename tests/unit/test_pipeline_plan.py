@@ -255,7 +255,10 @@ def test_label_round_trips_through_verification(cli: dict[str, object]) -> None:
 def test_the_glibc_target_is_the_option_else_the_recipe_in_a_root_else_none_on_the_host() -> None:
     assert plan_cuda(glibc="2.17").glibc == (2, 17)
     assert plan_cuda(build_env="host").glibc is None  # this machine as it is
-    assert plan_cuda(build_env="host", glibc="2.28").glibc == (2, 28)
+    assert plan_cuda(build_env="host", glibc="2.36").glibc == (2, 36)
+    assert plan_cuda(build_env="trixie").glibc is None  # past glibc 2.34's merge: the recipe's 2.28 cannot apply
+    with pytest.raises(UsageError, match=r"glibc 2\.41 cannot build for glibc 2\.28: glibc 2\.34 moved libpthread"):
+        plan_cuda(build_env="trixie", glibc="2.28")  # asked for: refused before anything is fetched
 
 
 def test_a_second_build_of_the_same_variant_waits_for_the_first(

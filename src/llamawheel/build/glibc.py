@@ -18,6 +18,7 @@ libstdc++).
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,21 +194,31 @@ class Binding:
         }}
 
 
-def binding(target: tuple[int, int], libdir: Path, env_glibc: tuple[int, int]) -> Binding:
-    """The binding for ``target`` from the glibc libraries in ``libdir`` (a build root's
-    ``lib/x86_64-linux-gnu``), which are glibc ``env_glibc``."""
+def this_machine() -> tuple[int, int]:
+    """This machine's glibc."""
+    return parse_version((os.confstr("CS_GNU_LIBC_VERSION") or "glibc 2.17").split()[-1])
+
+
+def check_reachable(target: tuple[int, int], env_glibc: tuple[int, int]) -> None:
+    """Refuse a target a build environment of glibc ``env_glibc`` cannot build for (before anything is fetched)."""
     if target < OLDEST:
         raise UsageError(f"glibc {dotted(target)} is older than any CUDA library supports",
                          f"choose {dotted(OLDEST)} (manylinux2014) or newer")
-    result = Binding(target, env_glibc)
-    if not result.needed:
-        return result
     if env_glibc >= SPLIT > target:
         raise UsageError(
             f"a build environment with glibc {dotted(env_glibc)} cannot build for glibc {dotted(target)}: glibc "
             f"{dotted(SPLIT)} moved libpthread, libdl and librt into libc",
             "build in the bullseye root (--build-env bullseye), or target this glibc (--glibc "
             f"{dotted(env_glibc)})")
+
+
+def binding(target: tuple[int, int], libdir: Path, env_glibc: tuple[int, int]) -> Binding:
+    """The binding for ``target`` from the glibc libraries in ``libdir`` (a build root's
+    ``lib/x86_64-linux-gnu``), which are glibc ``env_glibc``."""
+    check_reachable(target, env_glibc)
+    result = Binding(target, env_glibc)
+    if not result.needed:
+        return result
     for name in GLIBC_LIBRARIES:
         path = libdir / name
         if not path.exists():

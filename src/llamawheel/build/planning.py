@@ -44,13 +44,19 @@ class Plan:
 
     @property
     def glibc(self) -> tuple[int, int] | None:
-        """The oldest glibc the wheel is built for: ``--glibc``, else the recipe's in a root; None: the build
-        environment's own (nothing bound)."""
+        """The oldest glibc the wheel is built for: ``--glibc``, else the recipe's in a root that can build for it
+        (not one of glibc 2.34 or newer); None: the build environment's own (nothing bound)."""
         if self.options.glibc:
             return glibc.parse_version(self.options.glibc, "--glibc")
-        if self.suite is not None and self.recipe.build.glibc:
+        if self.suite is not None and self.recipe.build.glibc and self.suite.glibc < glibc.SPLIT:
             return glibc.parse_version(self.recipe.build.glibc, f"{self.recipe.path.name}: build.glibc")
         return None
+
+    def check_glibc(self) -> Plan:
+        """Refuse, before anything is fetched, a glibc target this build environment cannot build for."""
+        if self.glibc is not None:
+            glibc.check_reachable(self.glibc, self.suite.glibc if self.suite else glibc.this_machine())
+        return self
 
     @property
     def variant(self) -> Variant:
@@ -149,7 +155,7 @@ def plan_cuda(recipe: Recipe, minor: CudaMinor, opts: BuildOptions) -> Plan:
     env = build_env_for(recipe, opts)
     suite = buildroot.SUITES.get(env)
     plan = Plan(recipe, minor, targets, mirror, _source(recipe, opts), opts,
-                hostcc.choose(minor, root_gcc=suite.gcc if suite else None), env)
+                hostcc.choose(minor, root_gcc=suite.gcc if suite else None), env).check_glibc()
     jobs = opts.jobs or default_jobs("cuda")
     costs = timings.costs(env)
     cold = log.human_time(costs.estimate(minor.version, targets, jobs))
@@ -173,7 +179,7 @@ def plan_cpu(recipe: Recipe, opts: BuildOptions) -> Plan:
         raise UsageError("--arch applies to CUDA builds only")
     check_output_dir(output_folder(opts))
     return Plan(recipe, None, (), load_profile(opts.mirror), _source(recipe, opts), opts,
-                build_env=build_env_for(recipe, opts))
+                build_env=build_env_for(recipe, opts)).check_glibc()
 
 
 def build_env_for(recipe: Recipe, opts: BuildOptions) -> str:

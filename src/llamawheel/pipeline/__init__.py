@@ -162,7 +162,7 @@ def bind_glibc(plan: Plan, build_root: buildroot.Root | None, work: Path,
     if build_root is not None:
         env_glibc, top = glibc.parse_version(build_root.glibc), build_root.path
     else:
-        env_glibc, top = glibc.parse_version((os.confstr("CS_GNU_LIBC_VERSION") or "glibc 2.17").split()[-1]), Path("/")
+        env_glibc, top = glibc.this_machine(), Path("/")
     binding = glibc.binding(target, top / "lib" / f"{platform.machine()}-linux-gnu", env_glibc)
     if not binding.needed:
         log.info(f"building for glibc {glibc.dotted(target)} in an environment with glibc {glibc.dotted(env_glibc)}: "

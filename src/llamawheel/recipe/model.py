@@ -192,7 +192,8 @@ class BuildFlags:
     """The oldest glibc the wheels run on (``2.28``: RHEL 8 and the systems built on it), when that is older than
     the build root's own: symbols are bound to versions that glibc has, libstdc++ is linked statically, the wheel
     is tagged ``manylinux_2_28`` and a library needing anything newer fails the build with its name. Applies to
-    builds in a root; a ``host`` build targets this machine's glibc unless ``--glibc`` names one."""
+    builds in a root older than glibc 2.34 (``bullseye``); a ``host``, ``bookworm`` or ``trixie`` build targets its
+    own glibc unless ``--glibc`` names one."""
 
 
 @dataclass(frozen=True)
