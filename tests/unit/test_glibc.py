@@ -14,6 +14,8 @@ from llamawheel import repair
 from llamawheel.build import glibc, options
 from llamawheel.core.errors import RecipeError, RepairError, UsageError
 from llamawheel.recipe import catalog
+from llamawheel.verify import static as verify_static
+from llamawheel.wheel.distmeta import WheelName
 from llamawheel.wheel.elf import ElfInfo
 
 from .helpers import RECIPES_DIR
@@ -112,3 +114,20 @@ def test_repair_tags_a_wheel_for_its_target_and_names_what_exceeds_it() -> None:
     assert "built for glibc 2.28 (manylinux_2_28)" in info.value.message
     assert "libmtmd.so uses posix_spawn_file_actions_addchdir_np@GLIBC_2.29" in info.value.message
     assert "exp" not in info.value.message
+
+
+def test_verify_static_fails_a_wheel_needing_more_than_the_glibc_it_was_built_for(tmp_path: Path) -> None:
+    libs = {"pkg/libmtmd.so": ElfInfo(required={"GLIBC": frozenset({"2.2.5", "2.29"})},
+                                      uses={"GLIBC_2.29": frozenset({"posix_spawn_file_actions_addchdir_np"})})}
+    report = verify_static.Report("pkg.whl", "1.0", 0, "a claim")
+    verify_static._check_platform(report, libs, WheelName.parse("pkg-1.0-py3-none-manylinux_2_31_x86_64.whl"), (2, 28))
+    glibc_check, tag_check = report.checks
+    assert (glibc_check.name, glibc_check.ok) == ("glibc 2.28", False)
+    assert glibc_check.detail == ("built for glibc 2.28, but libmtmd.so uses "
+                                  "posix_spawn_file_actions_addchdir_np@GLIBC_2.29")
+    assert tag_check.ok  # the tag itself is honest: manylinux_2_31
+    # standalone, the target comes from the build's manifest beside the wheel
+    wheel = tmp_path / "pkg-1.0-py3-none-manylinux_2_28_x86_64.whl"
+    assert verify_static.built_for_glibc(wheel) is None
+    wheel.with_name(wheel.name + ".json").write_text('{"glibc": {"target": "2.28"}}')
+    assert verify_static.built_for_glibc(wheel) == (2, 28)

@@ -58,8 +58,8 @@ class Expectations:
     cpu_variants: tuple[str, ...] = ()
     """The CPU variant modules the wheel must hold (built with GGML_CPU_ALL_VARIANTS); none: not checked."""
     glibc: tuple[int, int] | None = None
-    """The oldest glibc the wheel is built to run on (the recipe's ``build.glibc``, or ``--glibc``); None: not
-    checked."""
+    """The oldest glibc the wheel is built to run on (the build's ``--glibc`` or recipe's ``build.glibc``, which
+    its manifest records); None: not checked (the platform tag still is)."""
 
     @classmethod
     def for_plan(
@@ -85,7 +85,7 @@ class Expectations:
             mode = runtime or "pypi"
             base = cls(minor.major, recipe.default_targets(), mode, recipe.runtime_rpath,
                        minor.runtime_requires if mode == "pypi" else (),
-                       cpu_variants_of(recipe.cmake_args, recipe.build.env), recipe_glibc(recipe))
+                       cpu_variants_of(recipe.cmake_args, recipe.build.env))
         else:
             base = cls.from_version(version)
             if runtime and runtime != base.runtime:
@@ -120,9 +120,8 @@ class Expectations:
         made_by = recipes.get("cpu" if variant.cuda is None else f"cuda-{variant.cuda_major}")
         # other CMake flags (a ``cm`` label) may have changed the variants: then only what is there is checked
         variants = cpu_variants_of(made_by.cmake_args, made_by.build.env) if made_by and not variant.flags else ()
-        target = recipe_glibc(made_by) if made_by else None
         if variant.cuda is None:
-            return cls(None, cpu_variants=variants, glibc=target)
+            return cls(None, cpu_variants=variants)
         major = variant.cuda_major
         recipe = recipes.get(f"cuda-{major}")
         cuda_minor = recipe.minors.get(variant.cuda) if recipe else None
@@ -132,15 +131,17 @@ class Expectations:
             major, targets, runtime,
             recipe.runtime_rpath if recipe else (),
             cuda_minor.runtime_requires if (cuda_minor and runtime == "pypi") else (),
-            variants, target,
+            variants,
         )
 
 
-def recipe_glibc(recipe: Recipe) -> tuple[int, int] | None:
-    """The oldest glibc a recipe's wheels are built for (its ``build.glibc``, for a build in a root)."""
-    if not recipe.build.glibc or recipe.build.env == HOST:
+def built_for_glibc(wheel: Path) -> tuple[int, int] | None:
+    """The glibc a wheel was built for, as its build's manifest (beside it) records; None: no manifest says."""
+    try:
+        target = json.loads(wheel.with_name(wheel.name + ".json").read_text())["glibc"]["target"]
+        return glibc.parse_version(str(target))
+    except (OSError, ValueError, KeyError, TypeError, UsageError):
         return None
-    return glibc.parse_version(recipe.build.glibc, f"{recipe.path.name}: build.glibc")
 
 
 def cpu_variants_of(cmake_args: list[str] | tuple[str, ...], build_env: str = HOST) -> tuple[str, ...]:
@@ -220,6 +221,7 @@ def verify_claim(
     if not path.is_file():
         raise UsageError(f"{path}: no such wheel file")
     expect = Expectations.from_claim(WheelName.parse(path.name).version, cuda=cuda, arch=arch, runtime=runtime)
+    expect = replace(expect, glibc=built_for_glibc(path))
     return expect, verify_wheel(path, expect)
 
 
