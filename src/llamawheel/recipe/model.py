@@ -186,8 +186,8 @@ class BuildFlags:
     (``patches/stream-incremental.patch``); the wheel's manifest lists each with its sha256."""
     env: Literal["bullseye", "bookworm", "trixie", "host"] = "host"
     """Where the wheel is compiled: an older Debian root made from the apt mirror (``bullseye``: glibc 2.31
-    and GCC 10, so the wheel installs on Debian 11, Ubuntu 20.04 and newer), or ``host``, this machine as it
-    is. ``--build-env`` overrides it."""
+    and GCC 10; with ``glibc`` below, the wheel installs on RHEL 8, Debian 11, Ubuntu 20.04 and newer), or
+    ``host``, this machine as it is. ``--build-env`` overrides it."""
     glibc: str | None = field(default=None, metadata={"check": _glibc})
     """The oldest glibc the wheels run on (``2.28``: RHEL 8 and the systems built on it), when that is older than
     the build root's own: symbols are bound to versions that glibc has, libstdc++ is linked statically, the wheel
