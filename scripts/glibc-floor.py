@@ -18,6 +18,7 @@ from pathlib import Path
 
 from llamawheel.build import glibc
 from llamawheel.core import paths
+from llamawheel.core.errors import UsageError
 from llamawheel.toolchain import buildroot
 from llamawheel.wheel import policy
 from llamawheel.wheel.distmeta import WheelName
@@ -31,7 +32,8 @@ def main() -> int:
     p.add_argument("--root", type=Path, default=paths.toolchains_dir() / "buildroot-bullseye")
     args = p.parse_args()
     libs = {posixpath.basename(e.name): read_elf(e.data) for e in read_entries(args.wheel) if is_elf(e.data)}
-    tag = policy.tag_glibc(WheelName.parse(args.wheel.name).platform) or (2, 17)
+    claimed = policy.tag_glibc(WheelName.parse(args.wheel.name).platform)
+    tag = claimed if claimed and claimed != (0, 0) else policy.policies()[-1].glibc  # linux_*: from the newest
     libdir = args.root / "lib" / "x86_64-linux-gnu"
     env_glibc = glibc.parse_version(buildroot.Root.from_marker(args.root).glibc)
     print(f"{args.wheel.name}: {len(libs)} libraries, tagged for glibc {glibc.dotted(tag)}")
@@ -39,8 +41,13 @@ def main() -> int:
     for candidate in sorted({p.glibc for p in policy.policies() if (2, 17) <= p.glibc <= tag}, reverse=True):
         rule = policy.policy_for(candidate)
         assert rule is not None
-        binding = glibc.binding(candidate, libdir, env_glibc)
+        try:
+            binding = glibc.binding(candidate, libdir, env_glibc)
+        except UsageError as exc:
+            print(f"  glibc {glibc.dotted(candidate):<5} {exc.message}")
+            break
         bindable: set[str] = set()
+        linked: set[str] = set()
         stops: set[str] = set()
         for name, info in libs.items():
             for version, symbols in info.uses.items():
@@ -49,7 +56,9 @@ def main() -> int:
                 if allowed is None or number in allowed or not number[:1].isdigit():
                     continue
                 for symbol in symbols:
-                    if family == "GLIBC" and symbol in binding.bound:
+                    if family in ("GLIBCXX", "CXXABI"):  # a build for an older glibc links libstdc++ in
+                        linked.add(version)
+                    elif family == "GLIBC" and symbol in binding.bound:
                         bindable.add(f"{symbol}@{version} -> {binding.bound[symbol]}")
                     else:
                         stops.add(f"{name}: {symbol}@{version}")
@@ -59,7 +68,9 @@ def main() -> int:
             print(line + f"stopped by {shown}")
             break
         floor = candidate
-        print(line + (f"reachable, binding {', '.join(sorted(bindable))}" if bindable else "reachable as built"))
+        how = ([f"binding {', '.join(sorted(bindable))}"] if bindable else []) + (
+            [f"linking libstdc++ in (needs {', '.join(sorted(linked))})"] if linked else [])
+        print(line + (f"reachable, {'; '.join(how)}" if how else "reachable as built"))
     print(f"oldest reachable: glibc {glibc.dotted(floor)} (manylinux_{floor[0]}_{floor[1]})")
     return 0
 

@@ -16,13 +16,14 @@ from llamawheel.core.errors import RecipeError, RepairError, UsageError
 from llamawheel.recipe import catalog
 from llamawheel.verify import static as verify_static
 from llamawheel.wheel.distmeta import WheelName
-from llamawheel.wheel.elf import ElfInfo
+from llamawheel.wheel.elf import ElfInfo, read_elf_file
 
 from .helpers import RECIPES_DIR
 
 LIBDIR = Path("/lib") / f"{platform.machine()}-linux-gnu"
 HERE = glibc.parse_version((os.confstr("CS_GNU_LIBC_VERSION") or "glibc 0.0").split()[-1])
-needs_libm = pytest.mark.skipif(not (LIBDIR / "libm.so.6").exists(), reason=f"no glibc libm in {LIBDIR}")
+needs_libm = pytest.mark.skipif(not (LIBDIR / "libm.so.6").exists() or HERE < (2, 31),
+                                reason=f"needs glibc 2.31 or newer in {LIBDIR} (exp@GLIBC_2.29, totalorder@GLIBC_2.31)")
 
 
 @needs_libm
@@ -42,11 +43,27 @@ def test_symbols_are_bound_to_the_newest_version_no_later_than_the_target() -> N
         ("exp", "log", "log2", "pow"), "GLIBC_2.2.5")
     assert "expf" not in binding.bound  # GLIBC_2.27 is old enough already
     assert "totalorder" in binding.newer and "totalorder" not in binding.bound  # its old version has another ABI
-    assert "another ABI" in binding.why_newer("totalorder")
+    assert binding.why_newer("totalorder") == ("its version in glibc 2.28 has another ABI (2.31 passes the arguments "
+                                               "by pointer)")
+    # new in 2.30, no older version: not an ABI matter, although its name matches pthread_cond_*
+    assert binding.why_newer("pthread_cond_clockwait") == "glibc 2.28 has no pthread_cond_clockwait"
     header = binding.header()
     assert header.count(".symver") == len(binding.bound)
     assert '__asm__(".symver exp, exp@GLIBC_2.2.5");' in header
     assert header.splitlines()[2] == "#if !defined(__CUDA_ARCH__) && !defined(__ASSEMBLER__)"  # not nvcc's device pass
+
+
+def test_a_folder_without_glibc_is_refused_rather_than_binding_nothing(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match=r"no glibc in .* to read symbol versions from"):
+        glibc.binding((2, 28), tmp_path, (2, 31))
+
+
+@needs_libm
+def test_which_symbol_each_needed_version_serves_is_read_from_a_real_library() -> None:
+    info = read_elf_file((LIBDIR / "libm.so.6").resolve())  # libm takes a few functions from libc
+    users = {v: s for v, s in info.uses.items() if v.startswith("GLIBC_")}
+    assert users and all(symbols for symbols in users.values())
+    assert "GLIBC_2.2.5" in users and set(users) <= {f"GLIBC_{v}" for v in info.required["GLIBC"]}
 
 
 def test_nothing_is_bound_when_the_environment_is_not_newer_than_the_target() -> None:
@@ -109,10 +126,12 @@ def test_repair_tags_a_wheel_for_its_target_and_names_what_exceeds_it() -> None:
     bad = {"libmtmd.so": ElfInfo(required={"GLIBC": frozenset({"2.2.5", "2.29"})},
                                  uses={"GLIBC_2.29": frozenset({"posix_spawn_file_actions_addchdir_np"}),
                                        "GLIBC_2.2.5": frozenset({"exp"})})}
+    binding = glibc.Binding((2, 28), (2, 31), newer={"posix_spawn_file_actions_addchdir_np": "GLIBC_2.29"})
     with pytest.raises(RepairError) as info:
-        repair._tag(bad, (2, 28))
+        repair._tag(bad, (2, 28), binding)
     assert "built for glibc 2.28 (manylinux_2_28)" in info.value.message
-    assert "libmtmd.so uses posix_spawn_file_actions_addchdir_np@GLIBC_2.29" in info.value.message
+    assert ("libmtmd.so uses posix_spawn_file_actions_addchdir_np@GLIBC_2.29: glibc 2.28 has no "
+            "posix_spawn_file_actions_addchdir_np") in info.value.message
     assert "exp" not in info.value.message
 
 

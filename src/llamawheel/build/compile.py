@@ -19,6 +19,7 @@ from typing import Any
 
 from llamawheel.build import cache
 from llamawheel.build.cache import CompileCache
+from llamawheel.build.glibc import Binding
 from llamawheel.build.rootbuild import BUILD_DIR, CUDA_DIR, Runner
 from llamawheel.core import log, paths, proc
 from llamawheel.core.errors import BuildError
@@ -78,6 +79,8 @@ class BuildResult:
     log_file: Path | None
     cmake_args: list[str] = field(default_factory=list)
     compile_cache: CompileCache = field(default_factory=lambda: CompileCache("none"))
+    glibc: Binding | None = None
+    """What was bound for an older glibc (None: built for the environment's own)."""
 
     def manifest_fields(self) -> dict[str, Any]:
         return {

@@ -142,6 +142,8 @@ class Binding:
     newer: dict[str, str] = field(default_factory=dict)
     """symbol -> its version, for symbols the target glibc does not have in any version this build may use (new
     functions, and the `OTHER_ABI` ones): a library that uses one cannot run there."""
+    refused: set[str] = field(default_factory=set)
+    """The symbols of `newer` that do have a version old enough, whose ABI differs (`OTHER_ABI`)."""
     static_cxx: bool = True
     """Link libstdc++ statically, its symbols hidden (libgcc_s, the unwinder, stays the system's: every manylinux
     system has it, and its versions the libraries need are old)."""
@@ -165,12 +167,10 @@ class Binding:
         return "\n".join(lines)
 
     def why_newer(self, symbol: str) -> str:
-        """``posix_spawn_file_actions_addchdir_np``: why the target lacks it, for an error."""
-        version = self.newer.get(symbol, "")
-        why = other_abi(symbol)
-        if why:
-            return f"{symbol}@{version} (its older version has another ABI: {why})"
-        return f"{symbol}@{version} (glibc {dotted(self.target)} has no {symbol})"
+        """Why the target glibc cannot give ``symbol`` (one of `newer`), for an error."""
+        if symbol in self.refused:
+            return f"its version in glibc {dotted(self.target)} has another ABI ({other_abi(symbol)})"
+        return f"glibc {dotted(self.target)} has no {symbol}"
 
     def flags(self, header: str) -> dict[str, str]:
         """The compiler and linker flags, as the environment variables CMake reads them from on its first run."""
@@ -219,6 +219,9 @@ def binding(target: tuple[int, int], libdir: Path, env_glibc: tuple[int, int]) -
     result = Binding(target, env_glibc)
     if not result.needed:
         return result
+    if not (libdir / "libc.so.6").exists():
+        raise UsageError(f"no glibc in {libdir} (libc.so.6) to read symbol versions from",
+                         "build in the bullseye root (the recipes' default), whose glibc llamawheel knows")
     for name in GLIBC_LIBRARIES:
         path = libdir / name
         if not path.exists():
@@ -231,6 +234,8 @@ def binding(target: tuple[int, int], libdir: Path, env_glibc: tuple[int, int]) -
                 result.bound[d.symbol] = usable[-1]
             else:
                 result.newer[d.symbol] = d.default
+                if usable:
+                    result.refused.add(d.symbol)
     return result
 
 

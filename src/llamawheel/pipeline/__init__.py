@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import shutil
 import subprocess
 import time
@@ -24,11 +25,13 @@ from llamawheel.build import timings as build_timings
 from llamawheel.build.compile import BuildRequest, BuildResult, build_wheel, default_jobs
 from llamawheel.build.planning import Plan, cmake_args_for, user_cmake_args
 from llamawheel.core import fileio, log, paths, proc
+from llamawheel.core.errors import UsageError
 from llamawheel.mirror import provenance
 from llamawheel.pipeline import manifest, wheelhouse
 from llamawheel.recipe.model import CudaMinor
 from llamawheel.toolchain import CudaRoot, buildroot, provider_for
 from llamawheel.verify.static import Expectations, Report, verify_wheel
+from llamawheel.wheel import policy
 
 
 @dataclass
@@ -149,7 +152,9 @@ def compile_source(plan: Plan, root: CudaRoot | None, source_dir: Path, work: Pa
                            root.path if root else None, compile_cache or cache.CompileCache("none"),
                            binding.flags(runner.inside(str(work / ".glibc" / glibc.HEADER_NAME)))
                            if binding and binding.needed else {})
-    return build_wheel(request), described
+    built = build_wheel(request)
+    built.glibc = binding
+    return built, described
 
 
 def bind_glibc(plan: Plan, build_root: buildroot.Root | None, work: Path,
@@ -169,6 +174,12 @@ def bind_glibc(plan: Plan, build_root: buildroot.Root | None, work: Path,
                  "nothing to bind")
         return binding
     glibc.write_header(binding, work / ".glibc")
+    replaced = [a.split("=")[0] for a in user_cmake_args()
+                if re.match(r"-DCMAKE_(C|CXX|CUDA|SHARED_LINKER|MODULE_LINKER)_FLAGS(:\w+)?=", a)]
+    if replaced:
+        log.warn(f"your CMAKE_ARGS set {', '.join(replaced)}, which replaces the CFLAGS/CXXFLAGS/CUDAFLAGS/LDFLAGS the "
+                 "glibc binding is given in: the libraries may then need a newer glibc and the build stop at repair. "
+                 "Put your flags in those variables instead")
     log.info(f"building for glibc {glibc.dotted(target)} (the environment has {glibc.dotted(env_glibc)}): "
              f"{len(binding.bound)} glibc symbols bound to older versions if used "
              f"({', '.join(sorted(binding.bound)[:8])}{', ...' if len(binding.bound) > 8 else ''}), "
@@ -185,6 +196,7 @@ def repair_built(plan: Plan, built: BuildResult, sysroot: Path | None = None) ->
         requires=plan.minor.runtime_requires if (plan.minor and plan.options.runtime == "pypi") else (),
         sysroot=sysroot,
         glibc=plan.glibc,
+        binding=built.glibc,
     )
     return repair.repair_wheel(built.wheel, plan.output_dir, spec)
 
@@ -222,6 +234,10 @@ def _run(plan: Plan, work: Path) -> Path:
     started = time.monotonic()
     if plan.suite is not None:  # before anything is downloaded
         buildroot.check_can_build(plan.suite.name)
+    if plan.glibc is not None and policy.policy_for(plan.glibc) is None:
+        known = ", ".join(glibc.dotted(p.glibc) for p in reversed(policy.policies()) if p.glibc >= glibc.OLDEST)
+        raise UsageError(f"glibc {glibc.dotted(plan.glibc)}: auditwheel has no manylinux policy for it, so no wheel "
+                         "can be tagged for it", f"choose one of {known}")
     log.info(f"building {plan.describe()} (variant {plan.local_version}, {plan.mirror.name} mirror"
              + (f", in a {plan.suite.label} root)" if plan.suite else ", on this machine)"))
     opts = plan.options  # the compile cache's store is asked first: a build that cannot use it stops at once

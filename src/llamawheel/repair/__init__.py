@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llamawheel.build.glibc import Binding
 from llamawheel.core import log
 from llamawheel.core.errors import RepairError
 from llamawheel.wheel.distmeta import WheelName
@@ -45,6 +46,8 @@ class RepairSpec:
     glibc: tuple[int, int] | None = None
     """The oldest glibc the wheel was built for: its tag is that glibc's (``manylinux_2_28``), and a library that
     needs anything newer fails the repair; None: the tag the libraries earn."""
+    binding: Binding | None = None
+    """What the build bound for that glibc, to say why a symbol could not be."""
 
 
 @dataclass
@@ -205,7 +208,7 @@ def _write_repaired(
 ) -> None:
     """Give the dist-info the new version, requirements and tag, and write the wheel under its new name."""
     version = f"{name.version.split('+')[0]}+{spec.local_version}"
-    result.platform_tag = _tag(infos, spec.glibc) if infos else name.platform
+    result.platform_tag = _tag(infos, spec.glibc, spec.binding) if infos else name.platform
     new_info = f"{name.distribution}-{version}.dist-info"
     final: list[Entry] = []
     for e in kept:
@@ -225,7 +228,7 @@ def _write_repaired(
              f"{log.human_size(result.size_after)}")
 
 
-def _tag(infos: dict[str, ElfInfo], glibc: tuple[int, int] | None) -> str:
+def _tag(infos: dict[str, ElfInfo], glibc: tuple[int, int] | None, binding: Binding | None = None) -> str:
     """The platform tag: the one the libraries earn, or, built for an older glibc, that glibc's own, once every
     library is shown to need nothing newer."""
     if glibc is None:
@@ -237,12 +240,16 @@ def _tag(infos: dict[str, ElfInfo], glibc: tuple[int, int] | None) -> str:
                           "build for a glibc it knows: --glibc 2.28, say")
     problems = beyond(policy, infos)
     if problems:
-        shown = "\n  ".join(problems[:12]) + (f"\n  ... and {len(problems) - 12} more" if len(problems) > 12 else "")
+        def why(problem: str) -> str:
+            symbol = problem.split(" uses ")[-1].split("@")[0]
+            return f"{problem}: {binding.why_newer(symbol)}" if binding and symbol in binding.newer else problem
+        shown = "\n  ".join(why(p) for p in problems[:12]) + (
+            f"\n  ... and {len(problems) - 12} more" if len(problems) > 12 else "")
         raise RepairError(
             f"the wheel was built for glibc {target} ({policy.name}), but its libraries need what that system lacks:"
             f"\n  {shown}",
-            "a function glibc added later must be avoided in the source (a recipe patch, see recipes/patches/); "
-            "or build for a newer glibc (--glibc, or build.glibc in the recipe); the manifest lists what was bound")
+            "avoid what the target lacks in the source (a recipe patch, see recipes/patches/), or build for a "
+            "newer glibc (--glibc, or build.glibc in the recipe); the build log names the binding header")
     # manylinux_2_17 is also manylinux2014, the name pip before 20.3 (CentOS 7's) knows
     return ".".join(f"{tag}_x86_64" for tag in (policy.name, *policy.aliases))
 
