@@ -235,7 +235,7 @@ def _run(plan: Plan, work: Path) -> Path:
     if plan.suite is not None:  # before anything is downloaded
         buildroot.check_can_build(plan.suite.name)
     if plan.glibc is not None and policy.policy_for(plan.glibc) is None:
-        known = ", ".join(glibc.dotted(p.glibc) for p in reversed(policy.policies()) if p.glibc >= glibc.OLDEST)
+        known = ", ".join(glibc.dotted(p.glibc) for p in policy.policies() if p.glibc >= glibc.OLDEST)
         raise UsageError(f"glibc {glibc.dotted(plan.glibc)}: auditwheel has no manylinux policy for it, so no wheel "
                          "can be tagged for it", f"choose one of {known}")
     log.info(f"building {plan.describe()} (variant {plan.local_version}, {plan.mirror.name} mirror"
