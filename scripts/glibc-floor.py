@@ -38,9 +38,8 @@ def main() -> int:
     env_glibc = glibc.parse_version(buildroot.Root.from_marker(args.root).glibc)
     print(f"{args.wheel.name}: {len(libs)} libraries, tagged for glibc {glibc.dotted(tag)}")
     floor = tag
-    for candidate in sorted({p.glibc for p in policy.policies() if (2, 17) <= p.glibc <= tag}, reverse=True):
-        rule = policy.policy_for(candidate)
-        assert rule is not None
+    for rule in reversed([p for p in policy.policies() if glibc.OLDEST <= p.glibc <= tag]):
+        candidate = rule.glibc
         try:
             binding = glibc.binding(candidate, libdir, env_glibc)
         except UsageError as exc:
@@ -49,19 +48,13 @@ def main() -> int:
         bindable: set[str] = set()
         linked: set[str] = set()
         stops: set[str] = set()
-        for name, info in libs.items():
-            for version, symbols in info.uses.items():
-                family, _, number = version.partition("_")
-                allowed = rule.allowed.get(family)
-                if allowed is None or number in allowed or not number[:1].isdigit():
-                    continue
-                for symbol in symbols:
-                    if family in ("GLIBCXX", "CXXABI"):  # a build for an older glibc links libstdc++ in
-                        linked.add(version)
-                    elif family == "GLIBC" and symbol in binding.bound:
-                        bindable.add(f"{symbol}@{version} -> {binding.bound[symbol]}")
-                    else:
-                        stops.add(f"{name}: {symbol}@{version}")
+        for e in policy.excess(rule, libs):
+            if e.version.startswith(("GLIBCXX_", "CXXABI_")):  # a build for an older glibc links libstdc++ in
+                linked.add(e.version)
+            elif e.version.startswith("GLIBC_") and e.symbol in binding.bound:
+                bindable.add(f"{e.symbol}@{e.version} -> {binding.bound[e.symbol]}")
+            else:
+                stops.add(f"{e.library}: {e.symbol}@{e.version}")
         line = f"  glibc {glibc.dotted(candidate):<5} "
         if stops:
             shown = ", ".join(sorted(stops)[:6]) + (f", ... ({len(stops)} in all)" if len(stops) > 6 else "")

@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llamawheel.build.glibc import Binding
+from llamawheel.build.glibc import Binding, dotted
 from llamawheel.core import log
 from llamawheel.core.errors import RepairError
 from llamawheel.wheel.distmeta import WheelName
 from llamawheel.wheel.elf import ElfInfo, is_elf, read_elf
-from llamawheel.wheel.policy import CUDA_LIBRARIES, beyond, platform_tag, policy_for, system_library, whitelist
+from llamawheel.wheel.policy import CUDA_LIBRARIES, excess, platform_tag, policy_for, system_library, whitelist
 from llamawheel.wheel.wheelfile import Entry, dist_info_dir, read_entries, write_wheel
 
 CUDA_LIB_PREFIXES = ("libcudart.so", "libcublas.so", "libcublasLt.so")
@@ -233,17 +233,15 @@ def _tag(infos: dict[str, ElfInfo], glibc: tuple[int, int] | None, binding: Bind
     library is shown to need nothing newer."""
     if glibc is None:
         return platform_tag(infos)
-    target = ".".join(map(str, glibc))
+    target = dotted(glibc)
     policy = policy_for(glibc)
     if policy is None:
         raise RepairError(f"auditwheel knows no manylinux policy for glibc {target}",
                           "build for a glibc it knows: --glibc 2.28, say")
-    problems = beyond(policy, infos)
+    problems = [f"{e}: {binding.why_newer(e.symbol)}" if binding and e.symbol in binding.newer else str(e)
+                for e in excess(policy, infos)] or policy.violations(infos)
     if problems:
-        def why(problem: str) -> str:
-            symbol = problem.split(" uses ")[-1].split("@")[0]
-            return f"{problem}: {binding.why_newer(symbol)}" if binding and symbol in binding.newer else problem
-        shown = "\n  ".join(why(p) for p in problems[:12]) + (
+        shown = "\n  ".join(problems[:12]) + (
             f"\n  ... and {len(problems) - 12} more" if len(problems) > 12 else "")
         raise RepairError(
             f"the wheel was built for glibc {target} ({policy.name}), but its libraries need what that system lacks:"

@@ -80,17 +80,35 @@ def policy_for(glibc: tuple[int, int], machine: str = "x86_64") -> Policy | None
     return next((p for p in policies(machine) if p.glibc == glibc), None)
 
 
-def beyond(policy: Policy, infos: dict[str, ElfInfo]) -> list[str]:
-    """What keeps the libraries from ``policy``, symbol by symbol: ``libmtmd.so uses
-    posix_spawn_file_actions_addchdir_np@GLIBC_2.29``."""
+@dataclass(frozen=True)
+class Excess:
+    """One symbol a library takes in a version a policy does not allow."""
+
+    library: str
+    symbol: str
+    version: str
+    """``GLIBC_2.29``."""
+
+    def __str__(self) -> str:
+        return f"{self.library} uses {self.symbol}@{self.version}"
+
+
+def excess(policy: Policy, infos: dict[str, ElfInfo]) -> list[Excess]:
+    """Every symbol that keeps the libraries ``{name: info}`` from ``policy``, in a family auditwheel checks."""
     out = []
     for name, info in infos.items():
         for version, symbols in sorted(info.uses.items()):
             family, _, number = version.partition("_")
             allowed = policy.allowed.get(family)
             if allowed is not None and number not in allowed and re.fullmatch(r"[\d.]+", number):
-                out += [f"{name} uses {s}@{version}" for s in sorted(symbols)]
-    return out or policy.violations(infos)
+                out += [Excess(name, s, version) for s in sorted(symbols)]
+    return out
+
+
+def beyond(policy: Policy, infos: dict[str, ElfInfo]) -> list[str]:
+    """What keeps the libraries from ``policy``, symbol by symbol (`excess`: ``libmtmd.so uses
+    posix_spawn_file_actions_addchdir_np@GLIBC_2.29``), else version by version (`Policy.violations`)."""
+    return [str(e) for e in excess(policy, infos)] or policy.violations(infos)
 
 
 def platform_tag(infos: dict[str, ElfInfo] | list[ElfInfo], machine: str = "x86_64") -> str:
