@@ -200,10 +200,8 @@ def this_machine() -> tuple[int, int]:
 
 
 def check_reachable(target: tuple[int, int], env_glibc: tuple[int, int]) -> None:
-    """Refuse a target a build environment of glibc ``env_glibc`` cannot build for (before anything is fetched)."""
-    if target < OLDEST:
-        raise UsageError(f"glibc {dotted(target)} is older than any CUDA library supports",
-                         f"choose {dotted(OLDEST)} (manylinux2014) or newer")
+    """Refuse a target a build environment of glibc ``env_glibc`` cannot build for (before anything is fetched; a
+    target older than `OLDEST` never gets here: the option and the recipe key refuse it)."""
     if env_glibc >= SPLIT > target:
         raise UsageError(
             f"a build environment with glibc {dotted(env_glibc)} cannot build for glibc {dotted(target)}: glibc "
