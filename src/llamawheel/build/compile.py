@@ -238,8 +238,9 @@ def _add_flags(env: dict[str, str], req: BuildRequest, flags: dict[str, str]) ->
     """Append ``flags`` to the environment's compiler and linker flags (on this machine, after the user's own; a
     root sees none of this machine's)."""
     for var, value in flags.items():
-        before = env.get(var, os.environ.get(var, "") if req.runner.root is None else "")
-        env[var] = " ".join(v for v in (before, value) if v)
+        if value:
+            before = env.get(var, os.environ.get(var, "") if req.runner.root is None else "")
+            env[var] = " ".join(v for v in (before, value) if v)
 
 
 def _reproducible(env: dict[str, str], req: BuildRequest) -> None:
@@ -297,7 +298,7 @@ def build_wheel(req: BuildRequest) -> BuildResult:
         "CMAKE_BUILD_PARALLEL_LEVEL": str(req.jobs),
         "FORCE_CMAKE": "1",
     }
-    _add_flags(env, req, {k: v for k, v in req.flags.items() if v})
+    _add_flags(env, req, req.flags)
     _reproducible(env, req)
     run = _CacheRun(req.compile_cache, env, req)
     progress = Progress()

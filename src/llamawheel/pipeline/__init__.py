@@ -141,7 +141,7 @@ def compile_source(plan: Plan, root: CudaRoot | None, source_dir: Path, work: Pa
             env["PATH"] = f"{root.path / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"
         env.update({**proc.unset_all("PIP_"), **buildroot.env_for_pip(house)})
     described["fetched"] = {**described.get("fetched", {}), "build_requirements": provenance.to_json(files)}
-    binding = bind_glibc(plan, build_root, work, runner)
+    binding, flags = bind_glibc(plan, build_root, work, runner)
     described["glibc"] = binding.manifest_fields()["glibc"] if binding else None
     kind = "cpu" if root is None else "cuda"
     log_file = work / "build.log"
@@ -149,21 +149,19 @@ def compile_source(plan: Plan, root: CudaRoot | None, source_dir: Path, work: Pa
     opts = plan.options
     request = BuildRequest(source_dir, work, cmake_args_for(plan, root), opts.jobs or default_jobs(kind),
                            kind, env, log_file, runner, source_date_epoch(source_dir, opts.source is None),
-                           root.path if root else None, compile_cache or cache.CompileCache("none"),
-                           binding.flags(runner.inside(str(work / ".glibc" / glibc.HEADER_NAME)))
-                           if binding and binding.needed else {})
+                           root.path if root else None, compile_cache or cache.CompileCache("none"), flags)
     built = build_wheel(request)
     built.glibc = binding
     return built, described
 
 
 def bind_glibc(plan: Plan, build_root: buildroot.Root | None, work: Path,
-               runner: rootbuild.Runner) -> glibc.Binding | None:
+               runner: rootbuild.Runner) -> tuple[glibc.Binding | None, dict[str, str]]:
     """The glibc binding of this build (None: no target, the build environment's own glibc), its header written
-    into the build's folder."""
+    into the build's folder, and the flags that give it to the compilers and the linker (none: nothing bound)."""
     target = plan.glibc
     if target is None:
-        return None
+        return None, {}
     if build_root is not None:
         env_glibc, top = glibc.parse_version(build_root.glibc), build_root.path
     else:
@@ -172,8 +170,8 @@ def bind_glibc(plan: Plan, build_root: buildroot.Root | None, work: Path,
     if not binding.needed:
         log.info(f"building for glibc {glibc.dotted(target)} in an environment with glibc {glibc.dotted(env_glibc)}: "
                  "nothing to bind")
-        return binding
-    glibc.write_header(binding, work / ".glibc")
+        return binding, {}
+    header = glibc.write_header(binding, work / ".glibc")
     replaced = [a.split("=")[0] for a in user_cmake_args()
                 if re.match(r"-DCMAKE_(C|CXX|CUDA|SHARED_LINKER|MODULE_LINKER)_FLAGS(:\w+)?=", a)]
     if replaced:
@@ -184,7 +182,7 @@ def bind_glibc(plan: Plan, build_root: buildroot.Root | None, work: Path,
              f"{len(binding.bound)} glibc symbols bound to older versions if used "
              f"({', '.join(sorted(binding.bound)[:8])}{', ...' if len(binding.bound) > 8 else ''}), "
              "libstdc++ linked statically")
-    return binding
+    return binding, binding.flags(runner.inside(str(header)))
 
 
 def repair_built(plan: Plan, built: BuildResult, sysroot: Path | None = None) -> repair.RepairedWheel:
