@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import select
 import shutil
 import signal
@@ -354,7 +355,7 @@ def _raw(api: Api, head: bytes, body_chunks: tuple[bytes, ...] = (), timeout: fl
             except OSError:  # answered and closed while the body was still coming
                 break
         answer = b""
-        while b"\r\n\r\n" not in answer:
+        while not _complete(answer):
             try:
                 data = sock.recv(65536)
             except OSError:
@@ -363,6 +364,16 @@ def _raw(api: Api, head: bytes, body_chunks: tuple[bytes, ...] = (), timeout: fl
                 break
             answer += data
     return answer
+
+
+def _complete(answer: bytes) -> bool:
+    """Whether ``answer`` holds the whole head and as much body as its Content-Length says (the head and the
+    body may come in separate reads)."""
+    head, sep, body = answer.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    length = re.search(rb"(?im)^content-length:\s*(\d+)\s*$", head)
+    return len(body) >= int(length.group(1)) if length else True
 
 
 def _status(answer: bytes) -> int:
