@@ -19,12 +19,14 @@ from pathlib import Path
 import pytest
 
 from llamawheel.core import paths
+from llamawheel.core.errors import UsageError
 from llamawheel.pipeline import manifest
-from llamawheel.recipe import catalog
+from llamawheel.recipe import catalog, platforms
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "cublas_probe"
-CPU_PATTERN = "llama_cpp_python-0.3.36+cpu-*.whl"
+CPU_PATTERN = "llama_cpp_python-0.3.36+cpu-*_x86_64.whl"
+ARM_CPU_PATTERN = "llama_cpp_python-0.3.36+cpu-*_aarch64.whl"
 
 
 def llamawheel(
@@ -68,11 +70,13 @@ def current_build(wheel: Path) -> bool:
     """Whether ``wheel`` was built from the recipes as they are now (its manifest's recipe sha256): a wheel
     from before a recipe, its defaults or its patches changed is not what a build gives today."""
     try:
-        made = json.loads(manifest.path_for(wheel).read_text())["recipe"]
+        data = json.loads(manifest.path_for(wheel).read_text())
+        made = data["recipe"]
         recipe = catalog.all_recipes()[made["name"]]
-    except (OSError, ValueError, KeyError, TypeError):
+        target = platforms.get(data.get("platform", "x86_64"))
+    except (OSError, ValueError, KeyError, TypeError, UsageError):
         return False
-    return bool(made.get("sha256") == catalog.fingerprint(recipe))
+    return bool(made.get("sha256") == catalog.fingerprint(recipe, target))
 
 
 def cached_wheels(pattern: str) -> list[Path]:
@@ -162,7 +166,22 @@ def cpu_wheel(redis_store: RedisStore | None) -> Path:
     return wheel
 
 
-CU130_PATTERN = "llama_cpp_python-0.3.36+cu130.sm90-*.whl"
+@pytest.fixture(scope="session")
+def arm_cpu_wheel() -> Path:
+    """The aarch64 CPU wheel of llama-cpp-python 0.3.36, cross-compiled in the bullseye root: one already built,
+    else built once into ~/.cache/llamawheel/test-wheels/cpu-aarch64/ (about 6 minutes cold on 2 cores)."""
+    found = cached_wheels(ARM_CPU_PATTERN)
+    if found:
+        return found[0]
+    out = paths.cache_dir() / "test-wheels" / "cpu-aarch64"
+    shutil.rmtree(out, ignore_errors=True)  # a wheel of older recipes
+    result = llamawheel("build", "cpu", "--platform", "aarch64", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-4000:]
+    (wheel,) = out.glob(ARM_CPU_PATTERN)
+    return wheel
+
+
+CU130_PATTERN = "llama_cpp_python-0.3.36+cu130.sm90-*_x86_64.whl"
 
 
 @pytest.fixture(scope="session")

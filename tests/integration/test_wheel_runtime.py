@@ -23,7 +23,7 @@ import pytest
 from llamawheel.core import paths
 from llamawheel.pipeline import manifest
 from llamawheel.recipe import catalog
-from llamawheel.wheel import policy
+from llamawheel.recipe.platforms import X86_64
 
 STREAM_SCRIPT = r'''
 import json, sys
@@ -117,7 +117,7 @@ def test_the_wheel_holds_every_x86_level_and_loads_the_best_that_runs(venv: Path
     or AMX), as the manifest's build environment says."""
     libs = sorted(p.name for p in (_site_packages(venv) / "llama_cpp" / "lib").glob("libggml-cpu-*.so"))
     gcc = json.loads(manifest.path_for(cpu_wheel).read_text())["build_env"].get("gcc", "")
-    expected = policy.cpu_variants_for_gcc(int(gcc.split(".")[0]) if gcc else None)
+    expected = X86_64.cpu_variants_for_gcc(int(gcc.split(".")[0]) if gcc else None)
     assert libs == sorted(f"libggml-cpu-{v}.so" for v in expected), libs
     assert len(libs) >= 12 and "libggml-cpu-haswell.so" in libs and "libggml-cpu-sse42.so" in libs
     here = _run_variant(venv, model)

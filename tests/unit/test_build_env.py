@@ -14,9 +14,10 @@ from llamawheel.build import options, planning, rootbuild
 from llamawheel.core.errors import ToolchainError, UsageError
 from llamawheel.recipe import catalog
 from llamawheel.recipe.model import CudaMinor
+from llamawheel.recipe.platforms import X86_64
 from llamawheel.toolchain import buildroot, hostcc
 from llamawheel.verify import static as verify_static
-from llamawheel.wheel import policy, requirements
+from llamawheel.wheel import requirements
 
 from ..index_wheels import make_wheel
 from .helpers import RECIPES_DIR
@@ -55,14 +56,14 @@ def test_the_roots_gcc_is_checked_against_nvcc_before_anything_is_downloaded() -
 
 
 def test_gcc_10_builds_every_cpu_level_but_alderlake_and_sapphirerapids() -> None:
-    old = policy.cpu_variants_for_gcc(10)
-    assert set(policy.X86_CPU_VARIANTS) - set(old) == {"alderlake", "sapphirerapids"}
-    assert policy.cpu_variants_for_gcc(12) == policy.X86_CPU_VARIANTS == policy.cpu_variants_for_gcc(None)
+    old = X86_64.cpu_variants_for_gcc(10)
+    assert set(X86_64.cpu_variants) - set(old) == {"alderlake", "sapphirerapids"}
+    assert X86_64.cpu_variants_for_gcc(12) == X86_64.cpu_variants == X86_64.cpu_variants_for_gcc(None)
     # and verification expects what the recipe's build environment gives
     assert verify_static.Expectations.from_version("0.3.36+cpu").cpu_variants == old
     plan = planning.plan_cpu(CPU, options.resolve({"build_env": "host"}))
     host = verify_static.Expectations.for_plan(None, (), "pypi", CPU, (), plan.build_env)
-    assert host.cpu_variants == policy.X86_CPU_VARIANTS
+    assert host.cpu_variants == X86_64.cpu_variants
 
 
 def test_a_root_is_entered_read_only_with_no_network_no_host_environment_and_only_the_store_writable(

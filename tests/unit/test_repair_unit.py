@@ -124,6 +124,7 @@ def test_repaired_wheel_passes_static_verification_as_cpu(repaired: repair.Repai
         "internal links": True,
         "self-contained": True,
         "relocatable": True,
+        "machine": True,
         "platform tag": True,
         "CPU build": True,
     }

@@ -4,11 +4,12 @@ built-in defaults < recipe < mirror profile < ``LLAMAWHEEL_*`` environment < com
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from llamawheel.build import cache, glibc
 from llamawheel.core.errors import UsageError
+from llamawheel.recipe import platforms
 
 RUNTIME_MODES = ("pypi", "system")
 TOOLCHAIN_CHOICES = ("auto", "pypi", "deb", "system")
@@ -40,6 +41,9 @@ class BuildOptions:
     glibc: str | None = None
     """The oldest glibc the wheel runs on (``LLAMAWHEEL_GLIBC``); None: the recipe's ``build.glibc`` in a root, this
     machine's own on the host."""
+    platform: str | None = None
+    """The machine the wheel runs on (``LLAMAWHEEL_PLATFORM``): ``x86_64`` or ``aarch64``; None: the recipe's
+    ``build.platform``."""
     verify: bool = True
     """Run static verification after the build."""
     compile_cache: str | None = None
@@ -84,6 +88,8 @@ def resolve(cli: dict[str, object]) -> BuildOptions:
             oldest = glibc.dotted(glibc.OLDEST)
             raise UsageError(f"--glibc {opts.glibc}: older than {oldest} (manylinux2014), the oldest glibc CUDA's "
                              "libraries support", f"pass --glibc {oldest} or newer")
+    if opts.platform is not None:
+        opts = replace(opts, platform=platforms.get(opts.platform).name)  # Debian's arm64 is aarch64
     if opts.jobs is not None and opts.jobs < 1:
         raise UsageError("--jobs must be at least 1")
     tool = opts.compile_cache or cache.default_for(opts.compile_cache_url, opts.farm)

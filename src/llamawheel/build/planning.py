@@ -18,7 +18,7 @@ from llamawheel.core import log, paths
 from llamawheel.core.compat import tomllib
 from llamawheel.core.errors import UsageError
 from llamawheel.mirror.profiles import MirrorProfile, load_profile
-from llamawheel.recipe import archs, catalog
+from llamawheel.recipe import archs, catalog, platforms
 from llamawheel.recipe.model import CudaMinor, Recipe, Sdist
 from llamawheel.recipe.variant import Variant, flags_label
 from llamawheel.toolchain import CudaRoot, buildroot, hostcc
@@ -41,6 +41,21 @@ class Plan:
     def suite(self) -> buildroot.Suite | None:
         """The build root's Debian release; None on the host."""
         return buildroot.SUITES.get(self.build_env)
+
+    @property
+    def platform(self) -> platforms.Platform:
+        """The machine the wheel runs on: ``--platform``, else the recipe's ``build.platform``."""
+        return platforms.get(self.options.platform or self.recipe.build.platform)
+
+    def check_platform(self) -> Plan:
+        """Refuse, before anything is fetched, a platform this build environment cannot compile for: another
+        machine's code is cross-compiled in a Debian root, whose cross compiler llamawheel installs."""
+        target = self.platform
+        if not target.native and self.suite is None:
+            raise UsageError(f"--platform {target.name}: a wheel for {target.label} is cross-compiled in a Debian "
+                             f"build root, not on this {platforms.host().label} machine as it is (--build-env host)",
+                             "drop --build-env host (the recipe's bullseye root gets the cross compiler)")
+        return self
 
     @property
     def glibc(self) -> tuple[int, int] | None:
@@ -81,7 +96,8 @@ class Plan:
         return {
             "variant": self.local_version,
             "recipe": {"name": self.recipe.name, "file": self.recipe.path.name,
-                       "sha256": catalog.fingerprint(self.recipe)},
+                       "sha256": catalog.fingerprint(self.recipe, self.platform)},
+            "platform": self.platform.name,
             "cuda": None if minor is None else {
                 "version": minor.version,
                 "packages": [f"{p.name}=={p.version}" for p in minor.packages],
@@ -93,11 +109,17 @@ class Plan:
             "mirror": {"name": self.mirror.name, "pypi": self.mirror.pypi_index() or "pip's own default"},
         }
 
+    @property
+    def patch_files(self) -> tuple[Path, ...]:
+        """The patches applied to the sdist: the recipe's, then the platform's."""
+        return catalog.patch_files(self.recipe, self.platform)
+
     def describe(self) -> str:
+        on = "" if self.platform.native else f" on {self.platform.label}"
         if self.minor is None:
-            return f"{self.source.name} {self.source.version} for the CPU"
+            return f"{self.source.name} {self.source.version} for the CPU{on}"
         return (
-            f"{self.source.name} {self.source.version} for CUDA {self.minor.version}, "
+            f"{self.source.name} {self.source.version} for CUDA {self.minor.version}{on}, "
             f"{', '.join(str(t) for t in self.targets)}"
         )
 
@@ -155,7 +177,7 @@ def plan_cuda(recipe: Recipe, minor: CudaMinor, opts: BuildOptions) -> Plan:
     env = build_env_for(recipe, opts)
     suite = buildroot.SUITES.get(env)
     plan = Plan(recipe, minor, targets, mirror, _source(recipe, opts), opts,
-                hostcc.choose(minor, root_gcc=suite.gcc if suite else None), env).check_glibc()
+                hostcc.choose(minor, root_gcc=suite.gcc if suite else None), env).check_platform().check_glibc()
     jobs = opts.jobs or default_jobs("cuda")
     costs = timings.costs(env)
     cold = log.human_time(costs.estimate(minor.version, targets, jobs))
@@ -179,7 +201,7 @@ def plan_cpu(recipe: Recipe, opts: BuildOptions) -> Plan:
         raise UsageError("--arch applies to CUDA builds only")
     check_output_dir(output_folder(opts))
     return Plan(recipe, None, (), load_profile(opts.mirror), _source(recipe, opts), opts,
-                build_env=build_env_for(recipe, opts)).check_glibc()
+                build_env=build_env_for(recipe, opts)).check_platform().check_glibc()
 
 
 def build_env_for(recipe: Recipe, opts: BuildOptions) -> str:
@@ -191,7 +213,7 @@ def build_env_for(recipe: Recipe, opts: BuildOptions) -> str:
 
 def cmake_args_for(plan: Plan, root: CudaRoot | None) -> list[str]:
     """The recipe's flags, the toolchain's, the architectures, then any CMAKE_ARGS the user set."""
-    args = list(plan.recipe.cmake_args)
+    args = [*plan.recipe.cmake_args, *plan.platform.cmake_args()]
     if root is not None:
         args += [*root.cmake_args(), f"-DCMAKE_CUDA_ARCHITECTURES={archs.cmake_value(plan.targets)}"]
         if plan.host_compiler:

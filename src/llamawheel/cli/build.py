@@ -32,6 +32,8 @@ def _add_build_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", help="pypi (depend on NVIDIA's runtime wheels, default) or system")
     p.add_argument("--build-env", help="where to compile: bullseye (an older Debian root, the recipes' default), "
                                        "bookworm, trixie, or host (this machine as it is)")
+    p.add_argument("--platform", help="the machine the wheel runs on: x86_64 (default) or aarch64 (Arm: GH200, GB200, "
+                                      "DGX Spark, Jetson; cross-compiled in the bullseye root)")
     p.add_argument("--glibc", help="the oldest glibc the wheel runs on (default: the recipe's, 2.28 = RHEL 8, in the "
                                    "bullseye root; the environment's own on the host and in newer roots); 2.17 at "
                                    "the oldest")
@@ -87,7 +89,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         "mirror": args.mirror, "arch": args.arch, "jobs": args.jobs, "llama_cpp_python": args.llama_cpp_python,
         "sdist_sha256": args.sdist_sha256, "out": args.out, "source": args.source, "toolchain": args.toolchain,
         "runtime": args.runtime, "verify": args.verify, "build_env": args.build_env,
-        "glibc": args.glibc,
+        "glibc": args.glibc, "platform": args.platform,
         "compile_cache": args.compile_cache, "compile_cache_url": args.compile_cache_url, "farm": args.farm,
     })
     if args.target == "cpu":

@@ -78,7 +78,8 @@ def tool_versions(root: CudaRoot | None, build_root: buildroot.Root | None = Non
 
 def work_dir(plan: Plan) -> Path:
     """This variant's own build folder in the cache (source tree, CMake tree, raw wheel, log)."""
-    where = "" if plan.build_env == buildroot.HOST else f"-{plan.build_env}"
+    where = ("" if plan.build_env == buildroot.HOST else f"-{plan.build_env}") + \
+        ("" if plan.platform.native else f"-{plan.platform.name}")
     return paths.builds_dir() / f"{plan.source.name}-{plan.local_version}{where}"
 
 
@@ -92,18 +93,18 @@ def prepare_source(plan: Plan, work: Path) -> tuple[Path, dict[str, Any]]:
     local = plan.options.source
     if local is not None:
         log.info(f"building the local source tree {local} instead of the pinned sdist"
-                 + (" (the recipe's patches are for the sdist: not applied)" if plan.recipe.patch_files else ""))
+                 + (" (the recipe's patches are for the sdist: not applied)" if plan.patch_files else ""))
         shutil.rmtree(work / "src", ignore_errors=True)
         return Path(shutil.copytree(local, work / "src", symlinks=True)), sdist.describe(plan.source, None, local)
     archive = sdist.fetch(plan.source, plan.mirror)
     tree = sdist.unpack(archive, work / "src")
     pinned = plan.recipe.llama_cpp_python.version
-    if plan.recipe.patch_files and plan.source.version != pinned:
+    if plan.patch_files and plan.source.version != pinned:
         log.warn(f"the recipe's patches are made for llama-cpp-python {pinned}: building {plan.source.version} "
                  "unpatched (streamed answers are slow on it, see recipes/patches/)")
         applied = []
     else:
-        applied = patches.apply_all(plan.recipe.patch_files, tree)
+        applied = patches.apply_all(plan.patch_files, tree)
     described = sdist.describe(plan.source, archive, None)
     described["source"]["patches"] = [p.describe() for p in applied]
     return tree, described
@@ -166,7 +167,7 @@ def bind_glibc(plan: Plan, build_root: buildroot.Root | None, work: Path,
         env_glibc, top = glibc.parse_version(build_root.glibc), build_root.path
     else:
         env_glibc, top = glibc.this_machine(), Path("/")
-    binding = glibc.binding(target, top / "lib" / f"{platform.machine()}-linux-gnu", env_glibc)
+    binding = glibc.binding(target, top / plan.platform.libdirs()[0], env_glibc)
     if not binding.needed:
         log.info(f"building for glibc {glibc.dotted(target)} in an environment with glibc {glibc.dotted(env_glibc)}: "
                  "nothing to bind")
@@ -195,6 +196,7 @@ def repair_built(plan: Plan, built: BuildResult, sysroot: Path | None = None) ->
         sysroot=sysroot,
         glibc=plan.glibc,
         binding=built.glibc,
+        target=plan.platform,
     )
     return repair.repair_wheel(built.wheel, plan.output_dir, spec)
 
@@ -202,7 +204,7 @@ def repair_built(plan: Plan, built: BuildResult, sysroot: Path | None = None) ->
 def verify_repaired(plan: Plan, wheel: Path) -> Report:
     """Static verification; a wheel that fails it is renamed ``.rejected``, never left where pip would take it."""
     expect = Expectations.for_plan(plan.minor, plan.targets, plan.options.runtime, plan.recipe,
-                                   tuple(user_cmake_args()), plan.build_env, plan.glibc)
+                                   tuple(user_cmake_args()), plan.build_env, plan.glibc, plan.platform)
     report = verify_wheel(wheel, expect)
     print(report.render())
     if not report.ok:
@@ -247,7 +249,7 @@ def _run(plan: Plan, work: Path) -> Path:
     build_root = None
     if plan.suite is not None:
         with timings.step("build_root"):
-            build_root = buildroot.build_root(plan.suite.name, plan.mirror)
+            build_root = buildroot.build_root(plan.suite.name, plan.mirror, plan.platform)
     with timings.step("source"):
         source_dir, source = prepare_source(plan, work)
     built, build_env = compile_source(plan, root, source_dir, work, build_root, compile_cache)

@@ -21,6 +21,7 @@ from typing import Any
 from llamawheel.core import datafile, paths, records
 from llamawheel.core.errors import RecipeError, UsageError, did_you_mean
 from llamawheel.recipe.model import CudaMinor, Recipe, RecipeDefaults
+from llamawheel.recipe.platforms import Platform
 
 DEFAULTS = "defaults.toml"
 SCHEMA_FILE = "recipe.schema.json"
@@ -60,13 +61,21 @@ def load_recipe(path: Path) -> Recipe:
     return records.load(Recipe, table, name=path.stem, path=path)
 
 
-def fingerprint(recipe: Recipe) -> str:
-    """The sha256 of what makes a recipe: its file, the ``defaults.toml`` beside it and its patches."""
+def fingerprint(recipe: Recipe, target: Platform | None = None) -> str:
+    """The sha256 of what makes a recipe: its file, the ``defaults.toml`` beside it and its patches (with those a
+    ``target`` platform adds: `patch_files`)."""
     digest = hashlib.sha256()
     defaults = recipe.path.parent / DEFAULTS
-    for part in (recipe.path, *([defaults] if defaults.is_file() else []), *recipe.patch_files):
+    for part in (recipe.path, *([defaults] if defaults.is_file() else []), *patch_files(recipe, target)):
         digest.update(part.name.encode() + b"\0" + part.read_bytes() + b"\0")
     return digest.hexdigest()
+
+
+def patch_files(recipe: Recipe, target: Platform | None = None) -> tuple[Path, ...]:
+    """The patches a build of ``recipe`` for ``target`` applies, in order: the recipe's, then the platform's (both
+    relative to the recipes folder)."""
+    extra = target.patches if target is not None else ()
+    return (*recipe.patch_files, *(recipe.path.parent / p for p in extra))
 
 
 def recipe_files(folder: Path) -> list[Path]:

@@ -15,7 +15,7 @@ from typing import Literal
 from llamawheel.core.datafile import Table
 from llamawheel.core.errors import UsageError, did_you_mean
 from llamawheel.core.records import DERIVED
-from llamawheel.recipe import archs, variant
+from llamawheel.recipe import archs, platforms, variant
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 PROVIDERS = ("pypi", "deb", "system")
@@ -40,6 +40,13 @@ def _glibc(value: str) -> str | None:
         return f"'{value}' is not a glibc version like 2.28"
     return None if (int(match[1]), int(match[2])) >= (2, 17) else \
         f"'{value}' is older than 2.17 (manylinux2014), the oldest glibc CUDA's libraries support"
+
+
+def _platform(value: str) -> str | None:
+    if value in platforms.PLATFORMS:
+        return None
+    return f"'{value}' is not a platform llamawheel builds for{did_you_mean(value, platforms.PLATFORMS)} (choose " \
+           f"{', '.join(platforms.PLATFORMS)})"
 
 
 def requirement_name(line: str) -> str:
@@ -188,6 +195,9 @@ class BuildFlags:
     """Where the wheel is compiled: an older Debian root made from the apt mirror (``bullseye``: glibc 2.31
     and GCC 10; with ``glibc`` below, the wheel installs on RHEL 8, Debian 11, Ubuntu 20.04 and newer), or
     ``host``, this machine as it is. ``--build-env`` overrides it."""
+    platform: str = field(default="x86_64", metadata={"check": _platform})
+    """The machine the wheels run on: ``x86_64``, or ``aarch64`` (Arm servers and Jetson: cross-compiled in the
+    build root, see `llamawheel.recipe.platforms`). ``--platform`` overrides it."""
     glibc: str | None = field(default=None, metadata={"check": _glibc})
     """The oldest glibc the wheels run on (``2.28``: RHEL 8 and the systems built on it), when that is older than
     the build root's own: symbols are bound to versions that glibc has, libstdc++ is linked statically, the wheel

@@ -27,6 +27,7 @@ from typing import Any
 from llamawheel.build.glibc import Binding, dotted
 from llamawheel.core import log
 from llamawheel.core.errors import RepairError
+from llamawheel.recipe.platforms import X86_64, Platform
 from llamawheel.wheel.distmeta import WheelName
 from llamawheel.wheel.elf import ElfInfo, is_elf, read_elf
 from llamawheel.wheel.policy import CUDA_LIBRARIES, excess, platform_tag, policy_for, system_library, whitelist
@@ -48,6 +49,8 @@ class RepairSpec:
     needs anything newer fails the repair; None: the tag the libraries earn."""
     binding: Binding | None = None
     """What the build bound for that glibc, to say why a symbol could not be."""
+    target: Platform = X86_64
+    """The machine the libraries are for: the tag's, the system libraries allowed and where they are looked up."""
 
 
 @dataclass
@@ -126,7 +129,7 @@ def repair_wheel(raw: Path, out_dir: Path, spec: RepairSpec) -> RepairedWheel:
     kept = _keep_package(entries, info_dir, packages, result)
     rename: dict[str, str] = {}  # old base name -> kept base name (same folder)
     kept = _dedupe_libraries(kept, rename, result)
-    kept += _graft_external(kept, rename, result, spec.sysroot)
+    kept += _graft_external(kept, rename, result, spec.sysroot, spec.target)
     infos = _patch_libraries(kept, rename, spec, result)
     _write_repaired(kept, name, info_dir, infos, spec, out_dir, result)
     return result
@@ -208,7 +211,7 @@ def _write_repaired(
 ) -> None:
     """Give the dist-info the new version, requirements and tag, and write the wheel under its new name."""
     version = f"{name.version.split('+')[0]}+{spec.local_version}"
-    result.platform_tag = _tag(infos, spec.glibc, spec.binding) if infos else name.platform
+    result.platform_tag = _tag(infos, spec.glibc, spec.binding, spec.target) if infos else name.platform
     new_info = f"{name.distribution}-{version}.dist-info"
     final: list[Entry] = []
     for e in kept:
@@ -228,15 +231,16 @@ def _write_repaired(
              f"{log.human_size(result.size_after)}")
 
 
-def _tag(infos: dict[str, ElfInfo], glibc: tuple[int, int] | None, binding: Binding | None = None) -> str:
+def _tag(infos: dict[str, ElfInfo], glibc: tuple[int, int] | None, binding: Binding | None = None,
+         target: Platform = X86_64) -> str:
     """The platform tag: the one the libraries earn, or, built for an older glibc, that glibc's own, once every
     library is shown to need nothing newer."""
     if glibc is None:
-        return platform_tag(infos)
-    target = dotted(glibc)
-    policy = policy_for(glibc)
+        return platform_tag(infos, target.name)
+    wanted = dotted(glibc)
+    policy = policy_for(glibc, target.name)
     if policy is None:
-        raise RepairError(f"auditwheel knows no manylinux policy for glibc {target}",
+        raise RepairError(f"auditwheel knows no manylinux policy for glibc {wanted} on {target.name}",
                           "build for a glibc it knows: --glibc 2.28, say")
     problems = [f"{e}: {binding.why_newer(e.symbol)}" if binding and e.symbol in binding.newer else str(e)
                 for e in excess(policy, infos)] or policy.violations(infos)
@@ -244,19 +248,19 @@ def _tag(infos: dict[str, ElfInfo], glibc: tuple[int, int] | None, binding: Bind
         shown = "\n  ".join(problems[:12]) + (
             f"\n  ... and {len(problems) - 12} more" if len(problems) > 12 else "")
         raise RepairError(
-            f"the wheel was built for glibc {target} ({policy.name}), but its libraries need what that system lacks:"
+            f"the wheel was built for glibc {wanted} ({policy.name}), but its libraries need what that system lacks:"
             f"\n  {shown}",
             "avoid what the target lacks in the source (a recipe patch, see recipes/patches/), or build for a "
             "newer glibc (--glibc, or build.glibc in the recipe); the build log names the binding header")
     # manylinux_2_17 is also manylinux2014, the name pip before 20.3 (CentOS 7's) knows
-    return ".".join(f"{tag}_x86_64" for tag in (policy.name, *policy.aliases))
+    return ".".join(f"{tag}_{target.name}" for tag in (policy.name, *policy.aliases))
 
 
 def _graft_external(kept: list[Entry], rename: dict[str, str], result: RepairedWheel,
-                    sysroot: Path | None) -> list[Entry]:
+                    sysroot: Path | None, target: Platform = X86_64) -> list[Entry]:
     """Copy in the system libraries a wheel needs that not every manylinux system has (libgomp),
     under a unique name, as auditwheel does; CUDA's come from NVIDIA's wheels or the driver."""
-    allowed = whitelist()
+    allowed = whitelist(target.name)
     added: list[Entry] = []
     pending = [e for e in kept if is_elf(e.data)]
     while pending:
@@ -268,7 +272,7 @@ def _graft_external(kept: list[Entry], rename: dict[str, str], result: RepairedW
                     wanted.setdefault(needed, posixpath.dirname(e.name))
         pending = []
         for needed, folder in sorted(wanted.items()):
-            source = system_library(needed, sysroot)
+            source = system_library(needed, sysroot, target)
             if source is None:
                 raise RepairError(
                     f"the wheel needs {needed}, which is not in it, not a library every manylinux system has, "

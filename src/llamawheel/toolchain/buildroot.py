@@ -38,6 +38,8 @@ from llamawheel.core.errors import ToolchainError, UsageError, did_you_mean
 from llamawheel.core.proc import CommandFailed, run_streamed
 from llamawheel.core.redact import redact
 from llamawheel.mirror.profiles import MirrorProfile
+from llamawheel.recipe import platforms
+from llamawheel.recipe.platforms import Platform
 from llamawheel.toolchain.assemble import intact, record_files, tree_size
 
 HOST = "host"
@@ -128,12 +130,15 @@ class Root:
     python: str
     fetched: tuple[dict[str, Any], ...] = ()
     """Each .deb it was made of: file, URL, sha256, size."""
+    platform: str = ""
+    """The machine its programs are for (``aarch64``: run here under QEMU, `emulated`); '' for this machine's."""
 
     @classmethod
     def from_marker(cls, path: Path) -> Root:
         data = json.loads((path / ROOT_MARKER).read_text())
         return cls(path, data["suite"], tuple(data["packages"]), data["origin"], int(data["size_bytes"]),
-                   float(data["seconds"]), data["glibc"], data["gcc"], data["python"], tuple(data.get("fetched", ())))
+                   float(data["seconds"]), data["glibc"], data["gcc"], data["python"], tuple(data.get("fetched", ())),
+                   data.get("platform", ""))
 
     @property
     def name(self) -> str:
@@ -175,6 +180,28 @@ class Root:
             cmd += ["--chdir", str(cwd)]
         return [*cmd, "--", *argv]
 
+    def emulated(self, argv: Sequence[str], *, cpu: str, env: Mapping[str, str],
+                 ro_binds: Sequence[Path] = ()) -> list[str]:
+        """``argv`` (a program of this root, by its path inside) run under QEMU user mode as the CPU model ``cpu``,
+        for a root of another platform: this machine's files read-only with the root's over them (``qemu -L``:
+        the program, its loader and libraries come from the root), the root itself writable, a fresh /tmp,
+        `SANDBOX` with the network cut, only ``env`` in the environment. Without binfmt_misc a program run so
+        cannot start another of the root's programs; a fork is fine."""
+        target = platforms.get(self.platform, "root platform")
+        qemu = shutil.which(target.qemu)
+        if qemu is None:
+            raise ToolchainError(f"{target.qemu} is not installed: it runs {target.label} programs on this machine",
+                                 "apt-get install qemu-user")
+        cmd = [shutil.which("bwrap") or "bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+               "--tmpfs", "/tmp", "--bind", str(self.path), str(self.path), "--dev", str(self.path / "dev"),
+               *SANDBOX, "--unshare-net", "--clearenv"]
+        for b in ro_binds:
+            cmd += ["--ro-bind", str(b), str(b)]
+        for key, value in {"HOME": "/tmp", "LANG": "C.UTF-8", **env}.items():
+            cmd += ["--setenv", key, value]
+        program = str(self.path / argv[0].lstrip("/")) if argv[0].startswith("/") else argv[0]
+        return [*cmd, "--", qemu, "-cpu", cpu, "-L", str(self.path), program, *argv[1:]]
+
     def output(self, argv: Sequence[str]) -> str:
         """The output of a short command inside (``gcc -dumpfullversion``); '' if it fails."""
         try:
@@ -200,15 +227,21 @@ def _show(line: str) -> None:
 
 
 def make_root(name: str, suite: str, packages: Sequence[str], mirror: MirrorProfile, *,
-              hooks: Sequence[str] = (), folder: Path | None = None) -> Root:
+              hooks: Sequence[str] = (), folder: Path | None = None, target: Platform | None = None) -> Root:
     """The Debian ``suite`` root ``folder/name`` with ``packages`` (minbase variant), made with mmdebstrap from
     the mirror unless one with the same packages is there already. ``hooks`` are mmdebstrap customize hooks
-    (``$1`` is the root)."""
+    (``$1`` is the root). For a ``target`` platform other than this machine's, a root of that platform's packages,
+    unpacked only (mmdebstrap's extract variant: nothing of it can run here to configure it, and it needs
+    nothing run), from the main suite (Debian's security archive serves no arm64), its programs run with
+    `Root.emulated`."""
     if suite not in SUITES:
         raise UsageError(f"Debian {suite}: not a suite llamawheel knows{did_you_mean(suite, SUITES)}",
                          f"choose one of {', '.join(SUITES)}")
+    foreign = target is not None and not target.native
+    if foreign and hooks:
+        raise UsageError(f"a {target.name if target else ''} root is only unpacked: it runs no hooks")
     final = (folder or paths.toolchains_dir()) / name
-    key = _key(suite, packages, hooks)
+    key = _key(suite, packages, hooks) + (f"-{target.debian_arch}" if foreign and target else "")
     with fileio.locked(final):
         marker = final / ROOT_MARKER
         if marker.is_file() and json.loads(marker.read_text()).get("key") == key \
@@ -218,7 +251,7 @@ def make_root(name: str, suite: str, packages: Sequence[str], mirror: MirrorProf
         if exe is None:
             raise ToolchainError(f"mmdebstrap is not installed: it makes the Debian {suite} root from the apt mirror",
                                  "apt-get install mmdebstrap; or build on this machine as it is: --build-env host")
-        sources = mirror.debian_sources(suite)
+        sources = mirror.debian_sources(suite)[:1] if foreign else mirror.debian_sources(suite)
         if not sources:
             raise ToolchainError(
                 f"the mirror profile '{mirror.name}' has no Debian URL and this machine's apt has none either",
@@ -231,7 +264,9 @@ def make_root(name: str, suite: str, packages: Sequence[str], mirror: MirrorProf
         with fileio.new_dir(final) as tmp, tempfile.TemporaryDirectory(prefix="apt-record-") as record:
             # before the lists go: the signed lists that say where each installed package came from
             keep = f'--customize-hook=cp -a "$1"/var/lib/apt/lists {record}/lists'
-            cmd = [exe, "--variant=minbase", f"--include={','.join(packages)}", keep,
+            variant = [f"--architectures={target.debian_arch}", "--variant=extract"] if foreign and target else \
+                ["--variant=minbase"]
+            cmd = [exe, *variant, f"--include={','.join(packages)}", keep,
                    "--customize-hook=rm -rf \"$1\"/var/cache/apt/archives/*.deb",
                    *[f"--customize-hook={h}" for h in hooks], suite, str(tmp), *sources]
             try:
@@ -246,7 +281,8 @@ def make_root(name: str, suite: str, packages: Sequence[str], mirror: MirrorProf
             facts = _facts(tmp)
             data = {"key": key, "suite": suite, "packages": list(packages), "origin": f"{mirror.name} apt mirror",
                     "size_bytes": tree_size(tmp), "seconds": round(seconds, 1), **facts,
-                    "fetched": debs_fetched(Path(record), sources, tmp / "var/lib/dpkg/status")}
+                    "fetched": debs_fetched(Path(record), sources, tmp / "var/lib/dpkg/status"),
+                    "platform": target.name if foreign and target else ""}
             record_files(tmp, compilers)
             (tmp / ROOT_MARKER).write_text(json.dumps(data, indent=2) + "\n")
         root = Root.from_marker(final)
@@ -304,7 +340,8 @@ def _dpkg_version(root: Path, package: str) -> str:
 
 def _facts(root: Path) -> dict[str, str]:
     """glibc, GCC and Python of a finished root, from its dpkg database (nothing run inside)."""
-    glibc = re.match(r"(\d+\.\d+)", _dpkg_version(root, "libc6"))
+    glibc = re.match(r"(\d+\.\d+)", _dpkg_version(root, "libc6") or  # an unpacked root has no dpkg database
+                     next((p.name[5:] for p in sorted(root.glob("lib/*-linux-gnu/libc-2.*.so"))), ""))
     gccs = sorted((p.name for p in (root / "usr/bin").glob("gcc-*") if re.fullmatch(r"gcc-\d+", p.name)),
                   key=lambda n: int(n[4:]))
     gcc = ""
@@ -315,10 +352,13 @@ def _facts(root: Path) -> dict[str, str]:
     return {"glibc": glibc.group(1) if glibc else "", "gcc": gcc, "python": pythons[-1] if pythons else ""}
 
 
-def build_root(suite: str, mirror: MirrorProfile) -> Root:
-    """The build root for ``suite``: GCC, Python and ccache, with a virtual environment at ``/opt/llamawheel``."""
-    return make_root(f"buildroot-{suite}", suite, BUILD_PACKAGES, mirror,
-                     hooks=[f'chroot "$1" python3 -m venv {VENV}'])
+def build_root(suite: str, mirror: MirrorProfile, target: Platform | None = None) -> Root:
+    """The build root for ``suite``: GCC, Python and a virtual environment at ``/opt/llamawheel``; for a ``target``
+    platform other than this machine's, also its cross compiler and C library (a root of its own:
+    ``buildroot-bullseye-aarch64``)."""
+    cross = target.cross_packages if target is not None else ()
+    name = f"buildroot-{suite}" + (f"-{target.name}" if cross and target else "")
+    return make_root(name, suite, (*BUILD_PACKAGES, *cross), mirror, hooks=[f'chroot "$1" python3 -m venv {VENV}'])
 
 
 def cached_roots(folder: Path) -> list[Root]:

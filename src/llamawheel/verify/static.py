@@ -19,9 +19,10 @@ from typing import Any
 
 from llamawheel.build import glibc
 from llamawheel.core.errors import UsageError, VerifyError
-from llamawheel.recipe import archs
+from llamawheel.recipe import archs, platforms
 from llamawheel.recipe.catalog import all_recipes, find_cuda
 from llamawheel.recipe.model import CudaMinor, Recipe
+from llamawheel.recipe.platforms import X86_64, Platform
 from llamawheel.recipe.variant import Variant
 from llamawheel.toolchain.buildroot import HOST, SUITES
 from llamawheel.wheel import distmeta
@@ -30,10 +31,8 @@ from llamawheel.wheel.elf import ElfInfo, is_elf, read_elf
 from llamawheel.wheel.policy import (
     ALL_VARIANTS_FLAG,
     CUDA_LIBRARIES,
-    X86_CPU_VARIANTS,
     admitted,
     beyond,
-    cpu_variants_for_gcc,
     earned_policy,
     needs_of,
     policies,
@@ -60,23 +59,27 @@ class Expectations:
     glibc: tuple[int, int] | None = None
     """The oldest glibc the wheel is built to run on (the build's ``--glibc`` or recipe's ``build.glibc``, which
     its manifest records); None: not checked (the platform tag still is)."""
+    target: Platform = X86_64
+    """The machine the wheel is for: every library's ELF machine, the CPU variants, the tag's policies."""
 
     @classmethod
     def for_plan(
         cls, minor: CudaMinor | None, targets: tuple[archs.ArchTarget, ...], runtime: str, recipe: Recipe,
         extra_cmake_args: tuple[str, ...] = (), build_env: str | None = None, glibc: tuple[int, int] | None = None,
+        target: Platform = X86_64,
     ) -> Expectations:
-        variants = cpu_variants_of([*recipe.cmake_args, *extra_cmake_args], build_env or recipe.build.env)
+        variants = cpu_variants_of([*recipe.cmake_args, *extra_cmake_args], build_env or recipe.build.env, target)
         if minor is None:
-            return cls(None, cpu_variants=variants, glibc=glibc)
+            return cls(None, cpu_variants=variants, glibc=glibc, target=target)
         return cls(
             minor.major, targets, runtime, recipe.runtime_rpath,
-            minor.runtime_requires if runtime == "pypi" else (), variants, glibc,
+            minor.runtime_requires if runtime == "pypi" else (), variants, glibc, target,
         )
 
     @classmethod
     def from_claim(
-        cls, version: str, *, cuda: str | None = None, arch: str | None = None, runtime: str | None = None
+        cls, version: str, *, cuda: str | None = None, arch: str | None = None, runtime: str | None = None,
+        target: Platform = X86_64,
     ) -> Expectations:
         """What to check: the version label's claim, with any of CUDA version, architectures
         and runtime mode given explicitly instead (a wheel without a label needs ``cuda``)."""
@@ -85,9 +88,9 @@ class Expectations:
             mode = runtime or "pypi"
             base = cls(minor.major, recipe.default_targets(), mode, recipe.runtime_rpath,
                        minor.runtime_requires if mode == "pypi" else (),
-                       cpu_variants_of(recipe.cmake_args, recipe.build.env))
+                       cpu_variants_of(recipe.cmake_args, recipe.build.env, target), target=target)
         else:
-            base = cls.from_version(version)
+            base = cls.from_version(version, target=target)
             if runtime and runtime != base.runtime:
                 line = all_recipes().get(f"cuda-{base.cuda_major}")
                 requires: tuple[str, ...] = ()
@@ -104,7 +107,8 @@ class Expectations:
         return base
 
     @classmethod
-    def from_version(cls, version: str, recipes: dict[str, Recipe] | None = None) -> Expectations:
+    def from_version(cls, version: str, recipes: dict[str, Recipe] | None = None,
+                     target: Platform = X86_64) -> Expectations:
         """Read the claim from a local version such as ``0.3.36+cu130.sm86.ptx86.sys``."""
         _, _, local = version.partition("+")
         if not local:
@@ -119,9 +123,10 @@ class Expectations:
         recipes = recipes if recipes is not None else all_recipes()
         made_by = recipes.get("cpu" if variant.cuda is None else f"cuda-{variant.cuda_major}")
         # other CMake flags (a ``cm`` label) may have changed the variants: then only what is there is checked
-        variants = cpu_variants_of(made_by.cmake_args, made_by.build.env) if made_by and not variant.flags else ()
+        variants = cpu_variants_of(made_by.cmake_args, made_by.build.env, target) \
+            if made_by and not variant.flags else ()
         if variant.cuda is None:
-            return cls(None, cpu_variants=variants)
+            return cls(None, cpu_variants=variants, target=target)
         major = variant.cuda_major
         recipe = recipes.get(f"cuda-{major}")
         cuda_minor = recipe.minors.get(variant.cuda) if recipe else None
@@ -131,7 +136,7 @@ class Expectations:
             major, targets, runtime,
             recipe.runtime_rpath if recipe else (),
             cuda_minor.runtime_requires if (cuda_minor and runtime == "pypi") else (),
-            variants,
+            variants, target=target,
         )
 
 
@@ -144,15 +149,16 @@ def built_for_glibc(wheel: Path) -> tuple[int, int] | None:
         return None
 
 
-def cpu_variants_of(cmake_args: list[str] | tuple[str, ...], build_env: str = HOST) -> tuple[str, ...]:
-    """The CPU variant modules a build with these CMake flags holds (the last value of a flag wins), in the
-    build environment ``build_env`` (an older root's GCC builds fewer)."""
+def cpu_variants_of(cmake_args: list[str] | tuple[str, ...], build_env: str = HOST,
+                    target: Platform = X86_64) -> tuple[str, ...]:
+    """The CPU variant modules a build for ``target`` with these CMake flags holds (the last value of a flag wins),
+    in the build environment ``build_env`` (an older root's GCC builds fewer)."""
     value = ""
     for arg in cmake_args:
         if arg.startswith(ALL_VARIANTS_FLAG.split("=")[0] + "="):
             value = arg.split("=", 1)[1].upper()
     suite = SUITES.get(build_env)
-    return cpu_variants_for_gcc(suite.gcc if suite else None) if value in ("ON", "1", "TRUE", "YES") else ()
+    return target.cpu_variants_for_gcc(suite.gcc if suite else None) if value in ("ON", "1", "TRUE", "YES") else ()
 
 
 @dataclass
@@ -160,6 +166,8 @@ class Check:
     name: str
     ok: bool
     detail: str
+    skipped: bool = False
+    """Not run here (it says why): neither a pass nor a failure."""
 
 
 @dataclass
@@ -178,11 +186,15 @@ class Report:
     def add(self, name: str, ok: bool, detail: str) -> None:
         self.checks.append(Check(name, ok, detail))
 
+    def skip(self, name: str, why: str) -> None:
+        """A check this machine cannot run, shown as SKIP with the reason (it counts neither way)."""
+        self.checks.append(Check(name, True, why, skipped=True))
+
     def render(self) -> str:
         width = max(len(c.name) for c in self.checks) if self.checks else 10
         lines = [f"verify-static {self.wheel}", f"  claims: {self.claim}"]
         for c in self.checks:
-            lines.append(f"  {'PASS' if c.ok else 'FAIL'}  {c.name.ljust(width)}  {c.detail}")
+            lines.append(f"  {'SKIP' if c.skipped else 'PASS' if c.ok else 'FAIL'}  {c.name.ljust(width)}  {c.detail}")
         lines.append(f"  result: {'PASS' if self.ok else 'FAIL'}")
         return "\n".join(lines)
 
@@ -192,7 +204,8 @@ class Report:
     def manifest_fields(self) -> dict[str, Any]:
         return {"verify_static": {
             "ok": self.ok,
-            "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in self.checks],
+            "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} | ({"skipped": True} if c.skipped else {})
+                       for c in self.checks],
         }}
 
     def raise_if_failed(self) -> None:
@@ -220,7 +233,9 @@ def verify_claim(
     runtime mode given instead): what ``verify-static`` and the first step of ``verify`` do."""
     if not path.is_file():
         raise UsageError(f"{path}: no such wheel file")
-    expect = Expectations.from_claim(WheelName.parse(path.name).version, cuda=cuda, arch=arch, runtime=runtime)
+    name = WheelName.parse(path.name)
+    expect = Expectations.from_claim(name.version, cuda=cuda, arch=arch, runtime=runtime,
+                                     target=platforms.of_tag(name.platform) or X86_64)
     expect = replace(expect, glibc=built_for_glibc(path))
     return expect, verify_wheel(path, expect)
 
@@ -231,12 +246,13 @@ def verify_wheel(path: Path, expect: Expectations | None = None) -> Report:
     name = WheelName.parse(path.name)
     meta = distmeta.from_files(path.name, {e.name: e.data for e in entries})
     version = meta.metadata_version
-    expect = expect or Expectations.from_version(version)
+    expect = expect or Expectations.from_version(version, target=platforms.of_tag(name.platform) or X86_64)
     report = Report(path.name, version, path.stat().st_size, _describe(expect))
     _check_layout(report, entries, name)
     elves = _check_copies(report, entries)
     _check_containment(report, elves)
-    _check_platform(report, elves, name, expect.glibc)
+    _check_machine(report, elves, name, expect.target)
+    _check_platform(report, elves, name, expect.glibc, expect.target)
     if name.distribution.lower().replace("-", "_") != LLAMA_DISTRIBUTION:  # a fixture package: none expected
         expect = replace(expect, cpu_variants=())
     _check_cpu_variants(report, entries, elves, expect)
@@ -313,17 +329,31 @@ def _check_containment(report: Report, elves: dict[str, ElfInfo]) -> None:
                "no absolute RUNPATH (no build-machine paths)" if not absolute else "; ".join(absolute))
 
 
+def _check_machine(report: Report, elves: dict[str, ElfInfo], name: WheelName, target: Platform) -> None:
+    """Every library is code for the machine the wheel is for, and its tag names that machine (an x86-64 library
+    in an aarch64 wheel would fail to load there, after install)."""
+    if not elves:
+        return
+    tagged = platforms.of_tag(name.platform)
+    wrong = sorted(f"{posixpath.basename(n)} is {i.machine}" for n, i in elves.items()
+                   if i.machine != target.elf_machine)
+    problems = wrong + ([f"the tag {name.platform} is not for {target.name}"] if tagged != target else [])
+    report.add("machine", not problems, f"all {len(elves)} libraries are {target.label} code ({target.elf_machine})"
+               if not problems else f"built for {target.label}, but " + "; ".join(problems[:6])
+               + (f" (and {len(problems) - 6} more)" if len(problems) > 6 else ""))
+
+
 def _check_platform(report: Report, elves: dict[str, ElfInfo], name: WheelName,
-                    target: tuple[int, int] | None = None) -> None:
+                    target: tuple[int, int] | None = None, machine: Platform = X86_64) -> None:
     """The platform tag is no older than every versioned symbol the libraries need allows (as auditwheel judges
     it: GLIBC, GLIBCXX, CXXABI, GCC, LIBATOMIC, ZLIB), nothing is newer than the glibc the wheel is built for, and
     which common distributions can take the wheel."""
     if not elves:
         return  # pure Python: the tag says nothing about the system
     libs = {posixpath.basename(n): i for n, i in elves.items()}
-    earned = earned_policy(libs)
+    earned = earned_policy(libs, machine.name)
     if target is not None:
-        built_for = policy_for(target)
+        built_for = policy_for(target, machine.name)
         problems = beyond(built_for, libs) if built_for else [f"auditwheel has no policy for {glibc.dotted(target)}"]
         report.add(f"glibc {glibc.dotted(target)}", not problems,
                    f"nothing needs more than {built_for.name if built_for else ''} allows" if not problems else
@@ -332,10 +362,10 @@ def _check_platform(report: Report, elves: dict[str, ElfInfo], name: WheelName,
     claimed = tag_glibc(name.platform)
     if earned is None:
         report.add("platform tag", False, "no manylinux policy allows what the libraries need: "
-                   + "; ".join(policies()[-1].violations(libs)[:4]))
+                   + "; ".join(policies(machine.name)[-1].violations(libs)[:4]))
         return
     if claimed and claimed != (0, 0) and claimed < earned.glibc:
-        covering = [p for p in policies() if p.glibc <= claimed]
+        covering = [p for p in policies(machine.name) if p.glibc <= claimed]
         why = "; ".join(covering[-1].violations(libs)[:4]) if covering else "older than any policy"
         report.add("platform tag", False, f"{name.platform} claims too old a system: {why} (earned: {earned.name})")
         return
@@ -362,9 +392,13 @@ def _check_cpu_variants(report: Report, entries: list[Entry], elves: dict[str, E
     problems = ([f"missing {', '.join(missing)}"] if missing else []) + (
         [f"{', '.join(not_modules)} export no ggml_backend_init/ggml_backend_score"] if not_modules else []) + (
         [f"no {LOADER}: nothing loads the modules when llama_cpp is imported"] if not has_loader else [])
+    names = ", ".join(v for v in expect.target.cpu_variants if v in modules)
     report.add("CPU variants", not problems,
-               f"{len(modules)} modules ({', '.join(v for v in X86_CPU_VARIANTS if v in modules)}), loaded by "
-               f"{LOADER}" if not problems else "; ".join(problems))
+               f"{len(modules)} modules ({names}), loaded by {LOADER}" if not problems else "; ".join(problems))
+    if not expect.target.native:
+        report.skip("CPU variants load", f"{expect.target.label} modules cannot be loaded on this "
+                    f"{platforms.host().label} machine (run the wheel under {expect.target.qemu}: see README)")
+        return
     failed = _load_modules({e.name: e.data for e in entries if e.name in elves}, sorted(modules.values()))
     report.add("CPU variants load", not failed,
                "each module loads here with every symbol resolved" if not failed else "; ".join(failed))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from llamawheel.recipe.platforms import X86_64, Platform
 from llamawheel.wheel.elf import ElfInfo
 
 # Provided by NVIDIA's runtime wheels (Requires-Dist) or the driver, never carried in the wheel.
@@ -198,11 +199,12 @@ def whitelist(machine: str = "x86_64") -> frozenset[str]:
     return policies(machine)[0].whitelist | LOADERS
 
 
-def system_library(name: str, sysroot: Path | None = None) -> Path | None:
+def system_library(name: str, sysroot: Path | None = None, target: Platform = X86_64) -> Path | None:
     """Where the dynamic loader would find ``name`` on this machine, or in the root ``sysroot`` (a build
-    root: a wheel built there carries that root's libgomp, not this machine's newer one)."""
+    root: a wheel built there carries that root's libgomp, not this machine's newer one; for another platform, the
+    cross folder's: ``usr/aarch64-linux-gnu/lib``)."""
     if sysroot is not None:
-        for folder in ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib64", "usr/lib64", "usr/lib"):
+        for folder in target.libdirs():
             found = sysroot / folder / name
             if found.exists():
                 return found.resolve()
@@ -218,18 +220,5 @@ def system_library(name: str, sysroot: Path | None = None) -> Path | None:
     return None
 
 
-# The CPU variants ggml builds for x86-64 with GGML_CPU_ALL_VARIANTS=ON (ggml/src/CMakeLists.txt), oldest
-# first: each is a module libggml-cpu-<name>.so that ggml scores against the CPU and loads.
-X86_CPU_VARIANTS = (
-    "x64", "sse42", "sandybridge", "ivybridge", "piledriver", "haswell", "skylakex", "cannonlake",
-    "cascadelake", "icelake", "cooperlake", "zen4", "alderlake", "sapphirerapids",
-)
 ALL_VARIANTS_FLAG = "-DGGML_CPU_ALL_VARIANTS=ON"
-CPU_VARIANT_MIN_GCC = {"alderlake": 11, "sapphirerapids": 11}
-"""Variants an older GCC cannot compile (-mavxvnni, AMX came in GCC 11): recipes/patches/cpu-variants-compiler.patch
-skips them there."""
-
-
-def cpu_variants_for_gcc(gcc: int | None) -> tuple[str, ...]:
-    """The x86-64 CPU variants GCC ``gcc`` builds (None: a current compiler, all of them)."""
-    return tuple(v for v in X86_CPU_VARIANTS if gcc is None or gcc >= CPU_VARIANT_MIN_GCC.get(v, 0))
+"""The CMake flag that builds ggml's CPU code once per level of the platform (`Platform.cpu_variants`)."""

@@ -1,0 +1,175 @@
+"""The aarch64 CPU wheel where Arm users are, proven on this x86-64 machine: cross-compiled in the bullseye root,
+published beside the x86-64 wheel in one private index, installed with the network cut into an arm64 Debian 11
+userland made with mmdebstrap from the apt mirror, and run there under QEMU user mode as three CPU models
+(a Cortex-A57, Armv8.0; a Neoverse N1, Armv8.2 with dot product and FP16; QEMU's ``max``, with SVE2 and I8MM),
+each of which loads a different level of the wheel and answers with the tiny model. The test can fail: the
+Armv8.6 level's code, forced on the Cortex-A57, dies with SIGILL.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from llamawheel.core import paths
+from llamawheel.mirror.profiles import load_profile
+from llamawheel.recipe import platforms
+from llamawheel.toolchain import buildroot
+from llamawheel.wheel.wheelfile import Entry, read_entries, write_wheel
+
+from .conftest import llamawheel
+
+ARM = platforms.AARCH64
+pytestmark = pytest.mark.skipif(
+    not (shutil.which("mmdebstrap") and shutil.which("bwrap") and shutil.which(ARM.qemu)),
+    reason="needs mmdebstrap, bubblewrap and qemu-user (apt-get install mmdebstrap bubblewrap qemu-user; .ci/run does)",
+)
+
+USERLAND = ("python3.9-minimal", "libpython3.9-stdlib", "libc6", "zlib1g", "libexpat1", "libffi7", "libssl1.1",
+            "libstdc++6", "libgcc-s1", "python3-distutils", "python3-pip")
+"""An Arm user's Debian 11 with its own Python 3.9 and pip 20.3, nothing else."""
+PYTHON = "/usr/bin/python3.9"
+
+
+@pytest.fixture(scope="module")
+def userland(tmp_path_factory: pytest.TempPathFactory) -> buildroot.Root:
+    """A fresh copy of the cached arm64 Debian 11 userland (installs do not pile up in the cache)."""
+    made = buildroot.make_root("target-bullseye-arm64", "bullseye", USERLAND, load_profile("default"),
+                               folder=paths.cache_dir() / "test-roots", target=ARM)
+    assert made.platform == "aarch64" and made.glibc == "2.31", made
+    copy = tmp_path_factory.mktemp("arm64") / made.name
+    subprocess.run(["cp", "-a", str(made.path), str(copy)], check=True)
+    return buildroot.Root(copy, made.suite, made.packages, made.origin, made.size_bytes, made.seconds, made.glibc,
+                          made.gcc, made.python, platform=made.platform)
+
+
+@pytest.fixture(scope="module")
+def index(cpu_wheel: Path, arm_cpu_wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One private index with the x86-64 and the aarch64 CPU wheels side by side, and each one's closure for
+    Debian 11's Python."""
+    folder = tmp_path_factory.mktemp("arm-index") / "wheels"
+    for wheel in (cpu_wheel, arm_cpu_wheel):
+        result = llamawheel("publish", str(wheel), "--index", str(folder), "--python-version", "3.9", timeout=3600)
+        assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    return folder
+
+
+def run_as(root: buildroot.Root, cpu: str, *argv: str, env: dict[str, str] | None = None,
+           ro: tuple[Path, ...] = ()) -> subprocess.CompletedProcess[str]:
+    cmd = root.emulated(argv, cpu=cpu, env=env or {}, ro_binds=ro)
+    assert "--unshare-net" in cmd
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+
+
+@pytest.fixture(scope="module")
+def site(userland: buildroot.Root, index: Path) -> Path:
+    """``pip install llama-cpp-python`` from the index, by the userland's own pip under QEMU, network cut."""
+    target = userland.path / "opt" / "site"
+    installed = run_as(userland, "max", PYTHON, "-m", "pip", "install", "--disable-pip-version-check",
+                       "--no-cache-dir", "--target", str(target), "--index-url", f"{index.as_uri()}/cpu/simple",
+                       "llama-cpp-python", ro=(index,))
+    assert installed.returncode == 0, installed.stdout[-3000:] + installed.stderr[-3000:]
+    print(next(line for line in installed.stdout.splitlines() if line.startswith("Successfully installed")))
+    return target
+
+
+def test_the_index_holds_both_platforms_and_the_arm_machine_takes_its_own(index: Path, site: Path) -> None:
+    names = sorted(p.name for p in (index / "cpu").rglob("llama_cpp_python-*.whl"))
+    assert [n.split("-")[-1] for n in names] == ["manylinux_2_28_aarch64.whl", "manylinux_2_28_x86_64.whl"], names
+    assert len(list((index / "cpu").rglob("numpy-*aarch64*.whl"))) == 1  # the aarch64 closure is there too
+    (record,) = site.glob("llama_cpp_python-*.dist-info/WHEEL")
+    assert "Tag: py3-none-manylinux_2_28_aarch64" in record.read_text()
+    (numpy,) = site.glob("numpy-*.dist-info/WHEEL")
+    assert "aarch64" in numpy.read_text()
+
+
+ANSWER = r'''
+import sys, llama_cpp
+from llama_cpp import _backends
+llm = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=128, n_threads=1, verbose=False, seed=3)
+out = llm.create_completion("Once upon a time", max_tokens=8, temperature=0)
+print(llama_cpp.__version__, _backends.CPU_VARIANT, out["usage"]["completion_tokens"], repr(out["choices"][0]["text"]))
+'''
+
+
+def test_three_cpu_models_load_three_levels_and_each_answers(userland: buildroot.Root, site: Path,
+                                                             model: Path) -> None:
+    """The loader runs one instruction of each feature in a forked child (QEMU user mode cannot start a second
+    interpreter) and takes the best level whose instructions all ran."""
+    chosen = {}
+    for cpu in ARM.qemu_cpus:
+        ran = run_as(userland, cpu, PYTHON, "-c", ANSWER, str(model), env={"PYTHONPATH": str(site)},
+                     ro=(model.parent,))
+        assert ran.returncode == 0, ran.stderr[-3000:]
+        version, variant, tokens, text = ran.stdout.split(maxsplit=3)
+        print(f"qemu-aarch64 -cpu {cpu}: llama-cpp-python {version}, CPU variant {variant}, {tokens} tokens: {text}")
+        assert version == "0.3.36" and int(tokens) > 0
+        chosen[cpu] = variant
+    assert chosen == {"cortex-a57": "armv8.0_1", "neoverse-n1": "armv8.2_2", "max": "armv8.6_2"}, chosen
+
+
+KERNEL = r'''
+# One CPU level's own code, called directly (no score check, no probe): a 256x256 f32 matrix product.
+import ctypes, sys
+from pathlib import Path
+lib = Path(sys.argv[1]); variant = sys.argv[2]
+base = ctypes.CDLL(str(lib / "libggml-base.so"))
+cpu = ctypes.CDLL(str(lib / f"libggml-cpu-{variant}.so"))
+class Params(ctypes.Structure):
+    _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
+P = ctypes.c_void_p
+base.ggml_init.restype = P; base.ggml_init.argtypes = [Params]
+base.ggml_new_tensor_2d.restype = P
+base.ggml_new_tensor_2d.argtypes = [P, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+base.ggml_mul_mat.restype = P; base.ggml_mul_mat.argtypes = [P, P, P]
+base.ggml_new_graph.restype = P; base.ggml_new_graph.argtypes = [P]
+base.ggml_build_forward_expand.argtypes = [P, P]
+cpu.ggml_set_f32.restype = P; cpu.ggml_set_f32.argtypes = [P, ctypes.c_float]
+cpu.ggml_graph_compute_with_ctx.argtypes = [P, P, ctypes.c_int]
+cpu.ggml_get_f32_1d.restype = ctypes.c_float; cpu.ggml_get_f32_1d.argtypes = [P, ctypes.c_int]
+cpu.ggml_cpu_init()
+ctx = base.ggml_init(Params(64 * 1024 * 1024, None, False))
+a = base.ggml_new_tensor_2d(ctx, 0, 256, 256); b = base.ggml_new_tensor_2d(ctx, 0, 256, 256)
+cpu.ggml_set_f32(a, 0.5); cpu.ggml_set_f32(b, 2.0)
+c = base.ggml_mul_mat(ctx, a, b)
+gf = base.ggml_new_graph(ctx); base.ggml_build_forward_expand(gf, c)
+cpu.ggml_graph_compute_with_ctx(ctx, gf, 1)
+print(variant, cpu.ggml_get_f32_1d(c, 0))
+'''
+
+
+def test_the_armv8_6_level_dies_with_sigill_on_a_cortex_a57_and_the_armv8_0_level_runs(
+        userland: buildroot.Root, site: Path) -> None:
+    lib = site / "llama_cpp" / "lib"
+    runs = run_as(userland, "cortex-a57", PYTHON, "-c", KERNEL, str(lib), "armv8.0_1")
+    assert runs.returncode == 0 and runs.stdout.split() == ["armv8.0_1", "256.0"], runs.stderr[-2000:]
+    dies = run_as(userland, "cortex-a57", PYTHON, "-c", KERNEL, str(lib), "armv8.6_2")
+    assert dies.returncode in (-signal.SIGILL, 128 + signal.SIGILL), (dies.returncode, dies.stderr[-2000:])
+    assert "Illegal instruction" in dies.stderr
+
+
+def test_the_wheel_is_arm_code_tagged_for_rhel_8_and_a_planted_x86_library_is_caught(
+        arm_cpu_wheel: Path, cpu_wheel: Path, tmp_path: Path) -> None:
+    data = json.loads(arm_cpu_wheel.with_name(arm_cpu_wheel.name + ".json").read_text())
+    assert data["platform"] == "aarch64" and data["glibc"]["target"] == "2.28"
+    assert data["verify_static"]["ok"]
+    checks = {c["name"]: c for c in data["verify_static"]["checks"]}
+    assert checks["machine"]["ok"] and "EM_AARCH64" in checks["machine"]["detail"]
+    assert "armv8.0_1" in checks["CPU variants"]["detail"] and "armv8.6_2" in checks["CPU variants"]["detail"]
+    assert checks["CPU variants load"].get("skipped")  # shown as SKIP, not PASS: QEMU runs them (above)
+    # an x86-64 library planted in the aarch64 wheel (same name, so only its machine gives it away)
+    with zipfile.ZipFile(cpu_wheel) as zf:
+        x86 = zf.read("llama_cpp/lib/libggml-base.so")
+    entries = [Entry(e.name, x86 if e.name.endswith("/libggml-base.so") else e.data, e.mode)
+               for e in read_entries(arm_cpu_wheel)]
+    planted = tmp_path / arm_cpu_wheel.name
+    write_wheel(entries, planted)
+    result = llamawheel("verify-static", str(planted))
+    assert result.returncode != 0
+    assert "FAIL  machine" in result.stdout and "libggml-base.so is EM_X86_64" in result.stdout, result.stdout
