@@ -23,7 +23,7 @@ from llamawheel.recipe import platforms
 from llamawheel.toolchain import buildroot
 from llamawheel.wheel.wheelfile import Entry, read_entries, write_wheel
 
-from .conftest import llamawheel
+from .conftest import FIXTURE, llamawheel
 
 ARM = platforms.AARCH64
 pytestmark = pytest.mark.skipif(
@@ -50,11 +50,25 @@ def userland(tmp_path_factory: pytest.TempPathFactory) -> buildroot.Root:
 
 
 @pytest.fixture(scope="module")
-def index(cpu_wheel: Path, arm_cpu_wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One private index with the x86-64 and the aarch64 CPU wheels side by side, and each one's closure for
-    Debian 11's Python."""
+def arm_probe_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The cuBLAS fixture package cross-compiled for aarch64 with CUDA 13.0 (sm_90, Grace Hopper): nvcc of the
+    x86-64 toolchain, the root's aarch64 g++ as its host compiler, linked against NVIDIA's aarch64 wheels."""
+    out = tmp_path_factory.mktemp("arm-probe")
+    result = llamawheel("build", "13.0", "--arch", "90", "--platform", "aarch64", "--source", str(FIXTURE),
+                        "--out", str(out))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "PASS  machine" in result.stdout and "EM_AARCH64" in result.stdout
+    (wheel,) = out.glob("cublas_probe-0.1.0+cu130.sm90-py3-none-manylinux_2_28_aarch64.whl")
+    return wheel
+
+
+@pytest.fixture(scope="module")
+def index(cpu_wheel: Path, arm_cpu_wheel: Path, arm_probe_wheel: Path,
+          tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One private index with the x86-64 and the aarch64 CPU wheels side by side, the aarch64 cuBLAS probe, and
+    each one's closure for Debian 11's Python."""
     folder = tmp_path_factory.mktemp("arm-index") / "wheels"
-    for wheel in (cpu_wheel, arm_cpu_wheel):
+    for wheel in (cpu_wheel, arm_cpu_wheel, arm_probe_wheel):
         result = llamawheel("publish", str(wheel), "--index", str(folder), "--python-version", "3.9", timeout=3600)
         assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     return folder
@@ -173,3 +187,29 @@ def test_the_wheel_is_arm_code_tagged_for_rhel_8_and_a_planted_x86_library_is_ca
     result = llamawheel("verify-static", str(planted))
     assert result.returncode != 0
     assert "FAIL  machine" in result.stdout and "libggml-base.so is EM_X86_64" in result.stdout, result.stdout
+
+
+LOAD = r'''
+import ctypes, os, pathlib
+import cublas_probe
+ctypes.CDLL(str(pathlib.Path(cublas_probe.__file__).parent / "lib" / "libcublasprobe.so"), mode=os.RTLD_NOW)
+print("\n".join(sorted({line.split()[-1] for line in open("/proc/self/maps") if ".so" in line.split()[-1]})))
+'''
+
+
+def test_the_aarch64_cuda_probe_installs_offline_and_finds_cudart_and_cublas_in_nvidias_aarch64_wheels(
+        userland: buildroot.Root, index: Path) -> None:
+    """No GPU here: what is proven is that the wheel's library loads on Arm with every symbol resolved, its
+    libcudart.so.13 and libcublas.so.13 the ones of NVIDIA's aarch64 wheels, installed beside it by pip."""
+    target = userland.path / "opt" / "cuda-site"
+    installed = run_as(userland, "max", PYTHON, "-m", "pip", "install", "--disable-pip-version-check",
+                       "--no-cache-dir", "--target", str(target), "--index-url", f"{index.as_uri()}/cu130/simple",
+                       "cublas-probe", ro=(index,))
+    assert installed.returncode == 0, installed.stdout[-3000:] + installed.stderr[-3000:]
+    assert "nvidia-cublas-13.10.0.20" in installed.stdout and "nvidia-cuda-runtime-13.0.96" in installed.stdout
+    loaded = run_as(userland, "neoverse-n1", PYTHON, "-c", LOAD, env={"PYTHONPATH": str(target)})
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    print(loaded.stdout)
+    nvidia = target / "nvidia" / "cu13" / "lib"
+    for name in ("libcudart.so.13", "libcublas.so.13", "libcublasLt.so.13"):
+        assert str(nvidia / name) in loaded.stdout.splitlines(), name

@@ -51,6 +51,13 @@ class Plan:
         """Refuse, before anything is fetched, a platform this build environment cannot compile for: another
         machine's code is cross-compiled in a Debian root, whose cross compiler llamawheel installs."""
         target = self.platform
+        if not target.native and self.minor is not None and target.name not in self.minor.targets:
+            listed = [m.version for m in self.recipe.minors.values() if target.name in m.targets]
+            raise UsageError(f"--platform {target.name}: CUDA {self.minor.version}'s recipe lists no {target.name} "
+                             f"runtime wheels to link against ({self.recipe.path.name}: "
+                             f"[minors.\"{self.minor.version}\".targets.{target.name}])",
+                             f"build a CUDA version that lists them: {', '.join(listed)}" if listed else
+                             f"add NVIDIA's {target.name} nvidia-cuda-runtime and nvidia-cublas wheels there, pinned")
         if not target.native and self.suite is None:
             raise UsageError(f"--platform {target.name}: a wheel for {target.label} is cross-compiled in a Debian "
                              f"build root, not on this {platforms.host().label} machine as it is (--build-env host)",
@@ -215,8 +222,9 @@ def cmake_args_for(plan: Plan, root: CudaRoot | None) -> list[str]:
     """The recipe's flags, the toolchain's, the architectures, then any CMAKE_ARGS the user set."""
     args = [*plan.recipe.cmake_args, *plan.platform.cmake_args()]
     if root is not None:
-        args += [*root.cmake_args(), f"-DCMAKE_CUDA_ARCHITECTURES={archs.cmake_value(plan.targets)}"]
-        if plan.host_compiler:
+        args += [*root.cmake_args(), f"-DCMAKE_CUDA_ARCHITECTURES={archs.cmake_value(plan.targets)}",
+                 *plan.platform.cuda_cmake_args()]
+        if plan.host_compiler and plan.platform.native:
             args.append(f"-DCMAKE_CUDA_HOST_COMPILER={plan.host_compiler}")
     user_args = user_cmake_args()
     if user_args:

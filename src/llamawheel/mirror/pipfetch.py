@@ -66,11 +66,15 @@ def download(
     mirror: MirrorProfile,
     *,
     binary: bool,
+    python_version: str | None = None,
+    platforms: Sequence[str] = (),
 ) -> list[Fetched]:
-    """``pip download --require-hashes`` the given ``name==version --hash=...`` lines into ``dest``; returns each
-    file with its URL and sha256. A failure is explained (`DownloadError`, `NotOnMirror`)."""
+    """``pip download --require-hashes`` the given ``name==version --hash=...`` lines into ``dest`` (for CPython
+    ``python_version`` on ``platforms``: another machine's wheels; None: this machine's); returns each file with its
+    URL and sha256. A failure is explained (`DownloadError`, `NotOnMirror`)."""
     try:
-        return download_hashed(requirement_lines, dest, mirror, binary=binary)
+        return download_hashed(requirement_lines, dest, mirror, binary=binary, python_version=python_version,
+                               platforms=platforms)
     except PipFailed as exc:
         raise _explain(exc, mirror) from None
 

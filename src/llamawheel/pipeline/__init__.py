@@ -29,7 +29,7 @@ from llamawheel.core.errors import UsageError
 from llamawheel.mirror import provenance
 from llamawheel.pipeline import manifest, wheelhouse
 from llamawheel.recipe.model import CudaMinor
-from llamawheel.toolchain import CudaRoot, buildroot, provider_for
+from llamawheel.toolchain import CudaRoot, buildroot, cross, provider_for
 from llamawheel.verify.static import Expectations, Report, verify_wheel
 from llamawheel.wheel import policy
 
@@ -84,7 +84,9 @@ def work_dir(plan: Plan) -> Path:
 
 
 def provision_toolchain(plan: Plan, minor: CudaMinor) -> CudaRoot:
-    return provider_for(minor, plan.options.toolchain).provision(minor, plan.mirror)
+    """The CUDA root: the provider's, and for another platform, that root with the platform's runtime libraries."""
+    root = provider_for(minor, plan.options.toolchain).provision(minor, plan.mirror)
+    return root if plan.platform.native else cross.cross_root(root, minor, plan.platform, plan.mirror)
 
 
 def prepare_source(plan: Plan, work: Path) -> tuple[Path, dict[str, Any]]:

@@ -286,11 +286,13 @@ def fetch(
 
 def runtime_pins(wheel: Path) -> tuple[str, ...]:
     """The recipe's ``runtime-pins`` for a CUDA wheel in the default runtime mode (``+cu124.sm86`` -> CUDA
-    12.4's), () for a CPU or ``.sys`` wheel or a CUDA version no recipe lists."""
+    12.4's; for an aarch64 wheel, that platform's ``targets`` pins), () for a CPU or ``.sys`` wheel or a CUDA version
+    no recipe lists."""
     try:
-        variant = Variant.parse(distmeta.read(wheel).local or "")
+        meta = distmeta.read(wheel)
+        variant = Variant.parse(meta.local or "")
         if variant.cuda is None or variant.system_runtime:
             return ()
-        return catalog.find_cuda(variant.cuda)[1].runtime_pins
+        return catalog.find_cuda(variant.cuda)[1].pins_for(wheel_arch(meta.platforms))
     except LlamawheelError:
         return ()

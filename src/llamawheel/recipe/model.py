@@ -113,6 +113,17 @@ class AptSource:
 
 
 @dataclass(frozen=True)
+class TargetLibraries:
+    """NVIDIA's runtime wheels of another platform (``[minors."13.0".targets.aarch64]``): a wheel for that platform
+    links against their libraries (the CUDA root's ``targets/`` folder for it), and the private index carries them
+    for that platform."""
+
+    packages: tuple[PinnedPackage, ...]
+    """The runtime wheels (``nvidia-cuda-runtime``, ``nvidia-cublas``) for that platform, each pinned by sha256."""
+    platform: str = field(default="", metadata={"derived": "key"})
+
+
+@dataclass(frozen=True)
 class CudaMinor:
     """One CUDA minor version (``[minors."13.0"]``) and how to provision its toolchain."""
 
@@ -137,6 +148,9 @@ class CudaMinor:
     """The newest GCC major this CUDA version's nvcc accepts as host compiler."""
     supported_archs: tuple[str, ...] = ()
     """Overrides the line's list where a minor compiles for more (12.8 adds Blackwell)."""
+    targets: dict[str, TargetLibraries] = field(default_factory=dict)
+    """By platform (``aarch64``): the runtime wheels a wheel for that platform is built against; a platform not
+    listed (other than x86-64, the toolchain's own) cannot be built for with this minor."""
 
     def __post_init__(self) -> None:
         if not self.runtime_pins:  # the toolchain's own pins of the runtime packages
@@ -153,11 +167,26 @@ class CudaMinor:
             raise table.fail("apt" if self.apt is None else "deb-packages",
                              "provider 'deb' needs an [apt] table and deb-packages")
         names = [requirement_name(r) for r in self.runtime_requires]
+        for name, libraries in self.targets.items():
+            if name not in platforms.PLATFORMS or name == platforms.X86_64.name:
+                others = [p for p in platforms.PLATFORMS if p != platforms.X86_64.name]
+                raise table.fail(f"targets.{name}", f"'{name}' is not a platform to cross-compile for"
+                                                    f"{did_you_mean(name, others)} (choose {', '.join(others)})")
+            for package in libraries.packages:
+                if package.name not in names:
+                    raise table.fail(f"targets.{name}.packages", f"'{package.name}' is not one of runtime-requires"
+                                                                 f" ({', '.join(names)})")
         for pin in table.data.get("runtime-pins", ()):
             name = requirement_name(pin)
             if name not in names:
                 raise table.fail("runtime-pins", f"'{name}' is not one of runtime-requires"
                                                  f" ({', '.join(names)}){did_you_mean(name, names)}")
+
+    def pins_for(self, target: str) -> tuple[str, ...]:
+        """The runtime wheels' releases the index carries for a wheel of platform ``target``: that platform's own
+        (`targets`), else `runtime_pins`."""
+        libraries = self.targets.get(target)
+        return tuple(f"{p.name}=={p.version}" for p in libraries.packages) if libraries else self.runtime_pins
 
     @property
     def tag(self) -> str:

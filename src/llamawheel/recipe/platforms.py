@@ -90,6 +90,14 @@ class Platform:
             "-DCMAKE_FIND_ROOT_PATH_MODE_PACKAGE=ONLY",
         )
 
+    def cuda_cmake_args(self) -> tuple[str, ...]:
+        """What a CUDA build for this platform adds on another machine: its cross g++ as nvcc's host compiler, and
+        nvcc's default include and library folders (``targets/<cuda_target>``) the target's."""
+        if self.native:
+            return ()
+        return (f"-DCMAKE_CUDA_HOST_COMPILER={self.compiler_prefix}g++",
+                f"-DCMAKE_CUDA_FLAGS_INIT=--target-directory={self.cuda_target}")
+
     def cpu_variants_for_gcc(self, gcc: int | None) -> tuple[str, ...]:
         """The CPU variants GCC ``gcc`` builds (None: a current compiler, all of them)."""
         return tuple(v for v in self.cpu_variants if gcc is None or gcc >= self.cpu_variant_min_gcc.get(v, 0))
