@@ -94,3 +94,37 @@ def test_a_foreign_root_runs_its_programs_under_qemu_with_the_network_cut(tmp_pa
                                                                              str(root.path)]
     assert cmd[qemu + 5:] == [str(root.path / "usr/bin/python3.9"), "-V"]
     assert "--unshare-net" in cmd and "--clearenv" in cmd and cmd[cmd.index("--setenv") + 1] == "HOME"
+
+
+CUDA13 = catalog.load_recipe(RECIPES_DIR / "cuda-13.toml")
+CUDA12 = catalog.load_recipe(RECIPES_DIR / "cuda-12.toml")
+
+
+def test_cuda_for_arm_needs_the_minors_aarch64_runtime_wheels_and_names_the_minors_that_have_them() -> None:
+    plan = planning.plan_cuda(CUDA13, CUDA13.minors["13.0"], options.resolve({"arch": "grace-hopper,dgx-spark",
+                                                                               "platform": "aarch64"}))
+    assert [t.sm for t in plan.targets] == ["90", "121"]
+    args = planning.cmake_args_for(plan, None)  # no CUDA root: only the CPU side
+    assert "-DCMAKE_CXX_COMPILER=aarch64-linux-gnu-g++" in args
+    assert plan.platform.cuda_cmake_args() == ("-DCMAKE_CUDA_HOST_COMPILER=aarch64-linux-gnu-g++",
+                                               "-DCMAKE_CUDA_FLAGS_INIT=--target-directory=sbsa-linux")
+    assert "aarch64 wheels" in plan.target_needs()
+    assert CUDA13.minors["13.0"].pins_for("aarch64") == ("nvidia-cuda-runtime==13.0.96", "nvidia-cublas==13.10.0.20")
+    assert CUDA13.minors["13.0"].pins_for("x86_64") == CUDA13.minors["13.0"].runtime_pins
+    with pytest.raises(UsageError, match=r"CUDA 13\.1's recipe lists no aarch64 runtime wheels") as err:
+        planning.plan_cuda(CUDA13, CUDA13.minors["13.1"], options.resolve({"arch": "90", "platform": "aarch64"}))
+    assert err.value.tip == "build a CUDA version that lists them: 13.0"
+
+
+def test_jetson_orin_is_built_with_cuda_12_and_jetpacks_own_libraries() -> None:
+    with pytest.raises(UsageError, match="Orin runs JetPack 6, whose driver is CUDA 12") as err:
+        planning.plan_cuda(CUDA13, CUDA13.minors["13.0"], options.resolve({"arch": "orin", "platform": "aarch64"}))
+    assert "--runtime system" in str(err.value.tip)
+    with pytest.raises(UsageError, match="NVIDIA's PyPI runtime wheels are built for Arm servers"):
+        planning.plan_cuda(CUDA12, CUDA12.minors["12.4"], options.resolve({"arch": "orin", "platform": "aarch64"}))
+    plan = planning.plan_cuda(CUDA12, CUDA12.minors["12.4"], options.resolve({"arch": "orin", "platform": "aarch64",
+                                                                              "runtime": "system"}))
+    assert plan.local_version == "cu124.sm87.sys"
+    assert plan.manifest_fields()["target_needs"] == (
+        "the NVIDIA driver and CUDA 12's libcudart.so.12 and libcublas.so.12, of CUDA 12.4 or newer, on the "
+        "loader's path (Jetson Orin: JetPack 6.1 or newer, whose CUDA is 12.6)")

@@ -23,6 +23,9 @@ from llamawheel.recipe.model import CudaMinor, Recipe, Sdist
 from llamawheel.recipe.variant import Variant, flags_label
 from llamawheel.toolchain import CudaRoot, buildroot, hostcc
 
+JETSON_ORIN = "87"
+"""Jetson Orin's architecture: JetPack 6 brings its CUDA (12.x), not NVIDIA's PyPI wheels."""
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -58,6 +61,17 @@ class Plan:
                              f"[minors.\"{self.minor.version}\".targets.{target.name}])",
                              f"build a CUDA version that lists them: {', '.join(listed)}" if listed else
                              f"add NVIDIA's {target.name} nvidia-cuda-runtime and nvidia-cublas wheels there, pinned")
+        orin = [t for t in self.targets if t.sm == JETSON_ORIN]
+        if orin and target.name == "aarch64" and self.minor is not None:
+            if self.minor.major >= 13:
+                raise UsageError(f"--arch {JETSON_ORIN} (Jetson Orin) with CUDA {self.minor.version}: Orin runs "
+                                 "JetPack 6, whose driver is CUDA 12, so a CUDA 13 wheel cannot run there",
+                                 "build CUDA 12 for it: nox -s build-cuda-12 -- --arch orin --platform aarch64 "
+                                 "--runtime system")
+            if self.options.runtime == "pypi":
+                raise UsageError(f"--arch {JETSON_ORIN} (Jetson Orin): its CUDA libraries come with JetPack; NVIDIA's "
+                                 "PyPI runtime wheels are built for Arm servers (SBSA) and do not run there",
+                                 "add --runtime system: the wheel then uses JetPack's libcudart and libcublas")
         if not target.native and self.suite is None:
             raise UsageError(f"--platform {target.name}: a wheel for {target.label} is cross-compiled in a Debian "
                              f"build root, not on this {platforms.host().label} machine as it is (--build-env host)",
@@ -112,9 +126,23 @@ class Plan:
             "architectures": [t.cmake() for t in self.targets],
             "cmake_architectures": archs.cmake_value(self.targets) if self.targets else None,
             "runtime": self.options.runtime if minor else "none",
+            "target_needs": self.target_needs(),
             "requires": list(minor.runtime_requires) if minor and self.options.runtime == "pypi" else [],
             "mirror": {"name": self.mirror.name, "pypi": self.mirror.pypi_index() or "pip's own default"},
         }
+
+    def target_needs(self) -> str:
+        """What a machine needs to run the wheel, besides a glibc no older than its tag's and Python."""
+        minor = self.minor
+        if minor is None:
+            return "nothing more (CPU only)"
+        if self.options.runtime == "system":
+            jetson = " (Jetson Orin: JetPack 6.1 or newer, whose CUDA is 12.6)" \
+                if any(t.sm == JETSON_ORIN for t in self.targets) else ""
+            return (f"the NVIDIA driver and CUDA {minor.major}'s libcudart.so.{minor.major} and "
+                    f"libcublas.so.{minor.major}, of CUDA {minor.version} or newer, on the loader's path{jetson}")
+        return (f"an NVIDIA driver for CUDA {minor.version} or newer; cudart and cuBLAS come from NVIDIA's "
+                f"{self.platform.name} wheels, which pip installs with the wheel")
 
     @property
     def patch_files(self) -> tuple[Path, ...]:

@@ -28,6 +28,13 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "blackwell": ("100", "120"),
     "consumer": ("75", "86", "89", "120"),
     "datacenter": ("80", "90", "100"),
+    # Arm systems (``--platform aarch64``): Grace Hopper GH200, Grace Blackwell GB200/GB300, DGX Spark (GB10),
+    # Jetson AGX Thor (SBSA from CUDA 13 on), Jetson Orin (JetPack 6: CUDA 12, ``--runtime system``)
+    "grace-hopper": ("90",),
+    "grace-blackwell": ("100", "103"),
+    "dgx-spark": ("121",),
+    "thor": ("110",),
+    "orin": ("87",),
 }
 
 
