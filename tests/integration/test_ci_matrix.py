@@ -26,7 +26,12 @@ def test_matrix_lists_every_minor_and_the_cpu_wheel() -> None:
     minors = {m for r in catalog.all_recipes().values() for m in r.minors}
     assert {e["cuda"] for e in entries if e["cuda"]} == minors
     assert any(e["session"] == "build-cpu" for e in entries)
-    assert len({e["variant"] for e in entries}) == len(entries)  # no two jobs write the same wheel name
+    # no two jobs write the same wheel name (the platform tag tells an aarch64 wheel from an x86-64 one)
+    assert len({(e["variant"], e["platform"]) for e in entries}) == len(entries)
+    arm = {e["variant"] for e in entries if e["platform"] == "aarch64"}
+    assert arm == {"cpu"} | {f"cu{m.replace('.', '')}" for r in catalog.all_recipes().values()
+                             for m, minor in r.minors.items() if "aarch64" in minor.targets}
+    assert "cu130" in arm
 
 
 def test_arch_sets_become_variants() -> None:
@@ -34,6 +39,9 @@ def test_arch_sets_become_variants() -> None:
     assert result.returncode == 0, result.stderr
     entries = json.loads(result.stdout)
     assert {e["variant"] for e in entries if e["cuda"] == "12.4"} == {"cu124.sm86", "cu124.sm89.sm90"}
+    assert {e["platform"] for e in entries if e["cuda"] == "12.4"} == {"x86_64", "aarch64"}
+    only = json.loads(llamawheel("ci-matrix", "--line", "13", "--platform", "x86_64").stdout)
+    assert {e["platform"] for e in only} == {"x86_64"}
     nox = subprocess.run(["nox", "-l"], capture_output=True, text=True, cwd=ROOT)
     assert nox.returncode == 0, f"nox -l failed ({nox.returncode}):\n{nox.stderr}"
     for e in entries:

@@ -11,7 +11,7 @@ from llamawheel.build import options
 from llamawheel.core.errors import MirrorError
 from llamawheel.core.redact import redact
 from llamawheel.mirror import probe, profiles
-from llamawheel.recipe import catalog
+from llamawheel.recipe import catalog, platforms
 from llamawheel.recipe.matrix import matrix
 
 
@@ -37,6 +37,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     cm.add_argument("--line", action="append", dest="lines", metavar="LINE", help="only these lines (11, 12, 13, cpu)")
     cm.add_argument("--runtime", action="append", dest="runtimes", choices=options.RUNTIME_MODES,
                     help="runtime modes to build (default: pypi)")
+    cm.add_argument("--platform", action="append", dest="platforms", choices=list(platforms.PLATFORMS),
+                    help="platforms to build for (default: all; aarch64 is cross-compiled on x86-64 runners)")
 
 
 def _cmd_mirrors(args: argparse.Namespace) -> int:
@@ -110,7 +112,8 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def _cmd_ci_matrix(args: argparse.Namespace) -> int:
-    entries = matrix(catalog.all_recipes(), args.arch_sets, args.lines, tuple(args.runtimes or ["pypi"]))
+    entries = matrix(catalog.all_recipes(), args.arch_sets, args.lines, tuple(args.runtimes or ["pypi"]),
+                     tuple(args.platforms or platforms.PLATFORMS))
     print(json.dumps(entries))
     return 0
 
