@@ -9,10 +9,14 @@ Armv8.6 level's code, forced on the Cortex-A57, dies with SIGILL.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
+import time
+import urllib.request
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +27,7 @@ from llamawheel.recipe import platforms
 from llamawheel.toolchain import buildroot
 from llamawheel.wheel.wheelfile import Entry, read_entries, write_wheel
 
-from .conftest import FIXTURE, llamawheel
+from .conftest import FIXTURE, free_port, llamawheel
 
 ARM = platforms.AARCH64
 pytestmark = pytest.mark.skipif(
@@ -69,7 +73,8 @@ def index(cpu_wheel: Path, arm_cpu_wheel: Path, arm_probe_wheel: Path,
     each one's closure for Debian 11's Python."""
     folder = tmp_path_factory.mktemp("arm-index") / "wheels"
     for wheel in (cpu_wheel, arm_cpu_wheel, arm_probe_wheel):
-        result = llamawheel("publish", str(wheel), "--index", str(folder), "--python-version", "3.9", timeout=3600)
+        result = llamawheel("publish", str(wheel), "--index", str(folder), "--python-version", "3.9",
+                            "--python-version", "3.11", timeout=3600)
         assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     return folder
 
@@ -96,7 +101,12 @@ def site(userland: buildroot.Root, index: Path) -> Path:
 def test_the_index_holds_both_platforms_and_the_arm_machine_takes_its_own(index: Path, site: Path) -> None:
     names = sorted(p.name for p in (index / "cpu").rglob("llama_cpp_python-*.whl"))
     assert [n.split("-")[-1] for n in names] == ["manylinux_2_28_aarch64.whl", "manylinux_2_28_x86_64.whl"], names
-    assert len(list((index / "cpu").rglob("numpy-*aarch64*.whl"))) == 1  # the aarch64 closure is there too
+    assert len(list((index / "cpu").rglob("numpy-*aarch64*.whl"))) == 2  # the aarch64 closure too (3.9, 3.11)
+    locks = sorted(p.name for p in (index / "cpu" / "simple").glob("pylock.*.toml"))
+    assert locks == ["pylock.cp311-aarch64.toml", "pylock.cp311-x86_64.toml", "pylock.cp39-aarch64.toml",
+                     "pylock.cp39-x86_64.toml"], locks
+    checked = llamawheel("index", "check", str(index))
+    assert checked.returncode == 0 and "lock(s) match the files" in checked.stdout, checked.stdout + checked.stderr
     (record,) = site.glob("llama_cpp_python-*.dist-info/WHEEL")
     assert "Tag: py3-none-manylinux_2_28_aarch64" in record.read_text()
     (numpy,) = site.glob("numpy-*.dist-info/WHEEL")
@@ -213,3 +223,88 @@ def test_the_aarch64_cuda_probe_installs_offline_and_finds_cudart_and_cublas_in_
     nvidia = target / "nvidia" / "cu13" / "lib"
     for name in ("libcudart.so.13", "libcublas.so.13", "libcublasLt.so.13"):
         assert str(nvidia / name) in loaded.stdout.splitlines(), name
+
+
+KEY = "sk-arm-test-key"
+
+
+@pytest.fixture(scope="module")
+def arm_image(index: Path) -> Iterator[str]:
+    """``llamawheel image --variant cpu --platform aarch64``: built here with buildah without running anything of it
+    (an unpacked arm64 base, the closure installed by pip here, no RUN step); its files mounted."""
+    if shutil.which("buildah") is None:
+        pytest.skip("needs buildah (apt-get install buildah; .ci/run does)")
+    result = llamawheel("image", "--variant", "cpu", "--platform", "aarch64", "--index", str(index),
+                        "--engine", "buildah", timeout=3600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    print(result.stdout)
+    assert "built localhost/llamawheel-api:cpu-aarch64" in result.stdout
+    container = subprocess.run(["buildah", "from", "--pull-never", "localhost/llamawheel-api:cpu-aarch64"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        mounted = subprocess.run(["buildah", "mount", container], capture_output=True, text=True, check=True)
+        yield mounted.stdout.strip()
+    finally:
+        subprocess.run(["buildah", "rm", container], capture_output=True)
+
+
+def test_the_arm64_image_is_arm_code_for_a_user_of_its_own(arm_image: str) -> None:
+    data = json.loads(subprocess.run(["buildah", "inspect", "--type", "image", "localhost/llamawheel-api:cpu-aarch64"],
+                                     capture_output=True, text=True, check=True).stdout)
+    config = data["Docker"]["config"]
+    assert data["OCIv1"]["architecture"] == "arm64"
+    assert config["User"] == "1000:1000" and config["Entrypoint"] == ["python3", "-m", "llamawheel_runtime.serve"]
+    top = Path(arm_image)
+    (lib,) = (top / "opt/llama/site/llama_cpp/lib").glob("libggml-cpu-armv8.0_1.so")
+    assert lib.read_bytes()[18] == 183  # e_machine: EM_AARCH64
+    assert not list(top.glob("usr/bin/gcc*")) and not (top / "opt/llama/site/pip").exists()
+    assert "llama:x:1000:1000" in (top / "etc/passwd").read_text()
+
+
+def test_the_arm64_images_server_answers_a_chat_under_qemu(arm_image: str, model: Path, tmp_path: Path) -> None:
+    """The image's own entry point, its files as they are in the image, run as a Neoverse N1 under QEMU, serving the
+    tiny model on loopback with a key: the API llama-gpt's UI uses answers."""
+    top = Path(arm_image)
+    models = tmp_path / "models"
+    models.mkdir(mode=0o755)
+    models.chmod(0o755)  # as a user's models folder: readable by the image's user
+    shutil.copy(model, models / "llama-2-7b-chat.gguf")
+    port = free_port()
+    # the models folder by its path here, not bound at /models: QEMU 7.2 does not apply -L to faccessat2, so the
+    # server's readability check would look at this machine's /models
+    env = {"HOST": "127.0.0.1", "PORT": str(port), "API_KEY": KEY, "MODELS_DIR": str(models),
+           "MODEL_CACHE": str(tmp_path),
+           "PYTHONPATH": "/opt/llama/site:/opt/llamawheel", "N_CTX": "512", "HOME": "/tmp"}
+    qemu = shutil.which(ARM.qemu)
+    assert qemu is not None
+    cmd = ["bwrap", "--bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--dev", str(top / "dev"), "--clearenv",
+           *[x for k, v in env.items() for x in ("--setenv", k, v)],
+           "--", qemu, "-cpu", "neoverse-n1", "-L", str(top), str(top / "usr/bin/python3"), "-m",
+           "llamawheel_runtime.serve"]
+    log = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+        models = None
+        for _ in range(600):
+            try:
+                with urllib.request.urlopen(urllib.request.Request(f"{url}/v1/models", headers=headers),
+                                            timeout=5) as r:
+                    models = json.loads(r.read())
+                    break
+            except OSError:
+                assert log.poll() is None, log.stdout.read() if log.stdout else ""
+                time.sleep(0.5)
+        assert models is not None and models["data"], models
+        body = {"model": models["data"][0]["id"], "max_tokens": 8,
+                "messages": [{"role": "user", "content": "Once upon a time"}]}
+        request = urllib.request.Request(f"{url}/v1/chat/completions", data=json.dumps(body).encode(),
+                                         headers=headers, method="POST")
+        with urllib.request.urlopen(request, timeout=600) as r:
+            answer = json.loads(r.read())
+        print(f"arm64 image under qemu-aarch64 -cpu neoverse-n1: {models['data'][0]['id']}: {answer['usage']}")
+        assert answer["choices"][0]["message"]["content"] and answer["usage"]["completion_tokens"] > 0
+    finally:
+        if log.poll() is None:
+            os.killpg(log.pid, signal.SIGTERM)
+        log.wait(timeout=60)

@@ -104,7 +104,11 @@ def test_context_only_writes_everything_the_containerfile_copies(
 def test_context_only_for_a_variant_the_index_lacks(wheels: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "image", "--variant", "cu124", "--index", str(wheels), "--context-only", "/tmp/x")
     assert code == 2
-    assert f"ERROR the cu124 index in {wheels} has no llama-cpp-python wheel (variants there: cu130)" in err
+    assert f"ERROR the cu124 index in {wheels} has no llama-cpp-python wheel for x86_64 (variants there: cu130)" in err
+    code, _, err = run(capsys, "image", "--variant", "cu130", "--platform", "aarch64", "--index", str(wheels),
+                       "--context-only", "/tmp/x")
+    assert code == 2  # the index holds x86-64 wheels only
+    assert f"ERROR the cu130 index in {wheels} has no llama-cpp-python wheel for aarch64" in err
 
 
 def test_an_unknown_wheel_version_lists_the_published_ones(wheels: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from llamawheel.core import log, paths
 from llamawheel.core.errors import UsageError
 from llamawheel.image.engine import SAVE_FORMATS
+from llamawheel.recipe import platforms
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -16,6 +17,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p = sub.add_parser("image", help="build the slim API image for llama-gpt from the private index")
     p.add_argument("--variant", default="cpu", help="the index variant to install: cpu, cu130, cu124 ... (default cpu)")
     p.add_argument("--index", type=Path, help="index folder (default: wheels/)")
+    p.add_argument("--platform", help="the machine the image runs on: x86_64 (default) or aarch64 (built here "
+                                      "without running anything of it; run it on Arm, or under QEMU)")
     p.add_argument("--wheel-version", help="the llama-cpp-python version to install (default: the newest published)")
     p.add_argument("--mirror", help="mirror profile: the apt mirror for the base, the registry mirror for --base")
     p.add_argument("--engine", help="docker, podman or buildah (default: the first that works here)")
@@ -65,18 +68,26 @@ def _cmd_image(args: argparse.Namespace) -> int:
 
     mirror = profiles.load_profile(args.mirror)
     index_root = (args.index or paths.wheels_dir()).resolve()
+    target = platforms.get(args.platform or platforms.X86_64.name)
     if args.context_only:
-        wheel = image.chosen_wheel(index_root, args.variant, args.wheel_version)
+        wheel = image.chosen_wheel(index_root, args.variant, args.wheel_version, target)
         if wheel is None:
             known = ", ".join(image.variants_in(index_root)) or "none"
-            raise UsageError(f"the {args.variant} index in {index_root} has no llama-cpp-python wheel"
-                             f" (variants there: {known})", "publish one first: llamawheel publish wheels/*.whl")
+            raise UsageError(f"the {args.variant} index in {index_root} has no llama-cpp-python wheel for "
+                             f"{target.name} (variants there: {known})",
+                             "publish one first: llamawheel publish wheels/*.whl")
         dest = args.context_only.resolve()
         if dest.exists():
             raise UsageError(f"{dest} already exists", "pass a folder that does not exist yet")
         image.write_context(wheel, dest, image.pip_wheel(mirror), image.converter_files(mirror))
         base = args.base if args.base and args.base != "registry" else image.registry_base(mirror)
+        if not target.native:  # an unpacked base of the target's (no shell: the Containerfile runs nothing)
+            base = image.foreign.base_ref(image.SUITE, target)
+            print(f"(the base {base} is made by llamawheel image --platform {target.name}: mmdebstrap's extract "
+                  "variant, imported with its architecture)")
         build = ["docker", "build", "-t", image.tags_for(wheel)[0]]
+        if not target.native:
+            build += ["--platform", f"linux/{target.debian_arch}"]
         for key, value in image.build_args(base, mirror, wheel).items():
             build += ["--build-arg", f"{key}={value}"]
         print(f"wrote the build context for llama-cpp-python {wheel.version} to {dest}; build it with:")
@@ -84,20 +95,20 @@ def _cmd_image(args: argparse.Namespace) -> int:
         print("(podman build and buildah bud take the same arguments; add --format docker to keep the health check)")
         return 0
     engine = image_engine.find(args.engine)
-    wheel = image.ensure_wheel(index_root, args.variant, mirror, args.wheel_version)
+    wheel = image.ensure_wheel(index_root, args.variant, mirror, args.wheel_version, target)
     base = image.registry_base(mirror) if args.base == "registry" else args.base
     result = image.build(engine, wheel, mirror, base=base, refresh_base=args.refresh_base, save=args.save,
                          save_format=args.save_format)
-    target = image.size_target_mb(wheel.variant)
+    size_target = image.size_target_mb(wheel.variant)
     print(f"built {', '.join(result.tags)} with {engine.name}")
-    print(f"    size {log.human_size(result.size)} uncompressed (target: under {target} MB)")
+    print(f"    size {log.human_size(result.size)} uncompressed (target: under {size_target} MB)")
     print(f"    manifest {result.manifest_path}")
     if result.archive is not None:
         print(f"    archive {result.archive} (sha256 {result.archive_sha256})")
         print("    on the offline machine: sha256sum -c " + result.archive.name + ".sha256 && podman load -i "
               + result.archive.name + "   (or docker load -i)")
     profile = args.mirror or mirror.name
-    print(f"    for docker compose: llamawheel compose-env --variant {wheel.variant} --mirror {profile}"
+    print(f"    for docker compose: llamawheel compose-env --variant {result.tags[0].split(':')[-1]} --mirror {profile}"
           "   (writes docker/.env: this image, and llama-gpt's UI through the profile's ghcr mirror)")
     return 0
 

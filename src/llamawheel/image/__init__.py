@@ -32,14 +32,16 @@ from llamawheel.build import options, patches, planning, sdist
 from llamawheel.core import fileio, log, paths
 from llamawheel.core.errors import ImageError, UsageError
 from llamawheel.core.proc import CommandFailed, run_streamed
-from llamawheel.image import compose
+from llamawheel.image import compose, foreign
 from llamawheel.image.engine import Engine
 from llamawheel.mirror import profiles
 from llamawheel.mirror.profiles import MirrorProfile
 from llamawheel.pipeline import wheelhouse
 from llamawheel.publish import closure, index
-from llamawheel.recipe import catalog
+from llamawheel.recipe import catalog, platforms
+from llamawheel.recipe.platforms import X86_64, Platform
 from llamawheel.recipe.variant import cuda_version_of
+from llamawheel.wheel.distmeta import WheelName
 
 IMAGE_REPOSITORY = compose.API_REPOSITORY
 BASE_REPOSITORY = "localhost/llamawheel-base"
@@ -152,15 +154,20 @@ class IndexedWheel:
     name: str
     sha256: str
     index: Path
+    platform: Platform = X86_64
+    """The machine the wheel (and so the image) is for."""
 
 
-def chosen_wheel(index_root: Path, variant: str, version: str | None = None) -> IndexedWheel | None:
-    """The llama-cpp-python wheel of ``variant`` in the index: ``version``, else the newest published."""
+def chosen_wheel(index_root: Path, variant: str, version: str | None = None,
+                 target: Platform = X86_64) -> IndexedWheel | None:
+    """The llama-cpp-python wheel of ``variant`` for ``target`` in the index: ``version``, else the newest
+    published (an index holds the wheels of every platform side by side)."""
     vdir = index_root / variant
     if not (vdir / "simple").exists():
         return None
     state = index.load_state(vdir)
-    wheels = [f for f in state.files if f.project == "llama-cpp-python" and f.direct]
+    wheels = [f for f in state.files if f.project == "llama-cpp-python" and f.direct
+              and platforms.of_tag(WheelName.parse(f.name).platform) == target]
     if version:
         wheels = [f for f in wheels if f.version == version]
         if not wheels:
@@ -169,7 +176,7 @@ def chosen_wheel(index_root: Path, variant: str, version: str | None = None) -> 
     if not wheels:
         return None
     best = max(wheels, key=lambda f: Version(f.version))
-    return IndexedWheel(variant, best.version, best.name, best.sha256, vdir)
+    return IndexedWheel(variant, best.version, best.name, best.sha256, vdir, target)
 
 
 def pip_wheel(mirror: MirrorProfile) -> Path:
@@ -224,15 +231,20 @@ def _link_tree(source: Path, dest: Path) -> None:
 def write_context(wheel: IndexedWheel, dest: Path, pip: Path, converter: Path) -> None:
     """The build context: the Containerfile, the variant's index, pip, the runtime package (with llama.cpp's
     GGML converter), and the constraints that keep NVIDIA's runtime wheels at the release the wheel was built
-    against."""
+    against. For another machine's platform, `foreign`'s: the wheel and its closure installed here instead of the
+    index and pip."""
     dest.mkdir(parents=True)
-    shutil.copy2(paths.containerfile(), dest / "Containerfile")
-    shutil.copytree((wheel.index / "simple").resolve(), dest / "index" / "simple")
-    _link_tree(wheel.index / "files", dest / "index" / "files")
-    (dest / "pip").mkdir()
-    shutil.copy2(pip, dest / "pip" / pip.name)
     pins = closure.runtime_pins(wheel.index / "files" / wheel.sha256 / wheel.name)
     (dest / "constraints.txt").write_text("".join(f"{p}\n" for p in pins))
+    if not wheel.platform.native:
+        foreign.write_context(dest, wheel.index / "simple", requirement(wheel), dest / "constraints.txt", pip,
+                              wheel.platform)
+    else:
+        shutil.copy2(paths.containerfile(), dest / "Containerfile")
+        shutil.copytree((wheel.index / "simple").resolve(), dest / "index" / "simple")
+        _link_tree(wheel.index / "files", dest / "index" / "files")
+        (dest / "pip").mkdir()
+        shutil.copy2(pip, dest / "pip" / pip.name)
     (dest / "runtime").mkdir()
     for name in RUNTIME_FILES:
         shutil.copy2(paths.runtime_dir() / name, dest / "runtime" / name)
@@ -243,13 +255,20 @@ def write_context(wheel: IndexedWheel, dest: Path, pip: Path, converter: Path) -
 
 
 def tags_for(wheel: IndexedWheel) -> tuple[str, ...]:
-    """``llamawheel-api:cu130`` (the variant's latest) and ``llamawheel-api:0.3.36-cu130.sm90``."""
+    """``llamawheel-api:cu130`` (the variant's latest) and ``llamawheel-api:0.3.36-cu130.sm90``; for another
+    platform than x86-64, with its name: ``llamawheel-api:cu130-aarch64``."""
     exact = re.sub(r"[^A-Za-z0-9_.-]", "-", wheel.version.replace("+", "-"))
-    return f"{IMAGE_REPOSITORY}:{wheel.variant}", f"{IMAGE_REPOSITORY}:{exact}"
+    suffix = "" if wheel.platform == X86_64 else f"-{wheel.platform.name}"
+    return f"{IMAGE_REPOSITORY}:{wheel.variant}{suffix}", f"{IMAGE_REPOSITORY}:{exact}{suffix}"
+
+
+def requirement(wheel: IndexedWheel) -> str:
+    """What the image installs: the wheel, with the server's dependencies."""
+    return f"llama-cpp-python[server]=={wheel.version}"
 
 
 def build_args(base: str, mirror: MirrorProfile, wheel: IndexedWheel) -> dict[str, str]:
-    args = {"BASE_IMAGE": base, "REQUIREMENT": f"llama-cpp-python[server]=={wheel.version}"}
+    args = {"BASE_IMAGE": base, "REQUIREMENT": requirement(wheel)}
     if mirror.debian:
         args["APT_MIRROR"] = mirror.debian
     return args
@@ -280,7 +299,8 @@ def _engine_build(engine: Engine, wheel: IndexedWheel, mirror: MirrorProfile, ba
         write_context(wheel, context, pip, converter_files(mirror))
         log.info(f"building {tags[0]} with {engine.name}: llama-cpp-python {wheel.version} from {wheel.index}")
         started = time.monotonic()
-        engine.build(context, tags, build_args(base_image, mirror, wheel), log_file, _show_build)
+        engine.build(context, tags, build_args(base_image, mirror, wheel), log_file, _show_build,
+                     "" if wheel.platform.native else wheel.platform.debian_arch)
         seconds = time.monotonic() - started
     new_id = engine.image_id(tags[0])
     for old in replaced - {new_id, ""}:
@@ -301,7 +321,13 @@ def build(
     """Build the image for ``wheel``; with ``save``, also write it as an OCI (or Docker) archive with its
     sha256."""
     started = time.monotonic()
-    if base is None:
+    if not wheel.platform.native:
+        if base is not None:
+            raise UsageError(f"--base: a {wheel.platform.name} image is built from a base llamawheel unpacks "
+                             f"(nothing of it can run here), not from {base}", "drop --base")
+        base_image, base_seconds = foreign.make_base(engine, mirror, SUITE, wheel.platform, refresh_base)
+        base_from = f"mmdebstrap {SUITE} {wheel.platform.debian_arch}, unpacked, from the apt mirror ({mirror.name})"
+    elif base is None:
         base_image, base_seconds = make_base(engine, mirror, refresh_base)
         base_from = f"mmdebstrap {SUITE} from the apt mirror ({mirror.name})"
     else:
@@ -316,9 +342,10 @@ def build(
              f" built in {log.human_time(time.monotonic() - started)}")
     manifest: dict[str, Any] = {
         "image": tags[0], "tags": list(tags), "image_id": new_id, "engine": engine.name,
-        "variant": wheel.variant, "llama_cpp_python": wheel.version, "wheel": wheel.name,
+        "variant": wheel.variant, "platform": wheel.platform.name, "llama_cpp_python": wheel.version,
+        "wheel": wheel.name,
         "wheel_sha256": wheel.sha256, "index": str(wheel.index), "base": base_image, "base_from": base_from,
-        "base_recipe": base_recipe() if base is None else None, "size_bytes": size,
+        "base_recipe": base_recipe() if base is None and wheel.platform.native else None, "size_bytes": size,
         "size_target_bytes": target * 1_000_000, "seconds": {"base": round(base_seconds, 1),
                                                              "build": round(build_seconds, 1),
                                                              "total": round(time.monotonic() - started, 1)},
@@ -334,7 +361,7 @@ def build(
         manifest["archive"] = {"file": save.name, "format": f"{save_format}-archive", "sha256": archive_sha,
                                "size_bytes": save.stat().st_size}
     manifest_path = (save.with_name(save.name + ".json") if save is not None
-                     else paths.images_dir() / f"llamawheel-api-{wheel.variant}.json")
+                     else paths.images_dir() / f"llamawheel-api-{tags[0].split(':')[-1]}.json")
     fileio.write_file(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
     return ImageResult(tags, size, manifest, manifest_path, save, archive_sha)
 
@@ -353,16 +380,17 @@ def save_archive(engine: Engine, ref: str, out: Path, fmt: str = "oci") -> str:
     return digest
 
 
-def ensure_wheel(index_root: Path, variant: str, mirror: MirrorProfile, version: str | None) -> IndexedWheel:
-    """The variant's wheel from the index; when there is none yet, build it and publish it first."""
-    found = chosen_wheel(index_root, variant, version)
+def ensure_wheel(index_root: Path, variant: str, mirror: MirrorProfile, version: str | None,
+                 target: Platform = X86_64) -> IndexedWheel:
+    """The variant's wheel for ``target`` from the index; when there is none yet, build it and publish it first."""
+    found = chosen_wheel(index_root, variant, version, target)
     if found is not None:
         return found
     if version:
         raise UsageError(f"the {variant} index has no llama-cpp-python {version}")
     log.info(f"the {variant} index in {index_root} has no llama-cpp-python wheel: building and publishing one first")
     opts = options.resolve({"mirror": mirror.name if mirror.name in profiles.available() else str(mirror.path),
-                            "out": index_root})
+                            "out": index_root, "platform": target.name})
     if variant == "cpu":
         plan = planning.plan_cpu(catalog.cpu_recipe(), opts)
     else:
@@ -373,7 +401,7 @@ def ensure_wheel(index_root: Path, variant: str, mirror: MirrorProfile, version:
         plan = planning.plan_cuda(recipe, minor, opts)
     wheel = pipeline.run(plan)
     index.publish([wheel], index_root=index_root, mirror=mirror)
-    found = chosen_wheel(index_root, variant)
+    found = chosen_wheel(index_root, variant, target=target)
     if found is None:
         raise ImageError(f"published {wheel.name} but the {variant} index still lists no llama-cpp-python wheel")
     return found

@@ -55,10 +55,13 @@ class Engine:
         return self._query([*self._inspect(), ref]).returncode == 0
 
     def build(self, context: Path, tag: Sequence[str], build_args: Mapping[str, str], log_file: Path,
-              on_line: Callable[[str], None]) -> None:
+              on_line: Callable[[str], None], arch: str = "") -> None:
+        """Build ``context``'s Containerfile; ``arch`` (Debian's name: ``arm64``) for another machine's image."""
         args = ["bud"] if self.name == "buildah" else ["build"]
         if self.name != "docker":
             args += ["--format", "docker", "--layers=false"]
+        if arch:
+            args += ["--platform", f"linux/{arch}"]
         for t in tag:
             args += ["-t", t]
         for key, value in build_args.items():
@@ -66,19 +69,21 @@ class Engine:
         args += ["-f", str(context / "Containerfile"), str(context)]
         self._run(args, "build the image", on_line=on_line, log_file=log_file)
 
-    def import_rootfs(self, tarball: Path, ref: str, env: Mapping[str, str]) -> None:
-        """Make an image from a root file system tarball (what mmdebstrap writes)."""
+    def import_rootfs(self, tarball: Path, ref: str, env: Mapping[str, str], arch: str = "") -> None:
+        """Make an image from a root file system tarball (what mmdebstrap writes); ``arch`` (``arm64``) for another
+        machine's."""
         if self.name == "buildah":
             container = self._run(["from", "scratch"], "start an empty container")[-1].strip()
             try:
                 self._run(["add", container, str(tarball), "/"], "unpack the base into it")
-                config = [f"--env={k}={v}" for k, v in env.items()]
+                config = [f"--env={k}={v}" for k, v in env.items()] + ([f"--arch={arch}"] if arch else [])
                 self._run(["config", *config, "--cmd", "/bin/sh", container], "configure the base")
                 self._run(["commit", "--quiet", "--format", "docker", container, ref], "commit the base")
             finally:
                 self._query(["rm", container])
         else:
             flags = [x for k, v in env.items() for x in ("--change", f"ENV {k}={v}")]
+            flags += ["--platform", f"linux/{arch}"] if arch else []
             self._run(["import", *flags, str(tarball), ref], "import the base")
 
     def size(self, ref: str) -> int:
