@@ -29,3 +29,22 @@ def test_llama_cpp_python_cuda13_sm90_wheel(tmp_path: Path) -> None:
     assert wheel.name.endswith("-py3-none-manylinux_2_28_x86_64.whl")  # built in the Debian 11 root, for glibc 2.28
     assert manifest["build_env"]["name"] == "bullseye"
     assert len(libs) == len(set(libs))
+
+
+def test_llama_cpp_python_cuda13_for_grace_hopper_and_dgx_spark_on_arm(tmp_path: Path) -> None:
+    """The README's Arm command: CUDA 13.0, sm_90 + sm_121, cross-compiled for aarch64 in the bullseye root (about
+    40 minutes cold on 2 cores, the CPU part from the compile cache of the aarch64 CPU wheel)."""
+    result = llamawheel("build", "13", "--arch", "grace-hopper,dgx-spark", "--platform", "aarch64", "--out",
+                        str(tmp_path), timeout=7200)
+    assert result.returncode == 0, result.stderr[-4000:]
+    (wheel,) = tmp_path.glob("llama_cpp_python-0.3.36+cu130.sm90.sm121-py3-none-manylinux_2_28_aarch64.whl")
+    assert "result: PASS" in result.stdout
+    for check in ("PASS  machine", "EM_AARCH64", "PASS  machine code sm_90", "PASS  machine code sm_121",
+                  "armv8.0_1", "armv8.6_2", "needs libcublas.so.13"):
+        assert check in result.stdout, check
+    manifest = json.loads(wheel.with_name(wheel.name + ".json").read_text())
+    assert manifest["platform"] == "aarch64" and manifest["glibc"]["target"] == "2.28"
+    assert [p["file"] for p in manifest["source"]["patches"]][-1] == "arm-cpu-variants.patch"
+    # linked against NVIDIA's aarch64 cuBLAS, recorded with the toolchain's downloads
+    assert any(f["file"].startswith("nvidia_cublas-13.10.0.20-") and f["file"].endswith("_aarch64.whl")
+               for f in manifest["fetched"]["toolchain"])

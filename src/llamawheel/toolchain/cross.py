@@ -33,7 +33,7 @@ LIB_FOLDERS = ("/lib/", "/lib64/")
 
 def _pins(host: CudaRoot, minor: CudaMinor, target: Platform) -> str:
     marker = json.loads((host.path / MARKER).read_text())
-    lines = [str(marker.get("pins", "")), host.path.name, target.name,
+    lines = ["records: 2", str(marker.get("pins", "")), host.path.name, target.name,
              *(p.requirement_line() for p in minor.targets[target.name].packages)]
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
@@ -106,7 +106,7 @@ def cross_root(host: CudaRoot, minor: CudaMinor, target: Platform, mirror: Mirro
                 alias.symlink_to(target.cuda_target)
             origin = f"{host.origin}, with NVIDIA's {target.name} runtime wheels ({mirror.name} mirror)"
             root = seal(tmp, final, host.version, host.provider, origin, host.nvcc_version, fetched, started,
-                        {"pins": pins, "platform": target.name, "toolchain": host.path.name})
+                        {"pins": pins, "platform": target.name, "toolchain": host.path.name}, host.fetched)
         announce(root, started)
         return root
 

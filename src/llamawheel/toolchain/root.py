@@ -88,12 +88,14 @@ def cached_root(root: Path, pins: str) -> CudaRoot | None:
 
 
 def seal(tmp: Path, final: Path, version: str, provider: str, origin: str, nvcc_version: str,
-         fetched: list[Fetched], started: float, extra: dict[str, object]) -> CudaRoot:
-    """Describe the finished root in ``tmp`` (which becomes ``final``), made of the ``fetched`` files, and write
-    its marker last: a root without a marker is never trusted. The list of its files is written just before."""
+         fetched: list[Fetched], started: float, extra: dict[str, object],
+         earlier: tuple[dict[str, Any], ...] = ()) -> CudaRoot:
+    """Describe the finished root in ``tmp`` (which becomes ``final``), made of the ``fetched`` files (and the
+    ``earlier`` ones of a root it was made from), and write its marker last: a root without a marker is never
+    trusted. The list of its files is written just before."""
     root = CudaRoot(path=final, version=version, provider=provider, origin=origin, nvcc_version=nvcc_version,
                     download_bytes=provenance.total_size(fetched), size_bytes=tree_size(tmp),
-                    fetched=tuple(provenance.to_json(fetched)))
+                    fetched=(*earlier, *provenance.to_json(fetched)))
     marker = root.to_json() | extra | {"seconds": round(time.monotonic() - started, 1)}
     record_files(tmp, compilers)
     (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
