@@ -27,7 +27,7 @@ from llamawheel.recipe import platforms
 from llamawheel.toolchain import buildroot
 from llamawheel.wheel.wheelfile import Entry, read_entries, write_wheel
 
-from .conftest import FIXTURE, free_port, llamawheel
+from .conftest import FIXTURE, KERNEL_SCRIPT, free_port, llamawheel
 
 ARM = platforms.AARCH64
 pytestmark = pytest.mark.skipif(
@@ -138,42 +138,12 @@ def test_three_cpu_models_load_three_levels_and_each_answers(userland: buildroot
     assert chosen == {"cortex-a57": "armv8.0_1", "neoverse-n1": "armv8.2_2", "max": "armv8.6_2"}, chosen
 
 
-KERNEL = r'''
-# One CPU level's own code, called directly (no score check, no probe): a 256x256 f32 matrix product.
-import ctypes, sys
-from pathlib import Path
-lib = Path(sys.argv[1]); variant = sys.argv[2]
-base = ctypes.CDLL(str(lib / "libggml-base.so"))
-cpu = ctypes.CDLL(str(lib / f"libggml-cpu-{variant}.so"))
-class Params(ctypes.Structure):
-    _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
-P = ctypes.c_void_p
-base.ggml_init.restype = P; base.ggml_init.argtypes = [Params]
-base.ggml_new_tensor_2d.restype = P
-base.ggml_new_tensor_2d.argtypes = [P, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-base.ggml_mul_mat.restype = P; base.ggml_mul_mat.argtypes = [P, P, P]
-base.ggml_new_graph.restype = P; base.ggml_new_graph.argtypes = [P]
-base.ggml_build_forward_expand.argtypes = [P, P]
-cpu.ggml_set_f32.restype = P; cpu.ggml_set_f32.argtypes = [P, ctypes.c_float]
-cpu.ggml_graph_compute_with_ctx.argtypes = [P, P, ctypes.c_int]
-cpu.ggml_get_f32_1d.restype = ctypes.c_float; cpu.ggml_get_f32_1d.argtypes = [P, ctypes.c_int]
-cpu.ggml_cpu_init()
-ctx = base.ggml_init(Params(64 * 1024 * 1024, None, False))
-a = base.ggml_new_tensor_2d(ctx, 0, 256, 256); b = base.ggml_new_tensor_2d(ctx, 0, 256, 256)
-cpu.ggml_set_f32(a, 0.5); cpu.ggml_set_f32(b, 2.0)
-c = base.ggml_mul_mat(ctx, a, b)
-gf = base.ggml_new_graph(ctx); base.ggml_build_forward_expand(gf, c)
-cpu.ggml_graph_compute_with_ctx(ctx, gf, 1)
-print(variant, cpu.ggml_get_f32_1d(c, 0))
-'''
-
-
 def test_the_armv8_6_level_dies_with_sigill_on_a_cortex_a57_and_the_armv8_0_level_runs(
         userland: buildroot.Root, site: Path) -> None:
     lib = site / "llama_cpp" / "lib"
-    runs = run_as(userland, "cortex-a57", PYTHON, "-c", KERNEL, str(lib), "armv8.0_1")
+    runs = run_as(userland, "cortex-a57", PYTHON, "-c", KERNEL_SCRIPT, str(lib), "armv8.0_1")
     assert runs.returncode == 0 and runs.stdout.split() == ["armv8.0_1", "256.0"], runs.stderr[-2000:]
-    dies = run_as(userland, "cortex-a57", PYTHON, "-c", KERNEL, str(lib), "armv8.6_2")
+    dies = run_as(userland, "cortex-a57", PYTHON, "-c", KERNEL_SCRIPT, str(lib), "armv8.6_2")
     assert dies.returncode in (-signal.SIGILL, 128 + signal.SIGILL), (dies.returncode, dies.stderr[-2000:])
     assert "Illegal instruction" in dies.stderr
 

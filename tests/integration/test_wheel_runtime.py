@@ -25,6 +25,8 @@ from llamawheel.pipeline import manifest
 from llamawheel.recipe import catalog
 from llamawheel.recipe.platforms import X86_64
 
+from .conftest import KERNEL_SCRIPT
+
 STREAM_SCRIPT = r'''
 import json, sys
 import llama_cpp
@@ -130,36 +132,6 @@ def test_the_wheel_holds_every_x86_level_and_loads_the_best_that_runs(venv: Path
 
 QEMU = shutil.which("qemu-x86_64")
 needs_qemu = pytest.mark.skipif(QEMU is None, reason="needs qemu-user (apt-get install qemu-user; .ci/run does)")
-
-
-KERNEL_SCRIPT = r'''
-# One CPU level's own code, called directly (no score check, no choice): a 256x256 f32 matrix product.
-import ctypes, sys
-from pathlib import Path
-lib = Path(sys.argv[1]); variant = sys.argv[2]
-base = ctypes.CDLL(str(lib / "libggml-base.so"))
-cpu = ctypes.CDLL(str(lib / f"libggml-cpu-{variant}.so"))
-class Params(ctypes.Structure):
-    _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
-P = ctypes.c_void_p
-base.ggml_init.restype = P; base.ggml_init.argtypes = [Params]
-base.ggml_new_tensor_2d.restype = P
-base.ggml_new_tensor_2d.argtypes = [P, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-base.ggml_mul_mat.restype = P; base.ggml_mul_mat.argtypes = [P, P, P]
-base.ggml_new_graph.restype = P; base.ggml_new_graph.argtypes = [P]
-base.ggml_build_forward_expand.argtypes = [P, P]
-cpu.ggml_set_f32.restype = P; cpu.ggml_set_f32.argtypes = [P, ctypes.c_float]
-cpu.ggml_graph_compute_with_ctx.argtypes = [P, P, ctypes.c_int]
-cpu.ggml_get_f32_1d.restype = ctypes.c_float; cpu.ggml_get_f32_1d.argtypes = [P, ctypes.c_int]
-cpu.ggml_cpu_init()
-ctx = base.ggml_init(Params(64 * 1024 * 1024, None, False))
-a = base.ggml_new_tensor_2d(ctx, 0, 256, 256); b = base.ggml_new_tensor_2d(ctx, 0, 256, 256)
-cpu.ggml_set_f32(a, 0.5); cpu.ggml_set_f32(b, 2.0)
-c = base.ggml_mul_mat(ctx, a, b)
-gf = base.ggml_new_graph(ctx); base.ggml_build_forward_expand(gf, c)
-cpu.ggml_graph_compute_with_ctx(ctx, gf, 1)
-print(variant, cpu.ggml_get_f32_1d(c, 0))
-'''
 
 
 @needs_qemu
