@@ -644,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"llamawheel: {note}", file=sys.stderr)
         cpu_variant = getattr(getattr(llama_cpp, "_backends", None), "CPU_VARIANT", None)
         if cpu_variant:
-            print(f"llamawheel: llama.cpp runs its {cpu_variant} CPU code (the best of the wheel's x86-64 levels "
+            print(f"llamawheel: llama.cpp runs its {cpu_variant} CPU code (the best of the wheel's CPU levels "
                   "that runs here)", file=sys.stderr)
         origins = "from " + ", ".join(guard.cors_origins) if guard.cors_origins else "refused"
         print(f"llamawheel: serving {config.model} as {config.alias} on {config.host}:{config.port}"
