@@ -10,7 +10,8 @@ INTEGRATION = Path(__file__).parent / "integration"
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--run-slow", action="store_true", default=False,
-        help="also run tests marked slow (a full llama-cpp-python CUDA build: tens of minutes on 2 cores)",
+        help="also run tests marked slow (full llama-cpp-python CUDA builds, for x86-64 and aarch64: tens of minutes "
+             "on 2 cores each; the arm64 image's chat under QEMU)",
     )
 
 
@@ -22,9 +23,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
     if config.getoption("--run-slow"):
         return
-    skip = pytest.mark.skip(
-        reason="slow: a full llama-cpp-python build; run with --run-slow (nox -s integration -- --run-slow)"
-    )
     for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
+        if "slow" in item.keywords:  # the reason says what the test is (its docstring's first sentence)
+            doc = " ".join((getattr(item.function, "__doc__", None) or "a full llama-cpp-python build.").split())
+            what = doc.split(". ")[0].rstrip(".")
+            item.add_marker(pytest.mark.skip(reason=f"slow ({what}); run with --run-slow (nox -s integration -- "
+                                                    "--run-slow)"))

@@ -231,9 +231,11 @@ def test_the_arm64_image_is_arm_code_for_a_user_of_its_own(arm_image: str) -> No
     assert "llama:x:1000:1000" in (top / "etc/passwd").read_text()
 
 
+@pytest.mark.slow
 def test_the_arm64_images_server_answers_a_chat_under_qemu(arm_image: str, model: Path, tmp_path: Path) -> None:
     """The image's own entry point, its files as they are in the image, run as a Neoverse N1 under QEMU, serving the
-    tiny model on loopback with a key: the API llama-gpt's UI uses answers."""
+    tiny model on loopback with a key: the API llama-gpt's UI uses answers. Behind --run-slow (about 80 s) to keep a
+    cold .ci/run on a fresh 2-core machine under an hour; the image's build and contents are checked above."""
     top = Path(arm_image)
     models = tmp_path / "models"
     models.mkdir(mode=0o755)
