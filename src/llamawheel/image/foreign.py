@@ -31,10 +31,12 @@ from llamawheel.core.proc import CommandFailed, run_streamed
 from llamawheel.image.engine import Engine
 from llamawheel.mirror.profiles import MirrorProfile
 from llamawheel.recipe.platforms import Platform
+from llamawheel.toolchain.buildroot import SUITES
 from llamawheel.wheel.requirements import platforms_for
 
-PYTHON = "3.11"
-"""The base's Python (Debian 12's)."""
+BOOKWORM = SUITES["bookworm"]
+"""The base's Debian release: its Python and glibc are what pip installs for."""
+PYTHON = BOOKWORM.python
 PACKAGES = ("python3-minimal", "libpython3.11-stdlib", "libstdc++6", "base-files", "tzdata")
 """Unpacked with what they depend on: Python, the C++ runtime, os-release, time zones."""
 EXCLUDES = ("/usr/share/man/*", "/usr/share/doc/*", "/usr/share/locale/*", "/usr/share/info/*")
@@ -92,7 +94,8 @@ def install_site(index_simple: Path, requirement: str, constraints: Path, pip: P
     """pip (the pinned wheel, run by this Python) installs ``requirement`` and its closure into ``dest`` as the
     target's Python would: its platform's wheels only, from the private index only, then drops what nothing runs
     (numpy's tests, NVIDIA's headers and static libraries), as the image of this machine's platform does."""
-    tags = platforms_for([f"manylinux_2_36_{target.name}"])  # bookworm's glibc, and every older tag
+    major, minor = BOOKWORM.glibc
+    tags = platforms_for([f"manylinux_{major}_{minor}_{target.name}"])  # the base's glibc, and every older tag
     cmd = [sys.executable, str(pip / "pip"), "install", "--no-cache-dir", "--disable-pip-version-check",
            "--no-input", "--target", str(dest), "--only-binary=:all:", "--python-version", PYTHON,
            "--implementation", "cp", "--abi", f"cp{PYTHON.replace('.', '')}",
