@@ -158,7 +158,8 @@ def cpu_wheel(redis_store: RedisStore | None) -> Path:
     out = paths.cache_dir() / "test-wheels" / "cpu"
     shutil.rmtree(out, ignore_errors=True)  # a wheel of older recipes
     remote = ["--compile-cache-url", redis_store.url(CPU_REMOTE_DB)] if redis_store else []
-    result = llamawheel("build", "cpu", "--out", str(out), *remote, env=redis_store.env if redis_store else None)
+    result = llamawheel("build", "cpu", "--out", str(out), "--no-server", *remote,
+                        env=redis_store.env if redis_store else None)
     assert result.returncode == 0, result.stderr[-4000:]
     if redis_store:
         redis_store.filled.add(CPU_REMOTE_DB)
@@ -175,7 +176,7 @@ def arm_cpu_wheel() -> Path:
         return found[0]
     out = paths.cache_dir() / "test-wheels" / "cpu-aarch64"
     shutil.rmtree(out, ignore_errors=True)  # a wheel of older recipes
-    result = llamawheel("build", "cpu", "--platform", "aarch64", "--out", str(out))
+    result = llamawheel("build", "cpu", "--platform", "aarch64", "--out", str(out), "--no-server")
     assert result.returncode == 0, result.stderr[-4000:]
     (wheel,) = out.glob(ARM_CPU_PATTERN)
     return wheel
@@ -194,7 +195,7 @@ def cu130_wheel() -> Path:
         return found[0]
     out = paths.cache_dir() / "test-wheels" / "cu130.sm90"
     shutil.rmtree(out, ignore_errors=True)  # a wheel of older recipes
-    result = llamawheel("build", "13.0", "--arch", "90", "--out", str(out), timeout=5400)
+    result = llamawheel("build", "13.0", "--arch", "90", "--out", str(out), "--no-server", timeout=5400)
     assert result.returncode == 0, result.stderr[-4000:]
     (wheel,) = out.glob(CU130_PATTERN)
     return wheel

@@ -36,8 +36,10 @@ def model_tensors(blocks: int = 4, tied: bool = False) -> dict[str, np.ndarray]:
 
 
 def write_gguf(path: Path, tensors: dict[str, np.ndarray], blocks: int | None = 4,
-               heads_kv: int | list[int] = 2) -> Path:
+               heads_kv: int | list[int] = 2, chat_template: str | None = None) -> Path:
     w = gguf.GGUFWriter(path, "llama")
+    if chat_template is not None:
+        w.add_chat_template(chat_template)
     if blocks is not None:
         w.add_block_count(blocks)
     w.add_embedding_length(EMBD)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from llamawheel import cli, image, pipeline
+from llamawheel.core.errors import UsageError
 from llamawheel.image import engine as image_engine
 from llamawheel.mirror import profiles
 from llamawheel.publish import index
@@ -27,11 +28,15 @@ def _no_real_build(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def wheels(tmp_path: Path) -> Path:
-    """An index with two cu130 builds of llama-cpp-python (no closure: no network)."""
+    """An index with two cu130 builds of llama-cpp-python, the second published with llama.cpp's server of the
+    release (no closure: no network)."""
     built = tmp_path / "built"
     built.mkdir()
-    for version in ("0.3.36+cu130.sm86", "0.3.36+cu130.sm90"):
-        index.publish([make_wheel(built, version=version)], index_root=tmp_path / "wheels", with_closure=False)
+    server = make_wheel(built, name="llamawheel_server", version="0.3.36", platform="manylinux_2_28_x86_64",
+                        requires=("llama-cpp-python==0.3.36",), extras=(), package="llamawheel_server")
+    for version, companions in (("0.3.36+cu130.sm86", []), ("0.3.36+cu130.sm90", [server])):
+        index.publish([make_wheel(built, version=version), *companions], index_root=tmp_path / "wheels",
+                      with_closure=False)
     return tmp_path / "wheels"
 
 
@@ -56,7 +61,7 @@ def test_tags_and_build_arguments_pin_the_exact_wheel(wheels: Path) -> None:
     tsinghua = profiles.load_profile("tsinghua")
     args = image.build_args("localhost/llamawheel-base:x", tsinghua, chosen)
     assert args == {"BASE_IMAGE": "localhost/llamawheel-base:x",
-                    "REQUIREMENT": "llama-cpp-python[server]==0.3.36+cu130.sm90",
+                    "REQUIREMENT": "llama-cpp-python==0.3.36+cu130.sm90 llamawheel-server==0.3.36 uvicorn",
                     "APT_MIRROR": tsinghua.debian}
     assert "APT_MIRROR" not in image.build_args("b", profiles.load_profile("default"), chosen)
 
@@ -96,9 +101,22 @@ def test_context_only_writes_everything_the_containerfile_copies(
     (listed,) = [p for p in (dest / "index" / "files").rglob("*.whl") if "sm90" in p.name]
     assert listed.stat().st_size > 0
     assert "docker build -t localhost/llamawheel-api:cu130 --build-arg BASE_IMAGE=docker.io/library/debian:" \
-           "bookworm-slim --build-arg 'REQUIREMENT=llama-cpp-python[server]==0.3.36+cu130.sm90'" in out
+           "bookworm-slim --build-arg 'REQUIREMENT=llama-cpp-python==0.3.36+cu130.sm90 llamawheel-server==0.3.36 " \
+           "uvicorn'" in out
+    assert (dest / "index" / "simple" / "llamawheel-server" / "index.html").is_file()
     code, _, err = run(capsys, "image", "--variant", "cu130", "--index", str(wheels), "--context-only", str(dest))
     assert code == 2 and "already exists" in err
+
+
+def test_the_server_wheel_is_published_beside_the_wheels_of_its_release(wheels: Path, tmp_path: Path) -> None:
+    (wheel,) = [f for f in index.load_state(wheels / "cu130").files if f.project == "llama-cpp-python"
+                and "sm90" in f.name]
+    chosen = image.chosen_wheel(wheels, "cu130")
+    assert chosen is not None and chosen.name == wheel.name
+    assert image.server_in(chosen) == "llamawheel_server-0.3.36-py3-none-manylinux_2_28_x86_64.whl"
+    server = next((wheels / "cu130" / "files").rglob("llamawheel_server-*.whl"))
+    with pytest.raises(UsageError, match="publish it together with them"):
+        index.publish([server], index_root=wheels, with_closure=False)
 
 
 def test_context_only_for_a_variant_the_index_lacks(wheels: Path, capsys: pytest.CaptureFixture[str]) -> None:

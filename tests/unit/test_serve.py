@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from llamawheel.runtime import gpu_layers, serve
+from llamawheel.runtime import gpu_layers, serve, upstream
 
 from .gguf_files import VOCAB, model_tensors, write_gguf
 
@@ -137,10 +137,13 @@ def test_defaults(tmp_path: Path) -> None:
     config = serve.resolve({"MODELS_DIR": str(tmp_path)}, gpu_offload=False, threads_for=lambda: (3, "quota"))
     assert config == serve.ServeConfig(model=model, alias="/models/llama-2-7b-chat.bin", n_ctx=4096,
                                        n_gpu_layers=0, host="0.0.0.0", port=8000, notes=(NO_BACKEND,),
-                                       n_threads=3, threads_why="quota", max_queue=8, interrupt_requests="false")
-    assert config.environ() == {"MODEL": str(model), "MODEL_ALIAS": "/models/llama-2-7b-chat.bin", "N_CTX": "4096",
-                                "N_GPU_LAYERS": "0", "HOST": "0.0.0.0", "PORT": "8000", "N_THREADS": "3",
-                                "N_THREADS_BATCH": "3", "INTERRUPT_REQUESTS": "false"}
+                                       n_threads=3, threads_why="quota", max_queue=8, parallel=4,
+                                       chat_template="llama2", template_why="chat template llama2: the model has"
+                                       " none (CHAT_TEMPLATE names another)")
+    assert config.server_args(4321) == [
+        "--model", str(model), "--alias", "/models/llama-2-7b-chat.bin", "--host", "127.0.0.1", "--port", "4321",
+        "--parallel", "4", "--ctx-size", "16384", "--n-gpu-layers", "0", "--threads", "3", "--threads-batch", "3",
+        "--cont-batching", "--metrics", "--no-webui", "--fit", "off", "--chat-template", "llama2", "--no-jinja"]
 
 
 def test_empty_values_mean_the_defaults(tmp_path: Path) -> None:
@@ -163,14 +166,29 @@ def test_settings_from_the_environment(tmp_path: Path) -> None:
     model = fake_gguf(tmp_path / "x" / "m.gguf")
     environ = {"MODEL": str(model), "MODELS_DIR": str(tmp_path / "unused"),
                "MODEL_ALIAS": "/models/code-llama-13b-chat.gguf", "N_CTX": "8192", "N_GPU_LAYERS": "20",
-               "HOST": "127.0.0.1", "PORT": "9000", "N_THREADS": "5", "MAX_QUEUE": "2", "INTERRUPT_REQUESTS": "true"}
+               "HOST": "127.0.0.1", "PORT": "9000", "N_THREADS": "5", "MAX_QUEUE": "2", "PARALLEL": "2",
+               "CHAT_TEMPLATE": "chatml"}
     config = serve.resolve(environ, gpu_offload=True, gpu=None)
     assert config == serve.ServeConfig(model=model, alias="/models/code-llama-13b-chat.gguf", n_ctx=8192,
                                        n_gpu_layers=20, host="127.0.0.1", port=9000, notes=(), n_threads=5,
-                                       threads_why="set by N_THREADS", max_queue=2, interrupt_requests="true")
-    assert config.environ() == {"MODEL": str(model), "MODEL_ALIAS": "/models/code-llama-13b-chat.gguf",
-                                "N_CTX": "8192", "N_GPU_LAYERS": "20", "HOST": "127.0.0.1", "PORT": "9000",
-                                "N_THREADS": "5", "N_THREADS_BATCH": "5", "INTERRUPT_REQUESTS": "true"}
+                                       threads_why="set by N_THREADS", max_queue=2, parallel=2,
+                                       chat_template="chatml", template_why="chat template chatml (CHAT_TEMPLATE)")
+    args = config.server_args(1234)
+    assert args[args.index("--ctx-size") + 1] == "16384" and args[args.index("--parallel") + 1] == "2"
+    assert args[-3:] == ["--chat-template", "chatml", "--no-jinja"]
+
+
+def test_a_model_with_its_own_chat_template_keeps_it(tmp_path: Path) -> None:
+    model = write_gguf(tmp_path / "m.gguf", model_tensors(BLOCKS), chat_template="{{ x }}" * 400)
+    config = serve.resolve({"MODELS_DIR": str(tmp_path), "N_GPU_LAYERS": "0"}, gpu_offload=False)
+    assert (config.model, config.chat_template, config.template_why) == (model, "", "the model's own chat template")
+    assert "--chat-template" not in config.server_args(1234)
+
+
+def test_parallel_below_one_is_refused(tmp_path: Path) -> None:
+    fake_gguf(tmp_path / "m.gguf")
+    with pytest.raises(serve.ConfigError, match="PARALLEL=0: at least 1"):
+        serve.resolve({"MODELS_DIR": str(tmp_path), "PARALLEL": "0"}, gpu_offload=False)
 
 
 def test_n_gpu_layers_minus_one_passes_through(tmp_path: Path) -> None:
@@ -237,10 +255,12 @@ def test_auto_with_plenty_of_memory_puts_every_layer_on_the_gpu(tmp_path: Path) 
     gpu = gpu_layers.GpuMemory("Test GPU", 8 * GIB, 4 * GIB)
     config = serve.resolve({"MODELS_DIR": str(tmp_path)}, gpu_offload=True, gpu=gpu)
     assert config.n_gpu_layers == BLOCKS + 1
-    line = gpu_layers.plan(gpu_layers.read_layout(model), 4096, 4 * GIB, device="Test GPU").describe()
+    line = gpu_layers.plan(gpu_layers.read_layout(model), 4096, 4 * GIB, device="Test GPU", sequences=4).describe()
     assert config.notes == (line,)
     assert line.startswith("N_GPU_LAYERS=auto: all 5 layers on the GPU (") and "4.0 GiB free on Test GPU" in line
-    assert config.environ()["N_GPU_LAYERS"] == "5"
+    assert "KV cache at n_ctx 4096 for each of 4 chats" in line
+    args = config.server_args(1234)
+    assert args[args.index("--n-gpu-layers") + 1] == "5"
 
 
 def test_auto_with_little_memory_puts_fewer_layers_on_the_gpu(tmp_path: Path) -> None:
@@ -250,11 +270,16 @@ def test_auto_with_little_memory_puts_fewer_layers_on_the_gpu(tmp_path: Path) ->
     reserve = 768 * MIB + 512 * 4 * (4096 * 4 + VOCAB)
     two_layers = 12800 + 256 + 8192 + 256 + 8192 + 4096 * 32 * 2 * 2
     gpu = gpu_layers.GpuMemory("Small GPU", GIB, reserve + two_layers)
-    config = serve.resolve({"MODELS_DIR": str(tmp_path)}, gpu_offload=True, gpu=gpu)
+    one = {"MODELS_DIR": str(tmp_path), "PARALLEL": "1"}
+    config = serve.resolve(one, gpu_offload=True, gpu=gpu)
     assert config.n_gpu_layers == 2
     assert config.notes[0].startswith("N_GPU_LAYERS=auto: 2 of 5 layers on the GPU (")
     one_less = gpu_layers.GpuMemory("Small GPU", GIB, reserve + two_layers - 1)
-    assert serve.resolve({"MODELS_DIR": str(tmp_path)}, gpu_offload=True, gpu=one_less).n_gpu_layers == 1
+    assert serve.resolve(one, gpu_offload=True, gpu=one_less).n_gpu_layers == 1
+    # four chats: block 3's KV cache is four times as big; the reserve (one chat's attention) is the same
+    four_kv = gpu_layers.GpuMemory("Small GPU", GIB, reserve + two_layers + 3 * 4096 * 32 * 2 * 2)
+    assert serve.resolve({**one, "PARALLEL": "4"}, gpu_offload=True, gpu=four_kv).n_gpu_layers == 2
+    assert serve.resolve({**one, "PARALLEL": "4"}, gpu_offload=True, gpu=gpu).n_gpu_layers == 1
 
 
 def test_auto_uses_n_ctx(tmp_path: Path) -> None:
@@ -262,7 +287,8 @@ def test_auto_uses_n_ctx(tmp_path: Path) -> None:
     reserve_8k = 768 * MIB + 512 * 4 * (8192 * 4 + VOCAB)
     two_layers_at_4k = 12800 + 256 + 8192 + 256 + 8192 + 4096 * 32 * 2 * 2
     gpu = gpu_layers.GpuMemory("Small GPU", GIB, reserve_8k + two_layers_at_4k)
-    config = serve.resolve({"MODELS_DIR": str(tmp_path), "N_CTX": "8192"}, gpu_offload=True, gpu=gpu)
+    config = serve.resolve({"MODELS_DIR": str(tmp_path), "N_CTX": "8192", "PARALLEL": "1"}, gpu_offload=True,
+                           gpu=gpu)
     assert config.n_gpu_layers == 1  # block 3's KV cache doubles at n_ctx 8192: it no longer fits
     assert "at n_ctx 8192" in config.notes[0]
 
@@ -687,43 +713,50 @@ def admission_run(admission: serve.Admission, client: Client) -> None:
 
 
 def test_past_the_queue_a_request_gets_503_with_retry_after_at_once() -> None:
-    """One request runs and two wait (MAX_QUEUE=2): the fourth is refused without reaching the model."""
+    """Two requests are answered in their slots and two wait (PARALLEL=2, MAX_QUEUE=2): the fifth is refused
+    without reaching the model, and counted."""
     reached: list[int] = []
 
     async def app(s: Any, receive: Receive, send: Send) -> None:
         reached.append(1)
 
-    admission = serve.Admission(app, max_queue=2)
-    admission.in_flight = 3  # as while three requests are inside
+    gauges = upstream.Gauges(slots=2, max_queue=2)
+    admission = serve.Admission(app, gauges)
+    gauges.in_flight = 4  # as while four requests are inside
     client = Client(stream_body())
     admission_run(admission, client)
     got = error_response_with(client, b"retry-after", b"10")
     assert got["status"] == 503 and got["error"]["code"] == "server_busy"
-    assert "MAX_QUEUE=2" in got["error"]["message"] and reached == []
-    admission.in_flight = 2  # one of them finished: there is room again
+    assert "PARALLEL=2, MAX_QUEUE=2" in got["error"]["message"] and reached == []
+    assert "2 answer(s) are being written and 2 request(s) wait" in got["error"]["message"]
+    assert gauges.refused == 1 and "llamawheel_requests_refused_total 1\n" in gauges.prometheus()
+    assert "llamawheel_requests_waiting 2\n" in gauges.prometheus()
+    gauges.in_flight = 3  # one of them finished: there is room again
     admission_run(admission, Client(stream_body()))
-    assert reached == [1] and admission.in_flight == 2
+    assert reached == [1] and gauges.in_flight == 3
 
 
 def test_concurrent_requests_all_reach_the_app_and_are_counted_out() -> None:
     inside: list[int] = []
 
     async def app(s: Any, receive: Receive, send: Send) -> None:
-        inside.append(admission.in_flight)
+        inside.append(gauges.in_flight)
         await asyncio.sleep(0.01)
 
-    admission = serve.Admission(app, max_queue=8)
+    gauges = upstream.Gauges(slots=4, max_queue=8)
+    admission = serve.Admission(app, gauges)
 
     async def many() -> None:
         await asyncio.gather(*(admission(scope(), Client(stream_body()).receive, Client().send) for _ in range(5)))
 
     asyncio.run(many())
-    assert sorted(inside) == [1, 2, 3, 4, 5] and admission.in_flight == 0
+    assert sorted(inside) == [1, 2, 3, 4, 5] and gauges.in_flight == 0
 
 
 def test_other_paths_are_never_queued() -> None:
-    admission = serve.Admission(lambda s, r, se: asyncio.sleep(0), max_queue=0)
-    admission.in_flight = 5
+    gauges = upstream.Gauges(slots=1, max_queue=0)
+    admission = serve.Admission(lambda s, r, se: asyncio.sleep(0), gauges)
+    gauges.in_flight = 5
     client = Client()
     asyncio.run(admission(scope(path="/v1/models", method="GET"), client.receive, client.send))
     assert client.sent == []  # passed through: the app (sending nothing here) answered, not a 503

@@ -131,6 +131,13 @@ def other_abi(symbol: str) -> str | None:
     return next((why for pattern, why in OTHER_ABI.items() if fnmatch.fnmatchcase(symbol, pattern)), None)
 
 
+CLOCK_WAITS = {"pthread_cond_clockwait", "pthread_mutex_clocklock", "pthread_rwlock_clockrdlock",
+               "pthread_rwlock_clockwrlock"}
+CLOCK_WAIT_MACROS = ("_GLIBCXX_USE_PTHREAD_COND_CLOCKWAIT", "_GLIBCXX_USE_PTHREAD_MUTEX_CLOCKLOCK",
+                     "_GLIBCXX_USE_PTHREAD_RWLOCK_CLOCKLOCK")
+"""libstdc++'s switches for those functions (``bits/c++config.h``), each set when GCC's own glibc had them."""
+
+
 @dataclass
 class Binding:
     """What a build for glibc ``target`` binds, from the version tables of the build environment's glibc."""
@@ -162,9 +169,18 @@ class Binding:
             "#if !defined(__CUDA_ARCH__) && !defined(__ASSEMBLER__)",
             *(f'__asm__(".symver {s}, {s}@{v}");' for s, v in sorted(self.bound.items())),
             "#endif",
-            "",
         ]
-        return "\n".join(lines)
+        if CLOCK_WAITS & set(self.newer):
+            lines += [
+                "/* The target lacks pthread_cond_clockwait and pthread_{mutex,rwlock}_clocklock (glibc 2.30), which",
+                "   libstdc++'s headers call for timed waits on steady_clock when the build's glibc has them: without",
+                "   these macros they wait with pthread_cond_timedwait and friends instead. */",
+                "#if defined(__cplusplus) && !defined(__CUDA_ARCH__)",
+                "#include <bits/c++config.h>",
+                *(f"#undef {macro}" for macro in CLOCK_WAIT_MACROS),
+                "#endif",
+            ]
+        return "\n".join([*lines, ""])
 
     def why_newer(self, symbol: str) -> str:
         """Why the target glibc cannot give ``symbol`` (one of `newer`), for an error."""

@@ -46,6 +46,9 @@ class BuildOptions:
     ``build.platform``."""
     verify: bool = True
     """Run static verification after the build."""
+    server: bool = True
+    """Also build the companion wheel with llama.cpp's own server (``llamawheel_server``), which the runtime image
+    serves with; reused when one of the same sources is in the output folder."""
     compile_cache: str | None = None
     """sccache, ccache or none (``LLAMAWHEEL_COMPILE_CACHE``); None: ccache (sccache with an S3
     or GitHub Actions' cache store, or a farm), or none where the mirror lacks it."""
@@ -60,7 +63,7 @@ def _env_overrides() -> dict[str, object]:
     out: dict[str, object] = {}
     for f in fields(BuildOptions):
         value = os.environ.get(f"LLAMAWHEEL_{f.name.upper()}")
-        if value is None or f.name == "verify":
+        if value is None or f.name in ("verify", "server"):
             continue
         if f.name == "jobs":
             try:

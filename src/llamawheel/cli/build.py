@@ -15,6 +15,7 @@ from llamawheel.build import cache, farm, options, planning
 from llamawheel.core import fileio, log, paths
 from llamawheel.core.errors import UsageError, did_you_mean
 from llamawheel.mirror import profiles
+from llamawheel.pipeline import server
 from llamawheel.recipe import catalog
 from llamawheel.toolchain import buildroot, cached_roots, provider_for
 
@@ -48,12 +49,16 @@ def _add_build_options(p: argparse.ArgumentParser) -> None:
                                                 "its token in LLAMAWHEEL_FARM_TOKEN")
     p.add_argument("--no-verify", dest="verify", action="store_false", default=None,
                    help="skip static verification after the build")
+    p.add_argument("--no-server", dest="server", action="store_false", default=None,
+                   help="do not build the companion wheel with llama.cpp's own server (llamawheel_server, what the "
+                        "runtime image serves with; one wheel for every variant of a release, reused once built)")
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``build``, ``toolchains`` and ``toolchain`` to the top-level subcommands."""
     b = sub.add_parser("build", help="build, repair and verify a wheel")
-    b.add_argument("target", help="a CUDA line (13), a CUDA minor (13.0) or cpu")
+    b.add_argument("target", help="a CUDA line (13), a CUDA minor (13.0), cpu, or server (llama.cpp's own server "
+                                  "alone: the companion wheel every variant of the release shares)")
     _add_build_options(b)
 
     f = sub.add_parser("farm", help="a build farm of your own machines (sccache-dist): write the scheduler's and "
@@ -88,16 +93,21 @@ def _cmd_build(args: argparse.Namespace) -> int:
     opts = options.resolve({
         "mirror": args.mirror, "arch": args.arch, "jobs": args.jobs, "llama_cpp_python": args.llama_cpp_python,
         "sdist_sha256": args.sdist_sha256, "out": args.out, "source": args.source, "toolchain": args.toolchain,
-        "runtime": args.runtime, "verify": args.verify, "build_env": args.build_env,
+        "runtime": args.runtime, "verify": args.verify, "server": args.server, "build_env": args.build_env,
         "glibc": args.glibc, "platform": args.platform,
         "compile_cache": args.compile_cache, "compile_cache_url": args.compile_cache_url, "farm": args.farm,
     })
+    if args.target == "server":  # the companion alone: the CPU recipe's build environment, glibc and platform
+        print(server.build(planning.plan_cpu(catalog.cpu_recipe(), opts)))
+        return 0
     if args.target == "cpu":
         plan = planning.plan_cpu(catalog.cpu_recipe(), opts)
     else:
         recipe, minor = catalog.find_cuda(args.target.removeprefix("cuda-"))
         plan = planning.plan_cuda(recipe, minor, opts)
     wheel = pipeline.run(plan)
+    if opts.server:
+        server.build(plan)
     print(wheel)
     return 0
 

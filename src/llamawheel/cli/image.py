@@ -79,6 +79,7 @@ def _cmd_image(args: argparse.Namespace) -> int:
         dest = args.context_only.resolve()
         if dest.exists():
             raise UsageError(f"{dest} already exists", "pass a folder that does not exist yet")
+        image.ensure_server(wheel, mirror)
         image.write_context(wheel, dest, image.pip_wheel(mirror), image.converter_files(mirror))
         base = args.base if args.base and args.base != "registry" else image.registry_base(mirror)
         if not target.native:  # an unpacked base of the target's (no shell: the Containerfile runs nothing)

@@ -36,7 +36,7 @@ from llamawheel.image import compose, foreign
 from llamawheel.image.engine import Engine
 from llamawheel.mirror import profiles
 from llamawheel.mirror.profiles import MirrorProfile
-from llamawheel.pipeline import wheelhouse
+from llamawheel.pipeline import server, wheelhouse
 from llamawheel.publish import closure, index
 from llamawheel.recipe import catalog, platforms
 from llamawheel.recipe.platforms import X86_64, Platform
@@ -51,7 +51,7 @@ BASE_PACKAGES = ("python3-minimal", "libpython3.11-stdlib", "libstdc++6")
 BASE_EXCLUDES = ("/usr/share/man/*", "/usr/share/doc/*", "/usr/share/locale/*", "/usr/share/info/*")
 MERGED_USR_HOOKS = Path("/usr/share/mmdebstrap/hooks/merged-usr")
 """mmdebstrap's hook that merges /usr itself, so the usrmerge package (and the perl it pulls) stays out."""
-RUNTIME_FILES = ("__init__.py", "serve.py", "health.py", "gpu_layers.py", "convert.py")
+RUNTIME_FILES = ("__init__.py", "serve.py", "upstream.py", "health.py", "gpu_layers.py", "convert.py")
 CONVERTER_SCRIPT = "convert_llama_ggml_to_gguf.py"
 """llama.cpp's GGML v3 -> GGUF converter, shipped in the pinned sdist (with its ``gguf`` package)."""
 CONVERTER_PATCH = paths.recipes_dir() / "patches" / "convert-ggml-byte-shape.patch"
@@ -263,8 +263,10 @@ def tags_for(wheel: IndexedWheel) -> tuple[str, ...]:
 
 
 def requirement(wheel: IndexedWheel) -> str:
-    """What the image installs: the wheel, with the server's dependencies."""
-    return f"llama-cpp-python[server]=={wheel.version}"
+    """What the image installs: the wheel, llama.cpp's own server of the same release (the companion wheel), and
+    uvicorn for the front (llama-cpp-python's own server and its dependencies are left out)."""
+    public = wheel.version.split("+")[0]
+    return f"llama-cpp-python=={wheel.version} {server.DISTRIBUTION.replace('_', '-')}=={public} uvicorn"
 
 
 def build_args(base: str, mirror: MirrorProfile, wheel: IndexedWheel) -> dict[str, str]:
@@ -321,6 +323,7 @@ def build(
     """Build the image for ``wheel``; with ``save``, also write it as an OCI (or Docker) archive with its
     sha256."""
     started = time.monotonic()
+    server_wheel = ensure_server(wheel, mirror)
     if not wheel.platform.native:
         if base is not None:
             raise UsageError(f"--base: a {wheel.platform.name} image is built from a base llamawheel unpacks "
@@ -343,7 +346,7 @@ def build(
     manifest: dict[str, Any] = {
         "image": tags[0], "tags": list(tags), "image_id": new_id, "engine": engine.name,
         "variant": wheel.variant, "platform": wheel.platform.name, "llama_cpp_python": wheel.version,
-        "wheel": wheel.name,
+        "wheel": wheel.name, "server_wheel": server_wheel,
         "wheel_sha256": wheel.sha256, "index": str(wheel.index), "base": base_image, "base_from": base_from,
         "base_recipe": base_recipe() if base is None and wheel.platform.native else None, "size_bytes": size,
         "size_target_bytes": target * 1_000_000, "seconds": {"base": round(base_seconds, 1),
@@ -404,6 +407,45 @@ def ensure_wheel(index_root: Path, variant: str, mirror: MirrorProfile, version:
     found = chosen_wheel(index_root, variant, target=target)
     if found is None:
         raise ImageError(f"published {wheel.name} but the {variant} index still lists no llama-cpp-python wheel")
+    return found
+
+
+def server_in(wheel: IndexedWheel) -> str | None:
+    """The file name of llama.cpp's server (`llamawheel.pipeline.server`) of ``wheel``'s release and machine in its
+    variant's index, or None."""
+    public = wheel.version.split("+")[0]
+    for f in index.load_state(wheel.index).files:
+        if f.project == index.COMPANION and f.version == public and \
+                platforms.of_tag(WheelName.parse(f.name).platform) == wheel.platform:
+            return f.name
+    return None
+
+
+def ensure_server(wheel: IndexedWheel, mirror: MirrorProfile) -> str:
+    """llama.cpp's server for ``wheel`` in its index: there already, else built (the recipe's build environment and
+    glibc, ``wheel``'s machine) and published beside it."""
+    found = server_in(wheel)
+    if found is not None:
+        return found
+    public = wheel.version.split("+")[0]
+    log.info(f"the {wheel.variant} index has no llamawheel-server {public} for {wheel.platform.name} (llama.cpp's own "
+             "server, which the image runs): building and publishing it first")
+    pinned = catalog.cpu_recipe().llama_cpp_python.version
+    if public != pinned:
+        raise ImageError(f"{wheel.name}: the image runs llama.cpp's own server, which llamawheel builds for the "
+                         f"recipes' llama-cpp-python {pinned} only",
+                         f"build the image from a {pinned} wheel (--wheel-version), or publish a llamawheel-server "
+                         f"{public} beside it")
+    out = paths.images_dir() / "server-wheels"
+    out.mkdir(parents=True, exist_ok=True)
+    opts = options.resolve({"mirror": mirror.name if mirror.name in profiles.available() else str(mirror.path),
+                            "out": out, "platform": wheel.platform.name})
+    built = server.build(planning.plan_cpu(catalog.cpu_recipe(), opts))
+    index.publish([wheel.index / "files" / wheel.sha256 / wheel.name, built], index_root=wheel.index.parent,
+                  mirror=mirror)
+    found = server_in(wheel)
+    if found is None:
+        raise ImageError(f"published {built.name} but the {wheel.variant} index still lists no llamawheel-server")
     return found
 
 

@@ -100,7 +100,7 @@ def install_site(index_simple: Path, requirement: str, constraints: Path, pip: P
            "--no-input", "--target", str(dest), "--only-binary=:all:", "--python-version", PYTHON,
            "--implementation", "cp", "--abi", f"cp{PYTHON.replace('.', '')}",
            *[x for t in tags for x in ("--platform", t)], "--index-url", index_simple.as_uri(),
-           "--constraint", str(constraints), requirement]
+           "--constraint", str(constraints), *requirement.split()]
     env = proc.child_env({"PIP_CONFIG_FILE": "/dev/null", **proc.unset_all("PIP_")})
     log.info(f"installing {requirement} for {target.label} (Python {PYTHON}) from {index_simple} with pip here")
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)

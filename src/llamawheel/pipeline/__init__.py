@@ -125,10 +125,11 @@ def source_date_epoch(source: Path, pinned: bool) -> int:
 
 def compile_source(plan: Plan, root: CudaRoot | None, source_dir: Path, work: Path,
                    build_root: buildroot.Root | None = None,
-                   compile_cache: cache.CompileCache | None = None) -> tuple[BuildResult, dict[str, Any]]:
+                   compile_cache: cache.CompileCache | None = None,
+                   cmake_args: list[str] | None = None) -> tuple[BuildResult, dict[str, Any]]:
     """Compile on this machine or in the build root, with pip given only the wheelhouse; returns the result and
     the manifest's ``build_env`` (for a root: the root) and ``fetched.build_requirements`` (the wheels pip was
-    given, with their URLs)."""
+    given, with their URLs). ``cmake_args``: instead of the plan's (`cmake_args_for`)."""
     env: dict[str, str] = {}
     if root is not None:
         env.update(root.env())
@@ -150,7 +151,8 @@ def compile_source(plan: Plan, root: CudaRoot | None, source_dir: Path, work: Pa
     log_file = work / "build.log"
     log_file.unlink(missing_ok=True)
     opts = plan.options
-    request = BuildRequest(source_dir, work, cmake_args_for(plan, root), opts.jobs or default_jobs(kind),
+    args = cmake_args_for(plan, root) if cmake_args is None else cmake_args
+    request = BuildRequest(source_dir, work, args, opts.jobs or default_jobs(kind),
                            kind, env, log_file, runner, source_date_epoch(source_dir, opts.source is None),
                            root.path if root else None, compile_cache or cache.CompileCache("none"), flags)
     built = build_wheel(request)

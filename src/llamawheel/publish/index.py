@@ -198,12 +198,22 @@ def publish(
     root = (index_root or paths.wheels_dir()).resolve()
     profile = mirror or profiles.load_profile(None)
     groups: dict[str, list[Path]] = {}
+    companions: list[Path] = []
     for wheel in wheels:
         if wheel.suffix != ".whl" or not wheel.is_file():
             raise UsageError(f"{wheel}: no such wheel file", "pass paths of .whl files (wheels/*.whl)")
-        groups.setdefault(_variant_of(distmeta.read(wheel)), []).append(wheel.resolve())
+        meta = distmeta.read(wheel)
+        if meta.project == COMPANION:
+            companions.append(wheel.resolve())
+            continue
+        groups.setdefault(_variant_of(meta), []).append(wheel.resolve())
     if not groups:
+        if companions:
+            raise UsageError(f"{companions[0].name} goes with the llama-cpp-python wheels of its release: publish it "
+                             "together with them (it is added to each of their variants' indexes)")
         raise UsageError("no wheels to publish", "build one first (llamawheel build 13 --arch 86) or pass paths")
+    for group in groups.values():  # the server of a release serves every variant of it
+        group += companions
     results = []
     with publish_lock(root):
         for variant, group in groups.items():
@@ -211,6 +221,11 @@ def publish(
                                             refresh_lock))
         write_top_page(root)
     return results
+
+
+COMPANION = "llamawheel-server"
+"""llama.cpp's own server (`llamawheel.pipeline.server`): no variant of its own, published beside the llama-cpp-python
+wheels it runs on; its one requirement is theirs, so it brings no closure."""
 
 
 def _variant_of(meta: distmeta.WheelMetadata) -> str:
@@ -302,6 +317,8 @@ def _fetch_closure(
     out = list(found)
     resolved: _Resolved = []
     for n, c in enumerate(found):
+        if c.meta.project == COMPANION:
+            continue
         by_python = closure.fetch(
             c.path, extras=c.indexed().extras, python_versions=wanted, dest=incoming / str(n), mirror=mirror,
             constraints=closure.runtime_pins(c.path), locks=locks, store=vdir,

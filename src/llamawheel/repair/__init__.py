@@ -37,6 +37,22 @@ CUDA_LIB_PREFIXES = ("libcudart.so", "libcublas.so", "libcublasLt.so")
 
 
 @dataclass(frozen=True)
+class Provided:
+    """Libraries another wheel installs, which this one's NEEDs and finds there (the server companion: libllama and
+    libggml from llama-cpp-python's ``llama_cpp/lib``)."""
+
+    folder: str
+    """Where in site-packages that wheel puts them."""
+    stems: tuple[str, ...]
+    """Their names before ``.so`` (``libllama``): NEEDED ``libllama.so.0`` becomes ``libllama.so``, as that wheel
+    names it."""
+
+    def name_for(self, needed: str) -> str | None:
+        stem, dot, _ = needed.partition(".so")
+        return f"{stem}.so" if dot and stem in self.stems else None
+
+
+@dataclass(frozen=True)
 class RepairSpec:
     local_version: str
     runtime: str = "pypi"  # "pypi", "system" or "none" (a CPU build)
@@ -51,6 +67,8 @@ class RepairSpec:
     """What the build bound for that glibc, to say why a symbol could not be."""
     target: Platform = X86_64
     """The machine the libraries are for: the tag's, the system libraries allowed and where they are looked up."""
+    provided: Provided | None = None
+    """Libraries another wheel provides (not grafted; found by RUNPATH in its folder)."""
 
 
 @dataclass
@@ -110,10 +128,12 @@ def _packages(entries: list[Entry], info_dir: str) -> set[str]:
 
 def _runpath(lib_dir: str, spec: RepairSpec, info: ElfInfo) -> str:
     parts = ["$ORIGIN"]
+    up = "/".join([".."] * (lib_dir.count("/") + 1)) if lib_dir else "."
     needs_cuda = any(n.startswith(CUDA_LIB_PREFIXES) for n in info.needed)
     if spec.runtime == "pypi" and needs_cuda:
-        up = "/".join([".."] * (lib_dir.count("/") + 1)) if lib_dir else "."
         parts += [f"$ORIGIN/{up}/{rel}" for rel in spec.runtime_rpath]
+    if spec.provided is not None and any(spec.provided.name_for(n) for n in info.needed):
+        parts.append(f"$ORIGIN/{up}/{spec.provided.folder}")
     return ":".join(parts)
 
 
@@ -129,6 +149,8 @@ def repair_wheel(raw: Path, out_dir: Path, spec: RepairSpec) -> RepairedWheel:
     kept = _keep_package(entries, info_dir, packages, result)
     rename: dict[str, str] = {}  # old base name -> kept base name (same folder)
     kept = _dedupe_libraries(kept, rename, result)
+    if spec.provided is not None:
+        kept = _drop_provided(kept, rename, spec.provided, result)
     kept += _graft_external(kept, rename, result, spec.sysroot, spec.target)
     infos = _patch_libraries(kept, rename, spec, result)
     _write_repaired(kept, name, info_dir, infos, spec, out_dir, result)
@@ -179,6 +201,24 @@ def _dedupe_libraries(kept: list[Entry], rename: dict[str, str], result: Repaire
     return kept
 
 
+def _drop_provided(kept: list[Entry], rename: dict[str, str], provided: Provided,
+                   result: RepairedWheel) -> list[Entry]:
+    """Without the copies of the libraries another wheel provides; a NEEDED of one becomes that wheel's name."""
+    out = []
+    for e in kept:
+        base = posixpath.basename(e.name)
+        if is_elf(e.data) and provided.name_for(base):
+            result.dropped.append(e.name)
+            continue
+        out.append(e)
+        if is_elf(e.data):
+            for needed in read_elf(e.data).needed:
+                name = provided.name_for(needed)
+                if name is not None:
+                    rename[needed] = name
+    return out
+
+
 def _patch_libraries(
     kept: list[Entry], rename: dict[str, str], spec: RepairSpec, result: RepairedWheel
 ) -> dict[str, ElfInfo]:
@@ -193,7 +233,7 @@ def _patch_libraries(
         if info.soname and info.soname != base and rename.get(info.soname) == base:
             args += ["--set-soname", base]
         for needed in info.needed:
-            if needed in rename:
+            if rename.get(needed, needed) != needed:
                 args += ["--replace-needed", needed, rename[needed]]
         wanted = _runpath(posixpath.dirname(e.name), spec, info)
         if info.runpath != wanted.split(":"):
@@ -210,7 +250,8 @@ def _write_repaired(
     result: RepairedWheel,
 ) -> None:
     """Give the dist-info the new version, requirements and tag, and write the wheel under its new name."""
-    version = f"{name.version.split('+')[0]}+{spec.local_version}"
+    public = name.version.split('+')[0]
+    version = f"{public}+{spec.local_version}" if spec.local_version else public
     result.platform_tag = _tag(infos, spec.glibc, spec.binding, spec.target) if infos else name.platform
     new_info = f"{name.distribution}-{version}.dist-info"
     final: list[Entry] = []

@@ -264,6 +264,8 @@ class GgufHeader:
     data_end: int
     """Where the tensor data ends, as the header says: the least size the file can have."""
     file_size: int
+    keys: frozenset[str] = frozenset()
+    """Every metadata key the file has (the values of most are not kept)."""
 
 
 def _kept(key: str) -> bool:
@@ -297,8 +299,10 @@ def read_gguf_header(path: Path) -> GgufHeader:
         tensor_count = r.count(r.u64(), "tensors", MAX_TENSORS, _MIN_TENSOR)
         kv_count = r.count(r.u64(), "metadata keys", MAX_KEYS, _MIN_KV)
         meta: dict[str, Value] = {}
+        keys: set[str] = set()
         for _ in range(kv_count):
             key = r.string("a metadata key", MAX_NAME)
+            keys.add(key)
             keep = _kept(key)
             value = r.value(r.unpack(_U32)[0], key, keep)
             if keep and value is not None:
@@ -329,7 +333,7 @@ def read_gguf_header(path: Path) -> GgufHeader:
         where = "starts" if last.nbytes is None else "ends"
         raise GgufError(f"{path}: truncated: tensor {last.name} {where} at byte {data_end} but the file has"
                         f" {file_size} bytes")
-    return GgufHeader(path, version, meta, tuple(tensors), data_start, data_end, file_size)
+    return GgufHeader(path, version, meta, tuple(tensors), data_start, data_end, file_size, frozenset(keys))
 
 
 def read_layout(path: Path) -> ModelLayout:
@@ -411,6 +415,8 @@ class LayerPlan:
     next_bytes: int
     """What one more layer would need in all (0 when everything fits)."""
     device: str = ""
+    sequences: int = 1
+    """Chats with a KV cache of n_ctx each (the server's parallel slots)."""
 
     def describe(self) -> str:
         """One log line saying what was chosen and why."""
@@ -418,7 +424,8 @@ class LayerPlan:
         if self.layers == 0:
             return (f"N_GPU_LAYERS=auto: no layer fits on the GPU ({where}, {_size(self.reserve_bytes)} reserve;"
                     f" the output layer alone needs {_size(self.next_bytes)}): every layer on the CPU")
-        why = (f"{_size(self.weights_bytes)} weights + {_size(self.kv_bytes)} KV cache at n_ctx {self.n_ctx}"
+        each = f"n_ctx {self.n_ctx}" + (f" for each of {self.sequences} chats" if self.sequences > 1 else "")
+        why = (f"{_size(self.weights_bytes)} weights + {_size(self.kv_bytes)} KV cache at {each}"
                f" + {_size(self.reserve_bytes)} reserve, {where}")
         if self.layers == self.total_layers:
             return f"N_GPU_LAYERS=auto: all {self.total_layers} layers on the GPU ({why})"
@@ -427,9 +434,10 @@ class LayerPlan:
 
 
 def plan(layout: ModelLayout, n_ctx: int, free_bytes: int, reserve_bytes: int | None = None,
-         device: str = "") -> LayerPlan:
-    """The largest n_gpu_layers whose weights and KV cache fit in ``free_bytes`` less ``reserve_bytes``
-    (default: ``default_reserve``). ``n_ctx`` 0 means the model's context_length, as in llama.cpp."""
+         device: str = "", sequences: int = 1) -> LayerPlan:
+    """The largest n_gpu_layers whose weights and KV cache (``n_ctx`` tokens for each of ``sequences`` chats) fit in
+    ``free_bytes`` less ``reserve_bytes`` (default: ``default_reserve``, for one chat's n_ctx: each slot attends to its
+    own). ``n_ctx`` 0 means the model's context_length, as in llama.cpp."""
     n_ctx = n_ctx if n_ctx > 0 else layout.context_length
     reserve = default_reserve(layout, n_ctx) if reserve_bytes is None else reserve_bytes
     costs = [(0, 0)]  # (weights, kv) of k layers: the output layer first, then the blocks from the last
@@ -437,12 +445,12 @@ def plan(layout: ModelLayout, n_ctx: int, free_bytes: int, reserve_bytes: int | 
     for blocks in range(layout.block_count + 1):
         if blocks:
             weights += layout.layer_bytes[layout.block_count - blocks]
-        costs.append((weights, kv_cache_bytes(layout, n_ctx, blocks)))
+        costs.append((weights, kv_cache_bytes(layout, n_ctx, blocks) * sequences))
     k = max(i for i, (w, kv) in enumerate(costs) if i == 0 or w + kv <= free_bytes - reserve)
     next_bytes = sum(costs[k + 1]) if k + 1 < len(costs) else 0
     return LayerPlan(layers=k, total_layers=layout.block_count + 1, gpu_bytes=sum(costs[k]), free_bytes=free_bytes,
                      reserve_bytes=reserve, weights_bytes=costs[k][0], kv_bytes=costs[k][1], n_ctx=n_ctx,
-                     next_bytes=next_bytes, device=device)
+                     next_bytes=next_bytes, device=device, sequences=sequences)
 
 
 @dataclass(frozen=True)
@@ -508,14 +516,14 @@ QUERY_NVML = Query.NVML
 
 
 def auto_layers(model: Path, n_ctx: int, reserve_bytes: int | None = None,
-                gpu: GpuMemory | Query | None = QUERY_NVML) -> tuple[int, str]:
-    """(n_gpu_layers, a log line saying why) for ``model`` on ``gpu`` (None: no GPU). Raises GgufError (and
-    OSError) when the model cannot be read."""
+                gpu: GpuMemory | Query | None = QUERY_NVML, sequences: int = 1) -> tuple[int, str]:
+    """(n_gpu_layers, a log line saying why) for ``model`` on ``gpu`` (None: no GPU), with a KV cache of ``n_ctx``
+    for each of ``sequences`` chats. Raises GgufError (and OSError) when the model cannot be read."""
     if isinstance(gpu, Query):
         gpu = free_gpu_memory()
     if gpu is None:
         return 0, NO_GPU
-    chosen = plan(read_layout(model), n_ctx, gpu.free_bytes, reserve_bytes, device=gpu.name)
+    chosen = plan(read_layout(model), n_ctx, gpu.free_bytes, reserve_bytes, device=gpu.name, sequences=sequences)
     return chosen.layers, chosen.describe()
 
 

@@ -1,7 +1,9 @@
-"""The image's entry point: ``python -m llamawheel_runtime.serve`` starts llama-cpp-python's OpenAI-compatible
-server the way the stock llama-gpt UI needs it (see ``llama-gpt-contract.md``).
+"""The image's entry point: ``python -m llamawheel_runtime.serve`` runs llama.cpp's own server (``llama-server``
+from the ``llamawheel_server`` wheel: parallel slots over one model, continuous batching) on loopback, behind a front
+that serves the stock llama-gpt UI (see ``llama-gpt-contract.md``) and keeps every request in check before it
+costs anything (`Guard`, `Admission`, `StreamErrors`; the passing on is `upstream`).
 
-Environment (every name is also one llama_cpp.server reads; anything else it reads passes through):
+Environment:
 
 - ``MODEL``: the model to serve, absolute or relative to ``MODELS_DIR`` (``/models``). Unset: the one model
   file anywhere under ``/models``, found by its first bytes, whatever its name (llama-gpt names GGUF files
@@ -11,30 +13,35 @@ Environment (every name is also one llama_cpp.server reads; anything else it rea
 - ``MODEL_ALIAS``: the id served on ``/v1/models``; default: the model's own path when that is an id the UI
   knows (``/models/llama-2-13b-chat.bin`` is served as itself, so the UI names it 13B), else
   ``/models/llama-2-7b-chat.bin`` (with an id it does not know, the UI spins forever).
-- ``N_CTX``: default 4096, the least the UI needs (it sends up to 4000 tokens of history and asks for 1000).
-- ``N_GPU_LAYERS``: ``auto`` (default) fits layers to the free GPU memory (see `gpu_layers`); a number as
-  llama.cpp takes it (-1: all).
+- ``PARALLEL``: chats answered at the same time (default 4), each in a slot of its own; the active ones are
+  decoded together, one batch per step, so on a GPU four cost little more than one.
+- ``N_CTX``: the context of each chat (each slot), default 4096, the least the UI needs (it sends up to 4000
+  tokens of history and asks for 1000). The KV cache holds ``N_CTX`` x ``PARALLEL`` tokens.
+- ``N_GPU_LAYERS``: ``auto`` (default) fits layers to the free GPU memory, with the KV cache of every slot (see
+  `gpu_layers`); a number as llama.cpp takes it (-1: all).
+- ``CHAT_TEMPLATE``: a template llama.cpp knows by name (``llama2``, ``chatml``, ...); default: the model's own,
+  and ``llama2`` for a model that has none (a converted GGML v3 Llama 2 chat model), as llama-cpp-python did.
 - ``API_KEY``: every request needs ``Authorization: Bearer <key>``, checked in constant time before anything
-  is queued or read (``/docs`` and ``/openapi.json`` too). On an address other machines can reach (the default
-  ``HOST`` is 0.0.0.0) the server refuses to start without one, unless ``ALLOW_NO_API_KEY=true`` says that an
-  open server is meant; on loopback (``HOST=127.0.0.1``) it may run without.
+  is queued or read. On an address other machines can reach (the default ``HOST`` is 0.0.0.0) the server refuses
+  to start without one, unless ``ALLOW_NO_API_KEY=true`` says that an open server is meant; on loopback
+  (``HOST=127.0.0.1``) it may run without. llama-server itself listens on loopback only, with a key of its own
+  made at each start.
 - ``MAX_BODY_BYTES``: the largest request body (default 1 MiB, about 250,000 tokens of text); past it ``413``.
 - ``BODY_TIMEOUT``: seconds a client has to send its whole body (default 30); past it ``408``.
 - ``CORS_ORIGINS``: web origins whose pages may call the API from a browser (comma-separated, e.g.
   ``https://chat.example.org``); default none: a request from any other origin gets ``403``, a preflight too.
 - ``N_THREADS``: CPU threads; default: the container's CPU quota (cgroup ``cpu.max``), rounded up, and no more
   than the CPUs it may run on, rather than the host's core count.
-- ``MAX_QUEUE``: completions that may wait while one runs (default 8); past that a request gets ``503`` with
-  ``Retry-After``. Requests are answered one after another (``INTERRUPT_REQUESTS=false``, where
-  llama_cpp.server would cut a running answer short for a new request and send it an empty stream).
+- ``MAX_QUEUE``: completions that may wait for a free slot (default 8); past that a request gets ``503`` with
+  ``Retry-After``.
 - ``HOST``/``PORT``: default 0.0.0.0 and 8000.
 
-A streamed request whose prompt is longer than the context gets the same OpenAI-style 400
-``context_length_exceeded`` error a plain request gets (llama_cpp.server 0.3.36 sends an empty 200 stream),
-and the server stays up. A completion request whose body is not JSON gets an OpenAI-style ``400``, not a
-``500`` and a traceback.
+``/health`` and ``/v1/models`` answer at once while chats stream; ``/metrics`` is Prometheus text (llama-server's
+tokens per second, busy slots and deferred requests, and the front's queue). A client that goes away mid-answer
+frees its slot at the next decoding step. A prompt longer than a chat's context gets OpenAI's 400
+``context_length_exceeded``, streamed or not; a body that is not JSON an OpenAI-style ``400``.
 
-Standard library only at import time: llama_cpp and uvicorn are imported in `main`.
+Standard library only at import time: uvicorn is imported in `main`.
 """
 
 from __future__ import annotations
@@ -42,18 +49,26 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import importlib.util
 import ipaddress
 import json
 import math
 import os
 import re
+import secrets
+import signal
+import socket
+import subprocess
 import sys
+import threading
+import time
+import urllib.request
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import convert, gpu_layers
+from . import convert, gpu_layers, upstream
 
 UI_MODEL_IDS = (
     "/models/llama-2-7b-chat.bin",
@@ -68,7 +83,7 @@ DEFAULT_ALIAS = UI_MODEL_IDS[0]
 MIN_CTX = 4096
 DEFAULTS = {"MODELS_DIR": "/models", "MODEL_CACHE": "/cache",
             "MODEL_ALIAS": DEFAULT_ALIAS, "N_CTX": str(MIN_CTX), "N_GPU_LAYERS": "auto",
-            "HOST": "0.0.0.0", "PORT": "8000", "MAX_QUEUE": "8", "INTERRUPT_REQUESTS": "false"}
+            "HOST": "0.0.0.0", "PORT": "8000", "MAX_QUEUE": "8", "PARALLEL": "4"}
 UI_MODELS_DIR = "/models"
 """Where the UI's ids say the models are (``/models/llama-2-13b-chat.bin``)."""
 RETRY_AFTER_SECONDS = 10
@@ -109,14 +124,20 @@ class ServeConfig:
     threads_why: str = ""
     """Why that many threads: set, or the cgroup's CPU quota."""
     max_queue: int = 8
-    interrupt_requests: str = "false"
+    parallel: int = 4
+    chat_template: str = ""
+    """A template llama.cpp knows by name; empty: the model's own."""
+    template_why: str = ""
 
-    def environ(self) -> dict[str, str]:
-        """The variables llama_cpp.server reads, with the resolved values."""
-        return {"MODEL": str(self.model), "MODEL_ALIAS": self.alias, "N_CTX": str(self.n_ctx),
-                "N_GPU_LAYERS": str(self.n_gpu_layers), "HOST": self.host, "PORT": str(self.port),
-                "N_THREADS": str(self.n_threads), "N_THREADS_BATCH": str(self.n_threads),
-                "INTERRUPT_REQUESTS": self.interrupt_requests}
+    def server_args(self, port: int) -> list[str]:
+        """llama-server's arguments: the model on loopback ``port``, ``parallel`` slots of ``n_ctx`` each."""
+        args = ["--model", str(self.model), "--alias", self.alias, "--host", "127.0.0.1", "--port", str(port),
+                "--parallel", str(self.parallel), "--ctx-size", str(self.n_ctx * self.parallel),
+                "--n-gpu-layers", str(self.n_gpu_layers), "--threads", str(self.n_threads),
+                "--threads-batch", str(self.n_threads), "--cont-batching", "--metrics", "--no-webui",
+                "--fit", "off"]
+        # a template named is one of llama.cpp's built-in ones, which its Jinja engine does not know by name
+        return args + (["--chat-template", self.chat_template, "--no-jinja"] if self.chat_template else [])
 
 
 def is_gguf(path: Path) -> bool:
@@ -265,6 +286,9 @@ def resolve(
     if alias not in UI_MODEL_IDS:
         notes.append(f"MODEL_ALIAS={alias} is not an id the stock llama-gpt UI lists ({', '.join(UI_MODEL_IDS[:3])}):"
                      " the UI will show no model")
+    parallel = _integer(environ, "PARALLEL")
+    if parallel < 1:
+        raise ConfigError(f"PARALLEL={parallel}: at least 1 (chats answered at the same time)")
     n_ctx = _integer(environ, "N_CTX")
     if n_ctx == 0:
         notes.append("N_CTX=0: the model's own context length (llama-gpt needs at least 4096)")
@@ -278,7 +302,7 @@ def resolve(
             notes.append("N_GPU_LAYERS=auto: this llama-cpp-python build has no GPU backend: every layer on the CPU")
         else:
             try:
-                n_gpu_layers, line = gpu_layers.auto_layers(model, n_ctx, gpu=gpu)
+                n_gpu_layers, line = gpu_layers.auto_layers(model, n_ctx, gpu=gpu, sequences=parallel)
             except gpu_layers.GgufError as exc:
                 raise ConfigError(str(exc)) from None
             notes.append(line)
@@ -293,9 +317,23 @@ def resolve(
     max_queue = _integer(environ, "MAX_QUEUE")
     if max_queue < 0:
         raise ConfigError(f"MAX_QUEUE={max_queue}: 0 or more")
-    interrupt = (environ.get("INTERRUPT_REQUESTS") or DEFAULTS["INTERRUPT_REQUESTS"]).strip().lower()
+    template = (environ.get("CHAT_TEMPLATE") or "").strip()
+    if template:
+        template_why = f"chat template {template} (CHAT_TEMPLATE)"
+    elif _has_chat_template(model):
+        template_why = "the model's own chat template"
+    else:
+        template, template_why = "llama2", "chat template llama2: the model has none (CHAT_TEMPLATE names another)"
     return ServeConfig(model, alias, n_ctx, n_gpu_layers, environ.get("HOST") or DEFAULTS["HOST"],
-                       _integer(environ, "PORT"), tuple(notes), n_threads, why, max_queue, interrupt)
+                       _integer(environ, "PORT"), tuple(notes), n_threads, why, max_queue, parallel, template,
+                       template_why)
+
+
+def _has_chat_template(model: Path) -> bool:
+    try:
+        return "tokenizer.chat_template" in gpu_layers.read_gguf_header(model).keys
+    except (OSError, gpu_layers.GgufError):
+        return False
 
 
 @dataclass(frozen=True)
@@ -424,33 +462,33 @@ def _is_completion(scope: Scope) -> bool:
 
 
 class Admission:
-    """ASGI middleware: completions are answered one after another (llama_cpp.server runs one at a time), and
-    at most ``max_queue`` wait behind the one running; past that a request gets OpenAI's error shape with
-    ``503`` and ``Retry-After``, at once, instead of an empty answer much later."""
+    """ASGI middleware: ``slots`` completions are answered at once (llama-server's slots) and at most ``max_queue``
+    more wait for one; past that a request gets OpenAI's error shape with ``503`` and ``Retry-After``, at once,
+    instead of an answer much later. The counts are the front's ``/metrics`` (`upstream.Gauges`)."""
 
-    def __init__(self, app: App, max_queue: int) -> None:
+    def __init__(self, app: App, gauges: upstream.Gauges) -> None:
         self.app = app
-        self.max_queue = max_queue
-        self.in_flight = 0
-        """Completions running or waiting now."""
+        self.gauges = gauges
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not _is_completion(scope):
             await self.app(scope, receive, send)
             return
-        if self.in_flight >= 1 + self.max_queue:
-            message = (f"the server is busy: one answer is being written and {self.in_flight - 1} request(s) wait"
-                       f" for it, as many as it queues (MAX_QUEUE={self.max_queue}); try again in"
-                       f" {RETRY_AFTER_SECONDS} s")
+        g = self.gauges
+        if g.in_flight >= g.slots + g.max_queue:
+            message = (f"the server is busy: {g.slots} answer(s) are being written and {g.in_flight - g.slots}"
+                       f" request(s) wait for a free slot, as many as it queues (PARALLEL={g.slots},"
+                       f" MAX_QUEUE={g.max_queue}); try again in {RETRY_AFTER_SECONDS} s")
+            g.refused += 1
             print(f"llamawheel: refused with 503: {message}", file=sys.stderr, flush=True)
             await _send_json(send, 503, _error(message, "server_error", "server_busy"),
                              ((b"retry-after", str(RETRY_AFTER_SECONDS).encode()),))
             return
-        self.in_flight += 1
+        g.in_flight += 1
         try:
             await self.app(scope, receive, send)
         finally:
-            self.in_flight -= 1
+            g.in_flight -= 1
 
 
 class StreamErrors:
@@ -622,50 +660,113 @@ class Guard:
         await self.app(scope, replay, with_cors)
 
 
+def gpu_offload() -> bool:
+    """Whether the installed llama-cpp-python has a GPU backend module (found without loading it here: the server
+    process loads it)."""
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or spec.origin is None:
+        raise ConfigError("llama-cpp-python is not installed in this Python")
+    lib = Path(spec.origin).parent / "lib"
+    return any(lib.glob(f"libggml-{name}.so") for name in ("cuda", "hip", "vulkan", "sycl", "musa"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Backend:
+    """llama-server as a child process on loopback, with a key made for this start."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        self.port = free_port()
+        self.key = secrets.token_urlsafe(32)
+        env = {**os.environ, "LLAMA_API_KEY": self.key}
+        env.pop("API_KEY", None)
+        self.process = subprocess.Popen([sys.executable, "-m", "llamawheel_server", *config.server_args(self.port)],
+                                        env=env, stdin=subprocess.DEVNULL)
+        self.stopping = False
+
+    def wait_ready(self, poll: float = 0.25) -> None:
+        """Until llama-server has loaded the model (its ``/health`` says ok); raises ConfigError if it stops."""
+        url = f"http://127.0.0.1:{self.port}/health"
+        while True:
+            code = self.process.poll()
+            if code is not None:
+                raise ConfigError(f"llama-server stopped while loading the model (exit status {code}): its own"
+                                  " messages are above")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (OSError, ValueError):
+                pass
+            time.sleep(poll)
+
+    def watch(self) -> None:
+        """Stop this server (SIGTERM to itself) when llama-server stops on its own, so that the container stops
+        rather than answering 502 forever."""
+        def wait() -> None:
+            code = self.process.wait()
+            if not self.stopping:
+                print(f"llamawheel: ERROR llama-server stopped (exit status {code}): stopping", file=sys.stderr,
+                      flush=True)
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        threading.Thread(target=wait, daemon=True).start()
+
+    def stop(self) -> None:
+        self.stopping = True
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Resolve the settings, log them, and run the server until it is stopped. Until the server runs (a model
-    converted, loaded), SIGTERM and SIGINT stop it at once, leaving nothing half-written (`convert.stop_on_signals`):
-    as a container's PID 1 it would otherwise ignore ``docker stop``."""
+    """Resolve the settings, log them, start llama-server and serve in front of it until stopped. Until the front
+    runs (a model converted, loaded), SIGTERM and SIGINT stop it at once, leaving nothing half-written
+    (`convert.stop_on_signals`): as a container's PID 1 it would otherwise ignore ``docker stop``."""
     del argv
-    with convert.stop_on_signals():
-        try:
-            guard = security(os.environ)
-        except ConfigError as exc:
-            print(f"ERROR {exc}", file=sys.stderr)
-            return 2
-        import llama_cpp
-
-        try:
-            config = resolve(os.environ, gpu_offload=bool(llama_cpp.llama_supports_gpu_offload()))
-        except ConfigError as exc:
-            print(f"ERROR {exc}", file=sys.stderr)
-            return 2
-        for note in (*guard.notes, *config.notes):
-            print(f"llamawheel: {note}", file=sys.stderr)
-        cpu_variant = getattr(getattr(llama_cpp, "_backends", None), "CPU_VARIANT", None)
-        if cpu_variant:
-            print(f"llamawheel: llama.cpp runs its {cpu_variant} CPU code (the best of the wheel's CPU levels "
-                  "that runs here)", file=sys.stderr)
-        origins = "from " + ", ".join(guard.cors_origins) if guard.cors_origins else "refused"
-        print(f"llamawheel: serving {config.model} as {config.alias} on {config.host}:{config.port}"
-              f" (n_ctx {config.n_ctx}, n_gpu_layers {config.n_gpu_layers},"
-              f" {config.n_threads} thread(s): {config.threads_why},"
-              f" up to {config.max_queue} request(s) queued,"
-              f" API key {'required' if guard.api_key else 'not set'}, bodies up to {guard.max_body} bytes,"
-              f" cross-origin requests {origins})", file=sys.stderr, flush=True)
-        os.environ.update(config.environ())
-        os.environ.pop("API_KEY", None)  # the key is checked by Guard alone (llama_cpp.server compares it with ==)
-        import uvicorn
-        from llama_cpp.server.app import create_app
-        from llama_cpp.server.settings import (
-            ModelSettings,
-            ServerSettings,
-        )
-
-        app = create_app(server_settings=ServerSettings(), model_settings=[ModelSettings()])  # loads the model
-    uvicorn.run(Guard(Admission(StreamErrors(app), config.max_queue), guard), host=config.host, port=config.port,
-                server_header=False)
-    return 0
+    backend: Backend | None = None
+    try:
+        with convert.stop_on_signals():
+            try:
+                guard = security(os.environ)
+                config = resolve(os.environ, gpu_offload=gpu_offload())
+            except ConfigError as exc:
+                print(f"ERROR {exc}", file=sys.stderr)
+                return 2
+            for note in (*guard.notes, *config.notes):
+                print(f"llamawheel: {note}", file=sys.stderr)
+            origins = "from " + ", ".join(guard.cors_origins) if guard.cors_origins else "refused"
+            print(f"llamawheel: serving {config.model} as {config.alias} on {config.host}:{config.port}"
+                  f" ({config.parallel} chat(s) at once, n_ctx {config.n_ctx} each,"
+                  f" n_gpu_layers {config.n_gpu_layers}, {config.n_threads} thread(s): {config.threads_why},"
+                  f" {config.template_why},"
+                  f" up to {config.max_queue} request(s) queued,"
+                  f" API key {'required' if guard.api_key else 'not set'}, bodies up to {guard.max_body} bytes,"
+                  f" cross-origin requests {origins})", file=sys.stderr, flush=True)
+            backend = Backend(config)
+            try:
+                backend.wait_ready()
+            except ConfigError as exc:
+                print(f"ERROR {exc}", file=sys.stderr)
+                return 1
+            import uvicorn
+        backend.watch()
+        gauges = upstream.Gauges(config.parallel, config.max_queue)
+        app = upstream.Upstream("127.0.0.1", backend.port, backend.key, gauges)
+        uvicorn.run(Guard(Admission(StreamErrors(app), gauges), guard), host=config.host, port=config.port,
+                    server_header=False)
+        return 1 if backend.process.poll() is not None else 0  # llama-server stopped on its own
+    finally:
+        if backend is not None:
+            backend.stop()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,3 @@
+from llamawheel_server import main
+
+main()
