@@ -380,15 +380,27 @@ def _status(answer: bytes) -> int:
     return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.1 ") else 0
 
 
-def test_the_docs_and_the_openapi_schema_need_the_key(api: Api) -> None:
-    for path in ("/docs", "/openapi.json", "/redoc"):
+def _metrics(api: Api) -> dict[str, float]:
+    """``/metrics`` as numbers by name (Prometheus text: llama-server's and the front's own)."""
+    with urllib.request.urlopen(urllib.request.Request(api.url("/metrics"), headers={
+            "Authorization": f"Bearer {KEY}"}), timeout=30) as response:
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode()
+    return {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line and line[0] != "#"}
+
+
+def test_every_path_needs_the_key_health_and_metrics_too(api: Api) -> None:
+    for path in ("/health", "/metrics", "/props", "/slots", "/docs", "/v1/models"):
         request = urllib.request.Request(api.url(path))
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(request, timeout=30)
         assert refused.value.code == 401, path
-    with urllib.request.urlopen(urllib.request.Request(api.url("/openapi.json"), headers={
-            "Authorization": f"Bearer {KEY}"}), timeout=30) as response:
-        assert response.status == 200
+    assert _get(api.url("/health"), KEY) == (200, {"status": "ok"})
+    metrics = _metrics(api)
+    assert metrics["llamawheel_slots"] == 4 and metrics["llamawheel_queue_limit"] == 8
+    for name in ("llamacpp:predicted_tokens_seconds", "llamacpp:requests_processing", "llamacpp:requests_deferred",
+                 "llamawheel_requests_waiting", "llamawheel_requests_in_flight"):
+        assert name in metrics, sorted(metrics)
 
 
 def test_slow_clients_without_the_key_neither_queue_nor_delay_a_chat(api: Api) -> None:
@@ -479,7 +491,8 @@ def test_a_chat_longer_than_the_context_gets_context_length_exceeded_and_the_ser
     error = json.loads(body)["error"]
     assert error["code"] == "context_length_exceeded"
     assert error["type"] == "invalid_request_error"
-    assert error["message"].startswith("This model's maximum context length is 4096 tokens. However, you requested")
+    assert error["message"].startswith("This model's maximum context length is 4096 tokens. However, your messages"
+                                       " resulted in ")
     assert api.process.poll() is None
     assert _get(api.url("/v1/models"), KEY)[0] == 200
     short = {**_ui_chat([{"role": "user", "content": "And now?"}]), "max_tokens": 16}
@@ -487,20 +500,73 @@ def test_a_chat_longer_than_the_context_gets_context_length_exceeded_and_the_ser
     assert status == 200 and _read_like_the_ui(stream)[1] == "length"
 
 
-def test_four_people_chatting_at_once_each_get_a_whole_answer(api: Api) -> None:
-    """Four streamed chats sent at the same moment. llama_cpp.server cuts a running answer short for a new
-    request unless told not to (three of four then got a 200 with an empty stream); the image queues them."""
-    def chat(i: int) -> tuple[int, str, bytes]:
-        body = _ui_chat([{"role": "user", "content": f"Person {i} says hello."}]) | {"max_tokens": 48}
-        return _post(api, body)
+@dataclass
+class Timed:
+    """A streamed answer with when its first and last content arrived (time.monotonic())."""
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
+    status: int
+    stream: bytes = b""
+    first: float = 0.0
+    last: float = 0.0
+
+
+def _timed_chat(api: Api, body: dict[str, Any]) -> Timed:
+    request = urllib.request.Request(api.url("/v1/chat/completions"), json.dumps(body).encode(), {
+        "Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:
+            out = Timed(response.status)
+            for line in response:
+                out.stream += line
+                if b'"content":"' in line:
+                    out.first = out.first or time.monotonic()
+                    out.last = time.monotonic()
+            return out
+    except urllib.error.HTTPError as exc:
+        return Timed(exc.code, exc.read())
+
+
+def test_four_people_chatting_at_once_are_answered_at_the_same_time(api: Api) -> None:
+    """Four streamed chats as the UI sends them, at the same moment: each gets its whole answer, and they stream
+    side by side (every one has its first words before any has its last: nobody waits for another's answer, as
+    they did when the image answered one after another). Meanwhile the model list and the health check answer,
+    and /metrics counts four busy requests."""
+    def chat(i: int) -> Timed:
+        body = _ui_chat([{"role": "user", "content": f"Person {i} says hello."}]) | {"max_tokens": 300}
+        return _timed_chat(api, body)
+
+    seen: dict[str, Any] = {}
+
+    def meanwhile() -> None:
+        time.sleep(0.3)
+        seen["models"] = _get(api.url("/v1/models"), KEY)[0]
+        seen["health"] = _get(api.url("/health"), KEY)[0]
+        seen["metrics"] = _metrics(api)
+        seen["at"] = time.monotonic()
+
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        watcher = pool.submit(meanwhile)
         answers = list(pool.map(chat, range(4)))
-    for status, content_type, stream in answers:
-        assert status == 200 and content_type.startswith("text/event-stream"), stream[:300]
-        text, finish, problems = _read_like_the_ui(stream)
-        assert finish in ("length", "stop") and text.strip() and not problems, stream[:500]
-    assert _get(api.url("/v1/models"), KEY)[0] == 200
+        watcher.result()
+    for answer in answers:
+        assert answer.status == 200, answer.stream[:300]
+        text, finish, problems = _read_like_the_ui(answer.stream)
+        assert finish in ("length", "stop") and text.strip() and not problems, answer.stream[:500]
+    assert max(a.first for a in answers) < min(a.last for a in answers), [(a.first, a.last) for a in answers]
+    assert seen["models"] == 200 and seen["health"] == 200
+    assert seen["at"] < max(a.last for a in answers), "the model list and health check waited for the answers"
+    assert seen["metrics"]["llamawheel_requests_in_flight"] == 4, seen["metrics"]
+    assert seen["metrics"]["llamacpp:requests_processing"] == 4, seen["metrics"]
+
+
+def test_the_same_seed_gives_the_same_text_streamed_or_not(api: Api) -> None:
+    body = _ui_chat([{"role": "user", "content": "Tell me a story."}]) | {"max_tokens": 40, "seed": 42}
+    status, _, stream = _post(api, body)
+    assert status == 200
+    streamed, _, problems = _read_like_the_ui(stream)
+    status, _, plain = _post(api, body | {"stream": False})
+    assert status == 200 and not problems
+    assert json.loads(plain)["choices"][0]["message"]["content"] == streamed
 
 
 def _server_rss(api: Api) -> int:
@@ -568,9 +634,9 @@ def test_a_load_of_chats_is_answered_in_full_and_memory_stays_flat(api: Api) -> 
 
 
 def test_past_the_queue_a_chat_gets_503_with_retry_after(built: Built, models: Path, tmp_path: Path) -> None:
-    """With MAX_QUEUE=1, six chats at once: one is answered while one waits; the rest are told at once to come
-    back (503, Retry-After), never given an empty answer."""
-    server = _started(built, models, tmp_path / "server.log", f"API_KEY={KEY}", "MAX_QUEUE=1")
+    """With PARALLEL=2 and MAX_QUEUE=1, six chats at once: two are answered while one waits; the rest are told at
+    once to come back (503, Retry-After), never given an empty answer."""
+    server = _started(built, models, tmp_path / "server.log", f"API_KEY={KEY}", "PARALLEL=2", "MAX_QUEUE=1")
     try:
         def chat(i: int) -> tuple[int, Any, bytes]:
             return _post_full(server, _ui_chat([{"role": "user", "content": f"Person {i}."}]) | {"max_tokens": 300})
@@ -583,11 +649,70 @@ def test_past_the_queue_a_chat_gets_503_with_retry_after(built: Built, models: P
     assert 1 <= len(busy) <= 4, [a[0] for a in answers]
     for headers, body in busy:
         assert headers.get("Retry-After") == "10"
-        assert json.loads(body)["error"]["code"] == "server_busy"
+        error = json.loads(body)["error"]
+        assert error["code"] == "server_busy" and "(PARALLEL=2, MAX_QUEUE=1)" in error["message"]
     for status, _, stream in answers:
         if status != 503:
             _answered_in_full(status, stream)
     assert "refused with 503" in (tmp_path / "server.log").read_text()
+
+
+@pytest.fixture(scope="module")
+def slower_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model slow enough here (about 40M parameters, a few hundred tokens/s) that a long answer outlasts a
+    disconnect by seconds."""
+    folder = tmp_path_factory.mktemp("slower")
+    result = llamawheel("tiny-model", str(folder / "llama-2-7b-chat.bin"), "--type", "q8_0", "--layers", "8",
+                        "--dim", "512", "--ff", "1408", "--heads", "8", "--kv-heads", "8", "--ctx", "4096")
+    assert result.returncode == 0, result.stderr
+    folder.chmod(0o755)
+    (folder / "llama-2-7b-chat.bin").chmod(0o644)
+    return folder
+
+
+def _until_idle(api: Api, limit: float = 15.0) -> float:
+    """Seconds until no slot is busy (llama-server's own count)."""
+    started = time.monotonic()
+    while _metrics(api)["llamacpp:requests_processing"] > 0:
+        assert time.monotonic() - started < limit, "a slot stayed busy"
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def test_a_client_that_goes_away_frees_its_slot(built: Built, slower_models: Path, tmp_path: Path) -> None:
+    """A streamed chat asking for 3000 tokens whose client closes the connection after the first words: its slot
+    is free at once and far fewer tokens were made. The same for a plain (unstreamed) request: llama-server
+    looks at the connection of one every second, so it stops within about a second."""
+    server = _started(built, slower_models, tmp_path / "server.log", f"API_KEY={KEY}")
+    try:
+        deadline = time.monotonic() + 120
+        while _get(server.url("/health"), KEY)[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        for streamed in (True, False):
+            before = _metrics(server)["llamacpp:tokens_predicted_total"]
+            body = json.dumps(_ui_chat([{"role": "user", "content": "Go on."}]) | {
+                "max_tokens": 3000, "stream": streamed, "logit_bias": {"2": -100}}).encode()
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+            sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n"
+                         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+            if streamed:
+                received = b""
+                while b'"content":"' not in received:
+                    received += sock.recv(4096)
+            else:
+                time.sleep(0.5)
+            sock.close()
+            took = _until_idle(server)
+            metrics = _metrics(server)
+            made = metrics["llamacpp:tokens_predicted_total"] - before
+            print(f"{'streamed' if streamed else 'plain'}: slot free {took:.2f} s after the client went away, "
+                  f"{made:.0f} of 3000 tokens made")
+            assert made < 2000, f"{made:.0f} tokens were made for a client that had gone away"
+            assert took < (1.0 if streamed else 3.0)
+        assert metrics["llamawheel_requests_disconnected_total"] == 2
+    finally:
+        _stop(server.container, server.process)
+    assert "the client went away; its answer is stopped" in (tmp_path / "server.log").read_text()
 
 
 def test_a_body_that_is_not_json_gets_a_400_and_no_traceback(api: Api) -> None:
@@ -601,9 +726,11 @@ def test_a_body_that_is_not_json_gets_a_400_and_no_traceback(api: Api) -> None:
     assert "Traceback" not in api.log.read_text()
 
 
-def test_the_log_says_threads_and_queue(api: Api) -> None:
+def test_the_log_says_slots_threads_and_queue(api: Api) -> None:
     log = api.log.read_text()
-    assert "thread(s): " in log and "request(s) queued" in log, log[-2000:]
+    assert "4 chat(s) at once, n_ctx 4096 each" in log and "thread(s): " in log and "request(s) queued" in log, \
+        log[-2000:]
+    assert "chat template llama2: the model has none" in log
 
 
 def test_the_declared_health_check_answers(api: Api, built: Built) -> None:
