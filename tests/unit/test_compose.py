@@ -83,6 +83,7 @@ def test_models_mount_at_models_and_the_gpu_is_reserved(compose: dict[str, Any])
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
     assert default(api["environment"]["N_CTX"]) == str(serve.MIN_CTX)
     assert default(api["environment"]["N_GPU_LAYERS"]) == "auto"
+    assert default(api["environment"]["PARALLEL"]) == serve.DEFAULTS["PARALLEL"] == "4"
 
 
 def test_the_ui_image_is_pinned_and_its_registry_can_be_a_mirror(compose: dict[str, Any]) -> None:
