@@ -331,7 +331,8 @@ def test_models_are_listed_under_the_ui_id_with_the_key(api: Api) -> None:
     assert status == 200
     assert [m["id"] for m in body["data"]] == [ALIAS]
     log = api.log.read_text()
-    assert f"serving /models/tiny/llama-2-7b-chat.bin as {ALIAS} on 0.0.0.0:{api.port} (n_ctx 4096" in log
+    assert f"serving /models/tiny/llama-2-7b-chat.bin as {ALIAS} on 0.0.0.0:{api.port} (4 chat(s) at once, n_ctx 4096" \
+        " each" in log
     assert "N_GPU_LAYERS=auto: this llama-cpp-python build has no GPU backend: every layer on the CPU" in log
 
 

@@ -185,6 +185,18 @@ def test_a_model_with_its_own_chat_template_keeps_it(tmp_path: Path) -> None:
     assert "--chat-template" not in config.server_args(1234)
 
 
+@pytest.mark.parametrize("modules,offload", [(["libggml-cpu-haswell.so", "libggml-base.so"], False),
+                                             (["libggml-cpu-haswell.so", "libggml-cuda.so"], True)])
+def test_gpu_offload_is_seen_in_the_wheels_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  modules: list[str], offload: bool) -> None:
+    (tmp_path / "llama_cpp" / "lib").mkdir(parents=True)
+    (tmp_path / "llama_cpp" / "__init__.py").write_text("raise ImportError('not imported: only found')\n")
+    for name in modules:
+        (tmp_path / "llama_cpp" / "lib" / name).write_bytes(b"\x7fELF")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert serve.gpu_offload() is offload
+
+
 def test_parallel_below_one_is_refused(tmp_path: Path) -> None:
     fake_gguf(tmp_path / "m.gguf")
     with pytest.raises(serve.ConfigError, match="PARALLEL=0: at least 1"):
@@ -307,42 +319,23 @@ def test_auto_with_a_model_it_cannot_size_is_a_config_error(tmp_path: Path) -> N
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1000, "stream": True}
 
 
-def test_a_chat_longer_than_the_context_gets_openais_error() -> None:
-    error = ValueError("Requested tokens (6021) exceed context window of 4096")
-    assert serve.error_body(error, CHAT) == (400, {"error": {
-        "message": "This model's maximum context length is 4096 tokens. However, you requested 7021 tokens"
-                   " (6021 in the messages, 1000 in the completion). Please reduce the length of the messages or"
-                   " completion.",
-        "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}})
-
-
-def test_a_completion_longer_than_the_context_gets_the_text_completion_wording() -> None:
-    error = ValueError("Requested tokens (5000) exceed context window of 2048")
-    status, body = serve.error_body(error, {"prompt": "x" * 10, "max_tokens": 16, "stream": True})
-    assert status == 400
-    assert body["error"] == {
-        "message": "This model's maximum context length is 2048 tokens, however you requested 5016 tokens"
-                   " (5000 in your prompt; 16 for the completion). Please reduce your prompt; or completion length.",
-        "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}
-
-
-def test_a_chat_without_max_tokens_counts_none_for_the_completion() -> None:
-    error = ValueError("Requested tokens (5000) exceed context window of 4096")
-    _, body = serve.error_body(error, {"messages": [], "max_tokens": None})
-    assert "you requested 5000 tokens (5000 in the messages, 0 in the completion)" in body["error"]["message"]
-
-
-def test_a_completion_without_max_tokens_counts_the_servers_default_of_16() -> None:
-    error = ValueError("Requested tokens (5000) exceed context window of 4096")
-    for request in ({"prompt": "x"}, {"prompt": "x", "max_tokens": None}):
-        _, body = serve.error_body(error, request)
-        assert "you requested 5016 tokens (5000 in your prompt; 16 for the completion)" in body["error"]["message"]
-
-
 def test_any_other_error_is_a_500() -> None:
-    assert serve.error_body(RuntimeError("boom"), CHAT) == (500, {"error": {
+    assert serve.error_body(RuntimeError("boom")) == (500, {"error": {
         "message": "boom", "type": "internal_server_error", "param": None, "code": None}})
-    assert serve.error_body(KeyError(), CHAT)[1]["error"]["message"] == "KeyError"
+    assert serve.error_body(KeyError())[1]["error"]["message"] == "KeyError"
+
+
+def test_llama_servers_context_error_becomes_openais() -> None:
+    data = json.dumps({"error": {"code": 400, "message": "the request exceeds the available context size, try"
+                                 " increasing it", "type": "exceed_context_size_error", "n_prompt_tokens": 6021,
+                                 "n_ctx": 4096}}).encode()
+    converted = upstream.context_exceeded(data)
+    assert converted is not None and json.loads(converted) == {"error": {
+        "message": "This model's maximum context length is 4096 tokens. However, your messages resulted in 6021"
+                   " tokens. Please reduce the length of the messages.",
+        "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}}
+    other = json.dumps({"error": {"code": 400, "message": "x", "type": "invalid_request_error"}}).encode()
+    assert upstream.context_exceeded(other) is None and upstream.context_exceeded(b"<html>") is None
 
 
 # --- StreamErrors -------------------------------------------------------------------------------------------
@@ -353,7 +346,7 @@ STREAM_START: Message = {"type": "http.response.start", "status": 200,
 PING: Message = {"type": "http.response.body", "body": b": ping\r\n\r\n", "more_body": True}
 END: Message = {"type": "http.response.body", "body": b"", "more_body": False}
 DATA: Message = {"type": "http.response.body", "body": b'data: {"choices": []}\r\n\r\n', "more_body": True}
-TOO_LONG = "Requested tokens (5000) exceed context window of 4096"
+GONE = "llama-server closed the connection without an answer"
 
 
 def scope(path: str = "/v1/chat/completions", method: str = "POST") -> dict[str, Any]:
@@ -494,26 +487,23 @@ def test_a_non_stream_body_in_two_chunks_is_reassembled() -> None:
 
 
 @needs_exception_group
-def test_an_error_before_the_first_event_becomes_a_400(capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_error_before_the_first_event_becomes_a_json_500(capsys: pytest.CaptureFixture[str]) -> None:
     client = Client(stream_body())
 
     async def app(s: Any, receive: Receive, send: Send) -> None:
         await read_body(receive)
         await send(STREAM_START)
-        raise ExceptionGroup("unhandled errors in a TaskGroup", [ValueError(TOO_LONG)])
+        raise ExceptionGroup("unhandled errors in a TaskGroup", [ValueError(GONE)])
 
     client.run(app)
     response = error_response(client)
-    assert response["status"] == 400
-    assert response["error"]["code"] == "context_length_exceeded"
-    assert response["error"]["message"] == (
-        "This model's maximum context length is 4096 tokens. However, you requested 6000 tokens (5000 in the"
-        " messages, 1000 in the completion). Please reduce the length of the messages or completion.")
-    assert f"llamawheel: stream refused with 400: {response['error']['message']}" in capsys.readouterr().err
+    assert response["status"] == 500
+    assert response["error"]["message"] == GONE
+    assert f"llamawheel: stream refused with 500: {GONE}" in capsys.readouterr().err
 
 
 @needs_exception_group
-def test_an_error_after_the_stream_ended_empty_is_still_a_400() -> None:
+def test_an_error_after_the_stream_ended_empty_is_still_an_error() -> None:
     """sse_starlette's order: the start, the final empty body, and only then the task group's error."""
     client = Client(stream_body())
 
@@ -522,11 +512,11 @@ def test_an_error_after_the_stream_ended_empty_is_still_a_400() -> None:
         await send(PING)
         await send(END)
         raise ExceptionGroup("unhandled errors in a TaskGroup",
-                             [ExceptionGroup("nested", [ValueError(TOO_LONG)])])
+                             [ExceptionGroup("nested", [ValueError(GONE)])])
 
     client.run(app)
     response = error_response(client)
-    assert (response["status"], response["error"]["code"]) == (400, "context_length_exceeded")
+    assert (response["status"], response["error"]["message"]) == (500, GONE)
 
 
 def test_a_plain_error_before_the_first_event_on_completions() -> None:
@@ -534,13 +524,11 @@ def test_a_plain_error_before_the_first_event_on_completions() -> None:
 
     async def app(s: Any, receive: Receive, send: Send) -> None:
         await send(STREAM_START)
-        raise ValueError(TOO_LONG)
+        raise ValueError(GONE)
 
     client.run(app, scope(path="/v1/completions"))
     response = error_response(client)
-    assert response["status"] == 400
-    assert response["error"]["message"].startswith(
-        "This model's maximum context length is 4096 tokens, however you requested 5016 tokens")
+    assert (response["status"], response["error"]["message"]) == (500, GONE)
 
 
 def test_another_error_before_the_first_event_is_a_500() -> None:
@@ -623,11 +611,11 @@ def test_an_error_after_the_first_event_is_raised() -> None:
     async def app(s: Any, receive: Receive, send: Send) -> None:
         await send(STREAM_START)
         await send(DATA)
-        raise ExceptionGroup("unhandled errors in a TaskGroup", [ValueError(TOO_LONG)])
+        raise ExceptionGroup("unhandled errors in a TaskGroup", [ValueError(GONE)])
 
     with pytest.raises(ExceptionGroup) as caught:
         client.run(app)
-    assert str(caught.value.exceptions[0]) == TOO_LONG
+    assert str(caught.value.exceptions[0]) == GONE
     assert client.sent == [STREAM_START, DATA]  # no 400 after the 200
 
 

@@ -125,7 +125,8 @@ def _build(plan: Plan, work: Path, made: str) -> Path:
                              provided=repair.Provided(WHEEL_LIB_DIR, FROM_WHEEL))
     repaired = repair.repair_wheel(built.wheel, plan.output_dir, spec)
     manifest = {"fingerprint": made, "llama_cpp_python": plan.source.version, "platform": plan.platform.name,
-                "build_env": plan.build_env, "glibc": plan.glibc and ".".join(map(str, plan.glibc)),
+                "recipe": {"name": "server", "file": "server/CMakeLists.txt"}, "build_env": {"name": plan.build_env},
+                "glibc": plan.glibc and ".".join(map(str, plan.glibc)),
                 "platform_tag": repaired.platform_tag, "libraries": repaired.libraries,
                 "compile_seconds": round(built.seconds, 1), "cmake_args": args}
     fileio.write_file(repaired.path.with_name(repaired.path.name + MANIFEST_SUFFIX),

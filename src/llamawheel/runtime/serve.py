@@ -87,12 +87,11 @@ DEFAULTS = {"MODELS_DIR": "/models", "MODEL_CACHE": "/cache",
 UI_MODELS_DIR = "/models"
 """Where the UI's ids say the models are (``/models/llama-2-13b-chat.bin``)."""
 RETRY_AFTER_SECONDS = 10
+GPU_BACKENDS = ("cuda", "hip", "vulkan", "sycl", "musa")
+"""ggml's GPU backend modules (``libggml-cuda.so``): a wheel with one can offload layers."""
 FRONT_NICENESS = 10
 """How much the front (this process, after llama-server started) yields the CPU to llama-server."""
 STREAM_PATHS = ("/v1/chat/completions", "/v1/completions")
-COMPLETION_MAX_TOKENS = 16
-"""llama_cpp.server's default max_tokens for /v1/completions (chat has none)."""
-CONTEXT_EXCEEDED = re.compile(r"Requested tokens \((\d+)\) exceed context window of (\d+)")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -403,23 +402,8 @@ def _error(message: str, kind: str, code: str | None, param: str | None = None) 
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-def error_body(exc: BaseException, request: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
-    """The OpenAI-style error llama_cpp.server gives a plain request, for an error raised in a stream."""
-    match = CONTEXT_EXCEEDED.search(str(exc))
-    if match:
-        prompt, window = int(match[1]), int(match[2])
-        if "messages" in request:
-            completion = request.get("max_tokens") or 0
-            message = (f"This model's maximum context length is {window} tokens. However, you requested"
-                       f" {prompt + completion} tokens ({prompt} in the messages, {completion} in the completion)."
-                       " Please reduce the length of the messages or completion.")
-        else:
-            max_tokens = request.get("max_tokens", COMPLETION_MAX_TOKENS)
-            completion = COMPLETION_MAX_TOKENS if max_tokens is None else max_tokens
-            message = (f"This model's maximum context length is {window} tokens, however you requested"
-                       f" {prompt + completion} tokens ({prompt} in your prompt; {completion} for the completion)."
-                       " Please reduce your prompt; or completion length.")
-        return 400, _error(message, "invalid_request_error", "context_length_exceeded", "messages")
+def error_body(exc: BaseException) -> tuple[int, dict[str, Any]]:
+    """OpenAI's error shape for an error raised before a stream's first event (llama-server gone, say)."""
     return 500, _error(str(exc) or type(exc).__name__, "internal_server_error", None)
 
 
@@ -494,8 +478,9 @@ class Admission:
 
 
 class StreamErrors:
-    """ASGI middleware: a streamed completion's response is held back until its first event, so an error
-    raised before it (a prompt longer than the context) becomes a proper JSON error response."""
+    """ASGI middleware: a body that is not JSON gets an OpenAI-style 400; a streamed completion's response is held
+    back until its first event, so an error raised before it (llama-server gone) becomes a JSON error response,
+    never an empty 200 stream."""
 
     def __init__(self, app: App) -> None:
         self.app = app
@@ -515,7 +500,7 @@ class StreamErrors:
 
         try:
             request = json.loads(body)
-        except ValueError as exc:  # llama_cpp.server answers 500 and logs a traceback
+        except ValueError as exc:
             why = "it is empty" if not body.strip() else f"{exc}"
             await _send_json(send, 400, _error(f"the request body is not JSON: {why}", "invalid_request_error", None))
             return
@@ -550,7 +535,7 @@ class StreamErrors:
             error = _first_error(exc)
             if released or error is None:
                 raise
-            status, payload = error_body(error, request)
+            status, payload = error_body(error)
             print(f"llamawheel: stream refused with {status}: {payload['error']['message']}", file=sys.stderr,
                   flush=True)
             await _send_json(send, status, payload)
@@ -565,7 +550,7 @@ class Guard:
     server without a key any request a page of another origin sends (403); a missing or wrong key (401,
     compared in constant time, before the body is read or anything is queued); a body over ``max_body`` (413,
     at once when ``Content-Length`` says so) or not sent within ``body_timeout`` (408). What passes reaches the
-    app with its body read in full. The app's own CORS headers (llama_cpp.server allows every origin with
+    app with its body read in full. The app's own CORS headers (llama-server may allow every origin with
     credentials) are dropped and replaced by this middleware's."""
 
     def __init__(self, app: App, settings: Security) -> None:
@@ -669,7 +654,7 @@ def gpu_offload() -> bool:
     if spec is None or spec.origin is None:
         raise ConfigError("llama-cpp-python is not installed in this Python")
     lib = Path(spec.origin).parent / "lib"
-    return any(lib.glob(f"libggml-{name}.so") for name in ("cuda", "hip", "vulkan", "sycl", "musa"))
+    return any((lib / f"libggml-{name}.so").is_file() for name in GPU_BACKENDS)
 
 
 def free_port() -> int:
