@@ -61,7 +61,7 @@ def test_tags_and_build_arguments_pin_the_exact_wheel(wheels: Path) -> None:
     tsinghua = profiles.load_profile("tsinghua")
     args = image.build_args("localhost/llamawheel-base:x", tsinghua, chosen)
     assert args == {"BASE_IMAGE": "localhost/llamawheel-base:x",
-                    "REQUIREMENT": "llama-cpp-python==0.3.36+cu130.sm90 llamawheel-server==0.3.36 uvicorn",
+                    "REQUIREMENT": "llama-cpp-python==0.3.36+cu130.sm90 llamawheel-server==0.3.36 uvicorn pyyaml",
                     "APT_MIRROR": tsinghua.debian}
     assert "APT_MIRROR" not in image.build_args("b", profiles.load_profile("default"), chosen)
 
@@ -102,7 +102,7 @@ def test_context_only_writes_everything_the_containerfile_copies(
     assert listed.stat().st_size > 0
     assert "docker build -t localhost/llamawheel-api:cu130 --build-arg BASE_IMAGE=docker.io/library/debian:" \
            "bookworm-slim --build-arg 'REQUIREMENT=llama-cpp-python==0.3.36+cu130.sm90 llamawheel-server==0.3.36 " \
-           "uvicorn'" in out
+           "uvicorn pyyaml'" in out
     assert (dest / "index" / "simple" / "llamawheel-server" / "index.html").is_file()
     code, _, err = run(capsys, "image", "--variant", "cu130", "--index", str(wheels), "--context-only", str(dest))
     assert code == 2 and "already exists" in err

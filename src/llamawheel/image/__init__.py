@@ -263,10 +263,11 @@ def tags_for(wheel: IndexedWheel) -> tuple[str, ...]:
 
 
 def requirement(wheel: IndexedWheel) -> str:
-    """What the image installs: the wheel, llama.cpp's own server of the same release (the companion wheel), and
-    uvicorn for the front (llama-cpp-python's own server and its dependencies are left out)."""
+    """What the image installs: the wheel, llama.cpp's own server of the same release (the companion wheel), uvicorn
+    for the front and PyYAML for the GGML v3 converter's ``gguf`` package (llama-cpp-python's own server and the rest
+    of its dependencies are left out)."""
     public = wheel.version.split("+")[0]
-    return f"llama-cpp-python=={wheel.version} {server.DISTRIBUTION.replace('_', '-')}=={public} uvicorn"
+    return f"llama-cpp-python=={wheel.version} {server.DISTRIBUTION.replace('_', '-')}=={public} uvicorn pyyaml"
 
 
 def build_args(base: str, mirror: MirrorProfile, wheel: IndexedWheel) -> dict[str, str]:
