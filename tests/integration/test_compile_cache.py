@@ -82,7 +82,7 @@ def build(cache: Path, store: RedisStore, db: int, args: list[str], out: Path, t
     Returns the wheel, its manifest's compile cache entry and the output."""
     env = {**os.environ, **store.env, "LLAMAWHEEL_CACHE": str(cache), "PYTHONPATH": str(cwd / "src")}
     env.pop("LLAMAWHEEL_COMPILE_CACHE", None)
-    cmd = [sys.executable, "-m", "llamawheel", "build", *args, "--out", str(out),
+    cmd = [sys.executable, "-m", "llamawheel", "build", *args, "--out", str(out), "--no-server",
            *(["--compile-cache", tool] if tool else []), "--compile-cache-url", store.url(db)]
     with watching_processes(store.password) as seen:
         done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=3600)
@@ -110,7 +110,8 @@ def test_a_store_that_does_not_answer_or_refuses_the_password_stops_the_build_at
     if redis_store is None:
         pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run installs it)")
     env = {**os.environ, "LLAMAWHEEL_CACHE": str(tmp_path / "cache")}
-    cmd = [sys.executable, "-m", "llamawheel", "build", "cpu", "--out", str(tmp_path / "out"), "--compile-cache-url"]
+    cmd = [sys.executable, "-m", "llamawheel", "build", "cpu", "--out", str(tmp_path / "out"), "--no-server",
+           "--compile-cache-url"]
     closed = f"redis://127.0.0.1:{free_port()}"
     for url, extra, message in [
         (closed, {}, f"the compile cache store {closed} does not answer"),

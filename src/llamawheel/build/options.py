@@ -48,7 +48,7 @@ class BuildOptions:
     """Run static verification after the build."""
     server: bool = True
     """Also build the companion wheel with llama.cpp's own server (``llamawheel_server``), which the runtime image
-    serves with; reused when one of the same sources is in the output folder."""
+    serves with; reused when one of the same sources is in the output folder. Not with ``source`` (a local tree)."""
     compile_cache: str | None = None
     """sccache, ccache or none (``LLAMAWHEEL_COMPILE_CACHE``); None: ccache (sccache with an S3
     or GitHub Actions' cache store, or a farm), or none where the mirror lacks it."""

@@ -106,7 +106,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         recipe, minor = catalog.find_cuda(args.target.removeprefix("cuda-"))
         plan = planning.plan_cuda(recipe, minor, opts)
     wheel = pipeline.run(plan)
-    if opts.server:
+    if opts.server and opts.source is None:  # a local tree (--source) may be anything: the server needs the sdist
         server.build(plan)
     print(wheel)
     return 0
