@@ -10,6 +10,7 @@ to just those modules is made and the server starts there. Paths given to it are
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -24,21 +25,33 @@ def backend_dir(base: Path | None = None) -> tuple[Path, str | None]:
     """A folder of links to the wheel's backend modules that should be loaded here, and the CPU variant among them
     (None: ggml was built with its backends linked in, nothing to link)."""
     import llama_cpp  # loads the library and chooses the CPU variant, as an import of the wheel does
-
     from llama_cpp import _backends
 
     lib = Path(llama_cpp.__file__).resolve().parent / "lib"
     variant = _backends.CPU_VARIANT
     wanted = [p for p in sorted(lib.glob("libggml-*.so")) if p.name != "libggml-base.so"
               and (not p.name.startswith("libggml-cpu-") or p.name == f"libggml-cpu-{variant}.so")]
-    folder = (base or Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp")) / \
-        f"llamawheel-server-{os.getuid()}" / (variant or "linked")
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    for old in folder.iterdir():
-        old.unlink()
+    top = (base or Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp")) / f"llamawheel-server-{os.getuid()}"
+    top.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for stale in top.iterdir():  # one folder per server (its pid: exec keeps it); those of servers gone go
+        if stale.name.isdigit() and not _running(int(stale.name)):
+            shutil.rmtree(stale, ignore_errors=True)
+    folder = top / str(os.getpid())
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(mode=0o700)
     for module in wanted:
         (folder / module.name).symlink_to(module)
     return folder, variant
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def absolute(argv: list[str]) -> list[str]:
