@@ -716,6 +716,56 @@ def test_a_client_that_goes_away_frees_its_slot(built: Built, slower_models: Pat
     assert "the client went away; its answer is stopped" in (tmp_path / "server.log").read_text()
 
 
+def _family(root: int) -> dict[int, str]:
+    """The processes below ``root`` (``buildah run``): pid -> command line."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    family, grew = {root}, True
+    while grew:
+        more = {pid for pid, parent in parents.items() if parent in family} - family
+        family |= more
+        grew = bool(more)
+    out = {}
+    for pid in family - {root}:
+        try:
+            out[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+    return out
+
+
+def _gone(pid: int, within: float = 20.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not Path(f"/proc/{pid}").exists():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.parametrize("how", ["stopped", "killed"])
+def test_llama_server_never_outlives_the_front(built: Built, models: Path, tmp_path: Path, how: str) -> None:
+    """The front stopped as docker stop does (SIGTERM), or killed outright (SIGKILL, no clean-up): llama-server,
+    its child, ends with it either way."""
+    server = _started(built, models, tmp_path / "server.log", f"API_KEY={KEY}")
+    try:
+        deadline = time.monotonic() + 120
+        while _get(server.url("/health"), KEY)[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        family = _family(server.process.pid)
+        (llama,) = [pid for pid, cmd in family.items() if "llamawheel_server/llama-server" in cmd]
+        (front,) = [pid for pid, cmd in family.items() if "llamawheel_runtime.serve" in cmd]
+        if how == "killed":
+            os.kill(front, signal.SIGKILL)
+    finally:
+        _stop(server.container, server.process)
+    assert _gone(llama), f"llama-server (pid {llama}) outlived the front ({how})"
+
+
 def test_a_body_that_is_not_json_gets_a_400_and_no_traceback(api: Api) -> None:
     request = urllib.request.Request(api.url("/v1/chat/completions"), b'{"messages": [', {
         "Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})

@@ -47,6 +47,7 @@ Standard library only at import time: uvicorn is imported in `main`.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import hashlib
 import hmac
 import importlib.util
@@ -663,6 +664,26 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with(parent: int) -> Callable[[], None]:
+    """For the child, before it runs: SIGTERM when ``parent`` ends, however it ends (killed, or stopped by a signal
+    while the model loads), so that no llama-server outlives the front."""
+    def arrange() -> None:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # it ended before the line above
+            os._exit(1)
+
+    return arrange
+
+
+def _graceful(signum: int, frame: object) -> None:
+    """SIGTERM once uvicorn has shut down (it raises again the signal it caught): leave through ``main``'s
+    ``finally``, which stops llama-server (without this, the default action would end the process there)."""
+    raise SystemExit(0)
+
+
 class Backend:
     """llama-server as a child process on loopback, with a key made for this start."""
 
@@ -672,7 +693,7 @@ class Backend:
         env = {**os.environ, "LLAMA_API_KEY": self.key}
         env.pop("API_KEY", None)
         self.process = subprocess.Popen([sys.executable, "-m", "llamawheel_server", *config.server_args(self.port)],
-                                        env=env, stdin=subprocess.DEVNULL)
+                                        env=env, stdin=subprocess.DEVNULL, preexec_fn=_die_with(os.getpid()))
         self.stopping = False
 
     def wait_ready(self, poll: float = 0.25) -> None:
@@ -751,6 +772,7 @@ def main(argv: list[str] | None = None) -> int:
         os.nice(FRONT_NICENESS)
         gauges = upstream.Gauges(config.parallel, config.max_queue)
         app = upstream.Upstream("127.0.0.1", backend.port, backend.key, gauges)
+        signal.signal(signal.SIGTERM, _graceful)
         uvicorn.run(Guard(Admission(StreamErrors(app), gauges), guard), host=config.host, port=config.port,
                     server_header=False)
         return 1 if backend.process.poll() is not None else 0  # llama-server stopped on its own
