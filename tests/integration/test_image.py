@@ -533,16 +533,20 @@ def test_four_people_chatting_at_once_are_answered_at_the_same_time(api: Api) ->
     they did when the image answered one after another). Meanwhile the model list and the health check answer,
     and /metrics counts four busy requests."""
     def chat(i: int) -> Timed:
-        body = _ui_chat([{"role": "user", "content": f"Person {i} says hello."}]) | {"max_tokens": 300}
-        return _timed_chat(api, body)
+        body = _ui_chat([{"role": "user", "content": f"Person {i} says hello."}]) | {"logit_bias": {"2": -100}}
+        return _timed_chat(api, body)  # 1000 tokens each (the UI's max_tokens), end-of-text suppressed
 
     seen: dict[str, Any] = {}
 
     def meanwhile() -> None:
-        time.sleep(0.3)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # until llama.cpp writes all four
+            seen["metrics"] = _metrics(api)
+            if seen["metrics"]["llamacpp:requests_processing"] == 4:
+                break
+            time.sleep(0.05)
         seen["models"] = _get(api.url("/v1/models"), KEY)[0]
         seen["health"] = _get(api.url("/health"), KEY)[0]
-        seen["metrics"] = _metrics(api)
         seen["at"] = time.monotonic()
 
     with ThreadPoolExecutor(max_workers=5) as pool:
@@ -757,8 +761,9 @@ def test_llama_server_never_outlives_the_front(built: Built, models: Path, tmp_p
         while _get(server.url("/health"), KEY)[0] != 200 and time.monotonic() < deadline:
             time.sleep(0.5)
         family = _family(server.process.pid)
-        (llama,) = [pid for pid, cmd in family.items() if "llamawheel_server/llama-server" in cmd]
-        (front,) = [pid for pid, cmd in family.items() if "llamawheel_runtime.serve" in cmd]
+        (llama,) = [pid for pid, cmd in family.items() if cmd.split(" ", 1)[0].endswith("/llama-server")]
+        front = int(Path(f"/proc/{llama}/stat").read_text().rsplit(")", 1)[1].split()[1])  # its parent
+        assert "llamawheel_runtime.serve" in family[front]
         if how == "killed":
             os.kill(front, signal.SIGKILL)
     finally:
