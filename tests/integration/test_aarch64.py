@@ -177,10 +177,13 @@ print("\n".join(sorted({line.split()[-1] for line in open("/proc/self/maps") if 
 '''
 
 
+@pytest.mark.slow
 def test_the_aarch64_cuda_probe_installs_offline_and_finds_cudart_and_cublas_in_nvidias_aarch64_wheels(
         userland: buildroot.Root, index: Path) -> None:
     """No GPU here: what is proven is that the wheel's library loads on Arm with every symbol resolved, its
-    libcudart.so.13 and libcublas.so.13 the ones of NVIDIA's aarch64 wheels, installed beside it by pip."""
+    libcudart.so.13 and libcublas.so.13 the ones of NVIDIA's aarch64 wheels, installed beside it by pip. Behind
+    --run-slow (pip and the loader under QEMU, about a minute cold) to keep a cold .ci/run near an hour; the
+    index's aarch64 cu130 pages are checked above."""
     target = userland.path / "opt" / "cuda-site"
     installed = run_as(userland, "max", PYTHON, "-m", "pip", "install", "--disable-pip-version-check",
                        "--no-cache-dir", "--target", str(target), "--index-url", f"{index.as_uri()}/cu130/simple",
