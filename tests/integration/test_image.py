@@ -764,11 +764,11 @@ def test_llama_server_never_outlives_the_front(built: Built, models: Path, tmp_p
         (llama,) = [pid for pid, cmd in family.items() if cmd.split(" ", 1)[0].endswith("/llama-server")]
         front = int(Path(f"/proc/{llama}/stat").read_text().rsplit(")", 1)[1].split()[1])  # its parent
         assert "llamawheel_runtime.serve" in family[front]
-        if how == "killed":
-            os.kill(front, signal.SIGKILL)
+        os.kill(front, signal.SIGKILL if how == "killed" else signal.SIGTERM)  # the front alone
+        assert _gone(llama), f"llama-server (pid {llama}) outlived the front ({how})"
+        assert _gone(front), f"the front (pid {front}) did not stop on SIGTERM"
     finally:
         _stop(server.container, server.process)
-    assert _gone(llama), f"llama-server (pid {llama}) outlived the front ({how})"
 
 
 def test_a_body_that_is_not_json_gets_a_400_and_no_traceback(api: Api) -> None:

@@ -665,13 +665,16 @@ def free_port() -> int:
 
 
 PR_SET_PDEATHSIG = 1
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def _die_with(parent: int) -> Callable[[], None]:
-    """For the child, before it runs: SIGTERM when ``parent`` ends, however it ends (killed, or stopped by a signal
-    while the model loads), so that no llama-server outlives the front."""
+    """For the child, before it runs: killed when ``parent`` ends, however it ends (killed, or stopped by a signal
+    while the model loads), so that no llama-server outlives the front; SIGTERM and SIGINT not blocked."""
     def arrange() -> None:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        # SIGKILL: a process started with SIGTERM blocked (buildah run's children are) could not be told otherwise
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # so that Backend.stop's SIGTERM is heard
         if os.getppid() != parent:  # it ended before the line above
             os._exit(1)
 
@@ -740,6 +743,7 @@ def main(argv: list[str] | None = None) -> int:
     runs (a model converted, loaded), SIGTERM and SIGINT stop it at once, leaving nothing half-written
     (`convert.stop_on_signals`): as a container's PID 1 it would otherwise ignore ``docker stop``."""
     del argv
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # docker stop's SIGTERM, whatever started us blocked
     backend: Backend | None = None
     try:
         with convert.stop_on_signals():
