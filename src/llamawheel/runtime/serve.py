@@ -47,6 +47,7 @@ Standard library only at import time: uvicorn is imported in `main`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import hashlib
 import hmac
@@ -665,7 +666,6 @@ def free_port() -> int:
 
 
 PR_SET_PDEATHSIG = 1
-STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def _die_with(parent: int) -> Callable[[], None]:
@@ -674,17 +674,20 @@ def _die_with(parent: int) -> Callable[[], None]:
     def arrange() -> None:
         # SIGKILL: a process started with SIGTERM blocked (buildah run's children are) could not be told otherwise
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # so that Backend.stop's SIGTERM is heard
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, convert.STOP_SIGNALS)  # so that Backend.stop's SIGTERM is heard
         if os.getppid() != parent:  # it ended before the line above
             os._exit(1)
 
     return arrange
 
 
+class _Stopped(Exception):
+    """SIGTERM once uvicorn has shut down (it raises again the signal it caught): ``main`` goes on to stop
+    llama-server and to say how it ended (without a handler, the default action would end the process there)."""
+
+
 def _graceful(signum: int, frame: object) -> None:
-    """SIGTERM once uvicorn has shut down (it raises again the signal it caught): leave through ``main``'s
-    ``finally``, which stops llama-server (without this, the default action would end the process there)."""
-    raise SystemExit(0)
+    raise _Stopped
 
 
 class Backend:
@@ -698,6 +701,8 @@ class Backend:
         self.process = subprocess.Popen([sys.executable, "-m", "llamawheel_server", *config.server_args(self.port)],
                                         env=env, stdin=subprocess.DEVNULL, preexec_fn=_die_with(os.getpid()))
         self.stopping = False
+        self.died = False
+        """Whether llama-server stopped on its own, before the front stopped it."""
 
     def wait_ready(self, poll: float = 0.25) -> None:
         """Until llama-server has loaded the model (its ``/health`` says ok); raises ConfigError if it stops."""
@@ -721,6 +726,7 @@ class Backend:
         def wait() -> None:
             code = self.process.wait()
             if not self.stopping:
+                self.died = True
                 print(f"llamawheel: ERROR llama-server stopped (exit status {code}): stopping", file=sys.stderr,
                       flush=True)
                 os.kill(os.getpid(), signal.SIGTERM)
@@ -743,7 +749,7 @@ def main(argv: list[str] | None = None) -> int:
     runs (a model converted, loaded), SIGTERM and SIGINT stop it at once, leaving nothing half-written
     (`convert.stop_on_signals`): as a container's PID 1 it would otherwise ignore ``docker stop``."""
     del argv
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # docker stop's SIGTERM, whatever started us blocked
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, convert.STOP_SIGNALS)  # docker stop's SIGTERM, whatever blocked it
     backend: Backend | None = None
     try:
         with convert.stop_on_signals():
@@ -777,9 +783,10 @@ def main(argv: list[str] | None = None) -> int:
         gauges = upstream.Gauges(config.parallel, config.max_queue)
         app = upstream.Upstream("127.0.0.1", backend.port, backend.key, gauges)
         signal.signal(signal.SIGTERM, _graceful)
-        uvicorn.run(Guard(Admission(StreamErrors(app), gauges), guard), host=config.host, port=config.port,
-                    server_header=False)
-        return 1 if backend.process.poll() is not None else 0  # llama-server stopped on its own
+        with contextlib.suppress(_Stopped):
+            uvicorn.run(Guard(Admission(StreamErrors(app), gauges), guard), host=config.host, port=config.port,
+                        server_header=False)
+        return 1 if backend.died else 0
     finally:
         if backend is not None:
             backend.stop()
