@@ -157,6 +157,11 @@ class IndexedWheel:
     platform: Platform = X86_64
     """The machine the wheel (and so the image) is for."""
 
+    @property
+    def release(self) -> str:
+        """The llama-cpp-python release, without the variant (``0.3.36``): the server wheel's version."""
+        return self.version.split("+")[0]
+
 
 def chosen_wheel(index_root: Path, variant: str, version: str | None = None,
                  target: Platform = X86_64) -> IndexedWheel | None:
@@ -266,8 +271,7 @@ def requirement(wheel: IndexedWheel) -> str:
     """What the image installs: the wheel, llama.cpp's own server of the same release (the companion wheel), uvicorn
     for the front and PyYAML for the GGML v3 converter's ``gguf`` package (llama-cpp-python's own server and the rest
     of its dependencies are left out)."""
-    public = wheel.version.split("+")[0]
-    return f"llama-cpp-python=={wheel.version} {server.DISTRIBUTION.replace('_', '-')}=={public} uvicorn pyyaml"
+    return f"llama-cpp-python=={wheel.version} {server.PROJECT}=={wheel.release} uvicorn pyyaml"
 
 
 def build_args(base: str, mirror: MirrorProfile, wheel: IndexedWheel) -> dict[str, str]:
@@ -393,8 +397,7 @@ def ensure_wheel(index_root: Path, variant: str, mirror: MirrorProfile, version:
     if version:
         raise UsageError(f"the {variant} index has no llama-cpp-python {version}")
     log.info(f"the {variant} index in {index_root} has no llama-cpp-python wheel: building and publishing one first")
-    opts = options.resolve({"mirror": mirror.name if mirror.name in profiles.available() else str(mirror.path),
-                            "out": index_root, "platform": target.name})
+    opts = _build_options(mirror, index_root, target)
     if variant == "cpu":
         plan = planning.plan_cpu(catalog.cpu_recipe(), opts)
     else:
@@ -411,12 +414,17 @@ def ensure_wheel(index_root: Path, variant: str, mirror: MirrorProfile, version:
     return found
 
 
+def _build_options(mirror: MirrorProfile, out: Path, target: Platform) -> options.BuildOptions:
+    """The options of a build the image needs first: this mirror profile, into ``out``, for ``target``."""
+    return options.resolve({"mirror": mirror.name if mirror.name in profiles.available() else str(mirror.path),
+                            "out": out, "platform": target.name})
+
+
 def server_in(wheel: IndexedWheel) -> str | None:
     """The file name of llama.cpp's server (`llamawheel.pipeline.server`) of ``wheel``'s release and machine in its
     variant's index, or None."""
-    public = wheel.version.split("+")[0]
     for f in index.load_state(wheel.index).files:
-        if f.project == index.COMPANION and f.version == public and \
+        if f.project == server.PROJECT and f.version == wheel.release and \
                 platforms.of_tag(WheelName.parse(f.name).platform) == wheel.platform:
             return f.name
     return None
@@ -428,19 +436,17 @@ def ensure_server(wheel: IndexedWheel, mirror: MirrorProfile) -> str:
     found = server_in(wheel)
     if found is not None:
         return found
-    public = wheel.version.split("+")[0]
-    log.info(f"the {wheel.variant} index has no llamawheel-server {public} for {wheel.platform.name} (llama.cpp's own "
-             "server, which the image runs): building and publishing it first")
+    log.info(f"the {wheel.variant} index has no llamawheel-server {wheel.release} for {wheel.platform.name} "
+             "(llama.cpp's own server, which the image runs): building and publishing it first")
     pinned = catalog.cpu_recipe().llama_cpp_python.version
-    if public != pinned:
+    if wheel.release != pinned:
         raise ImageError(f"{wheel.name}: the image runs llama.cpp's own server, which llamawheel builds for the "
                          f"recipes' llama-cpp-python {pinned} only",
                          f"build the image from a {pinned} wheel (--wheel-version), or publish a llamawheel-server "
-                         f"{public} beside it")
+                         f"{wheel.release} beside it")
     out = paths.images_dir() / "server-wheels"
     out.mkdir(parents=True, exist_ok=True)
-    opts = options.resolve({"mirror": mirror.name if mirror.name in profiles.available() else str(mirror.path),
-                            "out": out, "platform": wheel.platform.name})
+    opts = _build_options(mirror, out, wheel.platform)
     built = server.build(planning.plan_cpu(catalog.cpu_recipe(), opts))
     index.publish([wheel.index / "files" / wheel.sha256 / wheel.name, built], index_root=wheel.index.parent,
                   mirror=mirror)

@@ -30,6 +30,9 @@ from llamawheel.toolchain import buildroot
 from llamawheel.wheel.distmeta import WheelName
 
 DISTRIBUTION = "llamawheel_server"
+"""The start of the wheel's file name."""
+PROJECT = "llamawheel-server"
+"""Its project name (PEP 503), as indexes and requirements name it."""
 PACKAGE = "llamawheel_server"
 FROM_WHEEL = ("libllama", "libggml", "libggml-base", "libmtmd")
 """Libraries the server needs that llama-cpp-python's wheel holds (in ``llama_cpp/lib``), under any version suffix."""

@@ -47,7 +47,7 @@ from llamawheel.core.errors import PublishError, UsageError
 from llamawheel.core.redact import redact
 from llamawheel.mirror import profiles
 from llamawheel.mirror.profiles import MirrorProfile
-from llamawheel.pipeline import manifest
+from llamawheel.pipeline import manifest, server
 from llamawheel.publish import closure
 from llamawheel.publish.index_pages import (
     IndexedFile,
@@ -223,7 +223,7 @@ def publish(
     return results
 
 
-COMPANION = "llamawheel-server"
+COMPANION = server.PROJECT
 """llama.cpp's own server (`llamawheel.pipeline.server`): no variant of its own, published beside the llama-cpp-python
 wheels it runs on; its one requirement is theirs, so it brings no closure."""
 
