@@ -574,20 +574,31 @@ def test_the_same_seed_gives_the_same_text_streamed_or_not(api: Api) -> None:
     assert json.loads(plain)["choices"][0]["message"]["content"] == streamed
 
 
-def _server_rss(api: Api) -> int:
-    """Resident memory of the server: every process below ``buildah run`` (the Python server among them)."""
+def _family(root: int) -> dict[int, str]:
+    """The processes below ``root`` (``buildah run``): pid -> command line."""
     parents: dict[int, int] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            parents[int(stat.parent.name)] = int(fields[1])
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, IndexError, ValueError):
             continue
-    family, grew = {api.process.pid}, True
+    family, grew = {root}, True
     while grew:
         more = {pid for pid, parent in parents.items() if parent in family} - family
         family |= more
         grew = bool(more)
+    out = {}
+    for pid in family - {root}:
+        try:
+            out[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+    return out
+
+
+def _server_rss(api: Api) -> int:
+    """Resident memory of the server: every process below ``buildah run`` (the front and llama-server among them)."""
+    family = {api.process.pid, *_family(api.process.pid)}
     total = 0
     for pid in family:
         try:
@@ -718,28 +729,6 @@ def test_a_client_that_goes_away_frees_its_slot(built: Built, slower_models: Pat
     finally:
         _stop(server.container, server.process)
     assert "the client went away; its answer is stopped" in (tmp_path / "server.log").read_text()
-
-
-def _family(root: int) -> dict[int, str]:
-    """The processes below ``root`` (``buildah run``): pid -> command line."""
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-    family, grew = {root}, True
-    while grew:
-        more = {pid for pid, parent in parents.items() if parent in family} - family
-        family |= more
-        grew = bool(more)
-    out = {}
-    for pid in family - {root}:
-        try:
-            out[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-    return out
 
 
 def _gone(pid: int, within: float = 20.0) -> bool:

@@ -399,9 +399,7 @@ def _convert(model: Path, cache_dir: Path) -> Path:
                                                                         flush=True))
 
 
-def _error(message: str, kind: str, code: str | None, param: str | None = None) -> dict[str, Any]:
-    """OpenAI's error shape, which the UI shows (``error.message``) as a toast."""
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+_error = upstream.openai_error
 
 
 def error_body(exc: BaseException) -> tuple[int, dict[str, Any]]:

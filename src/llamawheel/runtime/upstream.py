@@ -218,5 +218,9 @@ def context_exceeded(data: bytes) -> bytes | None:
         return None
     message = (f"This model's maximum context length is {window} tokens. However, your messages resulted in"
                f" {prompt} tokens. Please reduce the length of the messages.")
-    return json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": "messages",
-                                 "code": "context_length_exceeded"}}).encode()
+    return json.dumps(openai_error(message, "invalid_request_error", "context_length_exceeded", "messages")).encode()
+
+
+def openai_error(message: str, kind: str, code: str | None, param: str | None = None) -> dict[str, Any]:
+    """OpenAI's error shape, which the UI shows (``error.message``) as a toast."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
