@@ -292,9 +292,12 @@ def _ui_chat(messages: list[dict[str, str]], model: str = ALIAS) -> dict[str, An
 
 def _read_like_the_ui(stream: bytes) -> tuple[str, str | None, list[str]]:
     """What the UI does with the stream: JSON.parse each ``data:`` line, append ``choices[0].delta.content``,
-    close at the first chunk whose finish_reason is not null. Returns (text, finish_reason, problems)."""
+    close at the first chunk whose finish_reason is not null. Returns (text, finish_reason, problems).
+
+    Lines end where SSE says (CR, LF, CRLF), not where ``str.splitlines`` would: a token of the tiny model can be
+    U+0085 or U+2028, which JSON leaves unescaped inside a string."""
     text, problems = "", []
-    for line in stream.decode().splitlines():
+    for line in re.split(r"\r\n|\r|\n", stream.decode()):
         if not line.startswith("data: "):
             continue
         try:
