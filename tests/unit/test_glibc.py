@@ -141,10 +141,10 @@ def test_verify_static_fails_a_wheel_needing_more_than_the_glibc_it_was_built_fo
     report = verify_static.Report("pkg.whl", "1.0", 0, "a claim")
     verify_static._check_platform(report, libs, WheelName.parse("pkg-1.0-py3-none-manylinux_2_31_x86_64.whl"), (2, 28))
     glibc_check, tag_check = report.checks
-    assert (glibc_check.name, glibc_check.ok) == ("glibc 2.28", False)
+    assert (glibc_check.name, not glibc_check.failed) == ("glibc 2.28", False)
     assert glibc_check.detail == ("built for glibc 2.28, but libmtmd.so uses "
                                   "posix_spawn_file_actions_addchdir_np@GLIBC_2.29")
-    assert tag_check.ok  # the tag itself is honest: manylinux_2_31
+    assert not tag_check.failed  # the tag itself is honest: manylinux_2_31
     # standalone, the target comes from the build's manifest beside the wheel
     wheel = tmp_path / "pkg-1.0-py3-none-manylinux_2_28_x86_64.whl"
     assert verify_static.built_for_glibc(wheel) is None

@@ -116,7 +116,7 @@ def test_record_lists_every_file_with_its_hash(repaired: repair.RepairedWheel) -
 
 def test_repaired_wheel_passes_static_verification_as_cpu(repaired: repair.RepairedWheel) -> None:
     report = verify_static.verify_wheel(repaired.path, verify_static.Expectations(None))
-    results = {c.name: c.ok for c in report.checks}
+    results = {c.name: not c.failed for c in report.checks}
     assert results == {
         "version": True,
         "layout": True,
@@ -137,7 +137,7 @@ def test_repaired_wheel_passes_static_verification_as_cpu(repaired: repair.Repai
 
 def test_raw_wheel_fails_static_verification(raw_wheel: Path) -> None:
     report = verify_static.verify_wheel(raw_wheel, verify_static.Expectations(None))
-    failed = {c.name: c.detail for c in report.checks if not c.ok}
+    failed = {c.name: c.detail for c in report.checks if c.failed}
     assert set(failed) == {"layout", "one copy per library"}
     assert "include/" in failed["layout"] and "lib/" in failed["layout"]
     assert "libz.so" in failed["one copy per library"]
@@ -146,7 +146,7 @@ def test_raw_wheel_fails_static_verification(raw_wheel: Path) -> None:
 def test_label_claiming_cuda_on_a_cpu_library_is_caught(repaired: repair.RepairedWheel) -> None:
     report = verify_static.verify_wheel(repaired.path)  # the claim comes from +cu130.sm86
     assert not report.ok
-    failed = [c for c in report.checks if not c.ok]
+    failed = [c for c in report.checks if c.failed]
     assert [c.name for c in failed] == ["CUDA backend"]
     assert "this wheel is CPU-only" in failed[0].detail
     assert "CUDA 13" in failed[0].detail

@@ -12,13 +12,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+from llamawheel.core.errors import GpuChecksSkipped, RuntimeCheckError
 from llamawheel.verify.portable import verify_runner
 from llamawheel.verify.portable.verify_runner import (
-    FAIL,
-    NA,
-    PASS,
-    SKIP,
     Check,
+    GpuPlan,
+    Result,
+    Status,
     compare_runs,
     count_cublas_calls,
     gemm_calls,
@@ -197,9 +197,16 @@ def test_different_shapes_fail() -> None:
 
 
 def test_verdict_and_exit_codes() -> None:
-    assert verdict([Check("a", PASS, ""), Check("b", NA, "")]) == ("pass", 0)
-    assert verdict([Check("a", PASS, ""), Check("b", SKIP, "no GPU")]) == ("gpu-skipped", 11)
-    assert verdict([Check("a", FAIL, ""), Check("b", SKIP, "no GPU")]) == ("fail", 12)
+    assert verdict([Check("a", Status.PASS, ""), Check("b", Status.NA, "")]) is Result.PASS
+    assert verdict([Check("a", Status.PASS, ""), Check("b", Status.SKIP, "no GPU")]) is Result.GPU_SKIPPED
+    assert verdict([Check("a", Status.FAIL, ""), Check("b", Status.SKIP, "no GPU")]) is Result.FAIL
+    assert [r.exit_code for r in Result] == [0, 12, 11]
+
+
+def test_the_runner_exits_with_llamawheels_codes() -> None:
+    """The runner imports nothing of llamawheel, so it writes the two codes again: they must stay llamawheel's."""
+    assert Result.GPU_SKIPPED.exit_code == GpuChecksSkipped.exit_code
+    assert Result.FAIL.exit_code == RuntimeCheckError.exit_code
 
 
 def test_missing_model_file_is_a_usage_error(tmp_path: Path) -> None:
@@ -213,7 +220,7 @@ def test_render_shows_device_checks_speed_and_result() -> None:
     report = {
         "device": {"devices": [{"index": 0, "name": "NVIDIA H200", "compute_capability": "9.0",
                                 "driver": "580.65.06"}], "source": "nvidia-smi", "driver": "580.65.06", "note": ""},
-        "checks": [{"name": "GPU offload f16", "status": PASS, "detail": "offloaded 3/3 layers to GPU"}],
+        "checks": [{"name": "GPU offload f16", "status": Status.PASS, "detail": "offloaded 3/3 layers to GPU"}],
         "performance": [{"side": "gpu", "weight_type": "f16", "load_s": 0.31, "prompt_tps": 5393.2, "gen_tps": 680.4,
                          "ttft_s": 0.0241, "prompt_tokens": 128}],
         "result": "pass",
@@ -250,16 +257,16 @@ def test_judging_a_gpu_run(tmp_path: Path) -> None:
         _run(tmp_path, "gpu", "f16", ref, cublas_log=True, cublas_calls={"cublasGemmEx": 14, "cublasCreate_v2": 1},
              cublas_version="13.0"),
     ]
-    checks, agreements = verify_runner._judge(runs, {"ran": True, "status": PASS, "reason": ""}, 0.05)
+    checks, agreements = verify_runner._judge(runs, GpuPlan(True, Status.PASS, ""), 0.05)
     table = {c.name: (c.status, c.detail) for c in checks}
-    assert table["GPU offload f16"] == (PASS, "offloaded 3/3 layers to GPU")
-    assert table["GPU offload q8_0"] == (FAIL, "offloaded 2/3 layers to GPU (not all)")
-    assert table["CPU and GPU agree f16"][0] == PASS
-    assert table["CPU and GPU agree q8_0"][0] == PASS
+    assert table["GPU offload f16"] == (Status.PASS, "offloaded 3/3 layers to GPU")
+    assert table["GPU offload q8_0"] == (Status.FAIL, "offloaded 2/3 layers to GPU (not all)")
+    assert table["CPU and GPU agree f16"][0] == Status.PASS
+    assert table["CPU and GPU agree q8_0"][0] == Status.PASS
     assert agreements["f16"]["max_abs_diff"] == pytest.approx(3e-4, rel=0.01)
-    assert table["cuBLAS used"] == (PASS, "14 GEMM calls logged by cuBLAS 13.0 for a 128-token f16 batch "
+    assert table["cuBLAS used"] == (Status.PASS, "14 GEMM calls logged by cuBLAS 13.0 for a 128-token f16 batch "
                                           "(cublasGemmEx x14)")
-    assert verdict(checks) == ("fail", 12)
+    assert verdict(checks) is Result.FAIL
 
 
 def test_judging_a_gpu_run_without_cublas_calls_or_offload_line(tmp_path: Path) -> None:
@@ -269,18 +276,18 @@ def test_judging_a_gpu_run_without_cublas_calls_or_offload_line(tmp_path: Path) 
         _run(tmp_path, "gpu", "f16", ref, offload=None),
         _run(tmp_path, "gpu", "f16", ref, cublas_log=True, cublas_calls={"cublasCreate_v2": 1}),
     ]
-    checks, _ = verify_runner._judge(runs, {"ran": True, "status": PASS, "reason": ""}, 0.05)
+    checks, _ = verify_runner._judge(runs, GpuPlan(True, Status.PASS, ""), 0.05)
     table = {c.name: (c.status, c.detail) for c in checks}
-    assert table["GPU offload f16"][0] == FAIL and "cannot offload" in table["GPU offload f16"][1]
-    assert table["cuBLAS used"][0] == FAIL and "the matrix products ran elsewhere" in table["cuBLAS used"][1]
+    assert table["GPU offload f16"][0] == Status.FAIL and "cannot offload" in table["GPU offload f16"][1]
+    assert table["cuBLAS used"][0] == Status.FAIL and "the matrix products ran elsewhere" in table["cuBLAS used"][1]
 
 
 def test_judging_without_a_gpu_marks_the_gpu_checks_skipped(tmp_path: Path) -> None:
     runs = [_run(tmp_path, "cpu", "f16", _logits(rows=8))]
-    gpu = {"ran": False, "status": SKIP, "reason": "did not run: no NVIDIA GPU on this machine"}
+    gpu = GpuPlan(False, Status.SKIP, "did not run: no NVIDIA GPU on this machine")
     checks, _ = verify_runner._judge(runs, gpu, 0.05)
     assert [(c.name, c.status) for c in checks] == [
-        ("llama_cpp loads", PASS), ("CPU run f16", PASS), ("GPU offload", SKIP), ("cuBLAS used", SKIP),
-        ("CPU and GPU agree", SKIP),
+        ("llama_cpp loads", Status.PASS), ("CPU run f16", Status.PASS), ("GPU offload", Status.SKIP),
+        ("cuBLAS used", Status.SKIP), ("CPU and GPU agree", Status.SKIP),
     ]
-    assert verdict(checks) == ("gpu-skipped", 11)
+    assert verdict(checks) is Result.GPU_SKIPPED

@@ -32,7 +32,7 @@ from llamawheel.mirror.profiles import MirrorProfile
 from llamawheel.recipe import catalog
 from llamawheel.verify.diagnose import DeviceFacts, Diagnosis, WheelFacts, before_run, from_run_text
 from llamawheel.verify.portable import tiny_model, verify_runner
-from llamawheel.verify.portable.verify_runner import FAIL, PASS, SKIP, Check, render_checks, verdict
+from llamawheel.verify.portable.verify_runner import Check, Result, Status, render_checks, verdict
 from llamawheel.verify.static import Report, verify_claim
 from llamawheel.wheel import distmeta
 
@@ -68,8 +68,8 @@ class VerifyReport:
     diagnosis: Diagnosis | None = None
     runner: dict[str, Any] | None = None
     performance: list[dict[str, Any]] = field(default_factory=list)
-    result: str = "fail"
-    exit_code: int = 12
+    result: Result = Result.FAIL
+    exit_code: int = RuntimeCheckError.exit_code
     work: str = ""
 
     def to_json(self) -> str:
@@ -94,16 +94,16 @@ class VerifyReport:
     def raise_for_result(self) -> None:
         """Exit the way the result says: 0 pass, 9 not what it claims, 11 GPU checks skipped, 12 a runtime
         check failed or this machine cannot run the wheel."""
-        if self.result == "pass":
+        if self.result is Result.PASS:
             return
         if self.diagnosis is not None:
             error = VerifyError if self.diagnosis.kind == "cpu-only" else RuntimeCheckError
             raise error(self.diagnosis.cause, self.diagnosis.fix)
-        failed = [c for c in self.checks if c.status == FAIL]
+        failed = [c for c in self.checks if c.failed]
         if not failed:
-            reason = next((c.detail for c in self.checks if c.status == SKIP), "did not run")
+            reason = next((c.detail for c in self.checks if c.status is Status.SKIP), "did not run")
             note = self.device.get("note") if self.device else ""
-            passed = [c.name for c in self.checks if c.status == PASS]
+            passed = [c.name for c in self.checks if c.status is Status.PASS]
             raise GpuChecksSkipped(
                 f"GPU checks {reason}{f' ({note})' if note else ''}; passed: {', '.join(passed) or 'nothing'}. "
                 "This is not a pass",
@@ -194,9 +194,9 @@ def judge(
     """One report from the static report, the device and the runner's report; with a diagnosis if wrong."""
     report = VerifyReport(wheel.name, static.version, static.claim, json.loads(static.to_json()), device_probe,
                           work=work)
-    failed = [c for c in static.checks if not c.ok]
+    failed = static.failed
     report.checks.append(Check(
-        "static checks", FAIL if failed else PASS,
+        "static checks", Status.FAIL if failed else Status.PASS,
         f"{len(static.checks)} passed (ELF files, fat binaries, metadata)" if not failed else
         "; ".join(f"{c.name}: {c.detail}" for c in failed),
     ))
@@ -216,12 +216,13 @@ def judge(
         # A CUDA wheel that needs libcuda.so.1, on a machine without the driver: nothing wrong with the wheel,
         # but nothing ran either.
         report.checks = [c for c in report.checks if c.name != "llama_cpp loads"]
-        report.checks.append(Check("GPU checks", SKIP, "did not run, nor did the CPU half: this wheel needs the "
+        report.checks.append(Check("GPU checks", Status.SKIP, "did not run, nor did the CPU half: this wheel needs the "
                                                       "NVIDIA driver (libcuda.so.1) even to load"))
         report.diagnosis = None
-    report.result, report.exit_code = verdict(report.checks)
+    report.result = verdict(report.checks)
+    report.exit_code = report.result.exit_code
     if report.diagnosis is not None:
-        report.result = "fail"
+        report.result = Result.FAIL
         report.exit_code = VerifyError.exit_code if report.diagnosis.kind == "cpu-only" else RuntimeCheckError.exit_code
     return report
 
@@ -242,7 +243,7 @@ def verify(wheel: Path, mirror: MirrorProfile, settings: Settings) -> VerifyRepo
         return judge(wheel, static, facts, runner, runner.get("device") or {}, str(settings.results.parent))
     probe = verify_runner.probe_devices()
     early = judge(wheel, static, facts, None, probe)
-    if early.diagnosis is not None or early.result == "fail":
+    if early.diagnosis is not None or early.result is Result.FAIL:
         return early  # the wheel cannot be what it claims, or cannot run on this GPU: nothing to install
     keep = settings.work is not None
     work = settings.work or Path(tempfile.mkdtemp(prefix="llamawheel-verify-"))
@@ -259,7 +260,7 @@ def verify(wheel: Path, mirror: MirrorProfile, settings: Settings) -> VerifyRepo
     gpu = "yes" if facts.claimed_cuda is not None and DeviceFacts.from_probe(probe) is not None else "auto"
     runner = run_runner(python, models, work, gpu, settings)
     report = judge(wheel, static, facts, runner, probe, str(work))
-    if not keep and report.result != "fail":
+    if not keep and report.result is not Result.FAIL:
         shutil.rmtree(work, ignore_errors=True)  # a failure keeps its logs; the report says where
         report.work = ""
     return report

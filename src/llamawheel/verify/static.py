@@ -25,6 +25,7 @@ from llamawheel.recipe.model import CudaMinor, Recipe
 from llamawheel.recipe.platforms import X86_64, Platform
 from llamawheel.recipe.variant import Variant
 from llamawheel.toolchain.buildroot import HOST, SUITES
+from llamawheel.verify.portable.verify_runner import Check, Status, render_checks
 from llamawheel.wheel import distmeta
 from llamawheel.wheel.distmeta import WheelName
 from llamawheel.wheel.elf import ElfInfo, is_elf, read_elf
@@ -162,15 +163,6 @@ def cpu_variants_of(cmake_args: list[str] | tuple[str, ...], build_env: str = HO
 
 
 @dataclass
-class Check:
-    name: str
-    ok: bool
-    detail: str
-    skipped: bool = False
-    """Not run here (it says why): neither a pass nor a failure."""
-
-
-@dataclass
 class Report:
     wheel: str
     version: str
@@ -181,35 +173,36 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        return all(c.ok for c in self.checks)
+        return not self.failed
+
+    @property
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if c.failed]
 
     def add(self, name: str, ok: bool, detail: str) -> None:
-        self.checks.append(Check(name, ok, detail))
+        self.checks.append(Check(name, Status.PASS if ok else Status.FAIL, detail))
 
     def skip(self, name: str, why: str) -> None:
         """A check this machine cannot run, shown as SKIP with the reason (it counts neither way)."""
-        self.checks.append(Check(name, True, why, skipped=True))
+        self.checks.append(Check(name, Status.SKIP, why))
 
     def render(self) -> str:
-        width = max(len(c.name) for c in self.checks) if self.checks else 10
-        lines = [f"verify-static {self.wheel}", f"  claims: {self.claim}"]
-        for c in self.checks:
-            lines.append(f"  {'SKIP' if c.skipped else 'PASS' if c.ok else 'FAIL'}  {c.name.ljust(width)}  {c.detail}")
+        lines = [f"verify-static {self.wheel}", f"  claims: {self.claim}", *render_checks(self.checks)]
         lines.append(f"  result: {'PASS' if self.ok else 'FAIL'}")
         return "\n".join(lines)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self) | {"ok": self.ok}, indent=2)
+        checks = [_check_fields(c) | {"skipped": c.status is Status.SKIP} for c in self.checks]
+        return json.dumps(asdict(self) | {"checks": checks, "ok": self.ok}, indent=2)
 
     def manifest_fields(self) -> dict[str, Any]:
         return {"verify_static": {
             "ok": self.ok,
-            "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} | ({"skipped": True} if c.skipped else {})
-                       for c in self.checks],
+            "checks": [_check_fields(c) | ({"skipped": True} if c.status is Status.SKIP else {}) for c in self.checks],
         }}
 
     def raise_if_failed(self) -> None:
-        failed = [c for c in self.checks if not c.ok]
+        failed = self.failed
         if failed:
             first = failed[0]
             raise VerifyError(
@@ -217,6 +210,11 @@ class Report:
                 + (f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""),
                 "do not install this wheel; rebuild it with llamawheel (nox -s build-cuda-<version> -- --arch ...)",
             )
+
+
+def _check_fields(check: Check) -> dict[str, Any]:
+    """A static check as the JSON report and the manifest write it: ``ok`` is true unless it failed."""
+    return {"name": check.name, "ok": not check.failed, "detail": check.detail}
 
 
 def _describe(expect: Expectations) -> str:

@@ -35,6 +35,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +45,8 @@ if TYPE_CHECKING:  # imported where used: llamawheel reads this module's helpers
 
 SCHEMA = 1
 EXIT_PASS, EXIT_GPU_SKIPPED, EXIT_FAILED = 0, 11, 12
-PASS, FAIL, SKIP, NA = "PASS", "FAIL", "SKIP", "N/A"
+"""llamawheel's GpuChecksSkipped and RuntimeCheckError codes, written here again because this file imports nothing
+of llamawheel (a unit test holds them equal)."""
 DEFAULT_TOLERANCE = 0.05
 """Largest CPU/GPU logit difference allowed, as a fraction of the standard deviation of the CPU's logits
 (measured on an H200: 0.3% of it for a 1B-parameter f16 model with random weights)."""
@@ -152,11 +154,61 @@ def probe_devices() -> dict[str, Any]:
 # ---------------------------------------------------------------- judging
 
 
+class Status(str, Enum):
+    """What became of one check; the value is what the table and the JSON report show."""
+
+    PASS = "PASS"
+    FAIL = "FAIL"
+    SKIP = "SKIP"
+    """Not run here, for a reason it gives: neither a pass nor a failure (a GPU check on a machine without one)."""
+    NA = "N/A"
+    """Does not apply to this wheel (the GPU checks of a CPU build)."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+
+class Result(str, Enum):
+    """The verdict over every check, with its exit code."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    GPU_SKIPPED = "gpu-skipped"
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    @property
+    def exit_code(self) -> int:
+        return {Result.PASS: EXIT_PASS, Result.FAIL: EXIT_FAILED, Result.GPU_SKIPPED: EXIT_GPU_SKIPPED}[self]
+
+
 @dataclass
 class Check:
+    """One check of a wheel, static or run, with what it found."""
+
     name: str
-    status: str
+    status: Status
     detail: str
+
+    def __post_init__(self) -> None:
+        self.status = Status(self.status)  # as read back from a JSON report
+
+    @property
+    def failed(self) -> bool:
+        return self.status is Status.FAIL
+
+
+@dataclass
+class GpuPlan:
+    """Whether the GPU half runs on this machine, and if not, how its checks count and why."""
+
+    ran: bool
+    status: Status
+    reason: str
 
 
 @dataclass
@@ -218,14 +270,14 @@ def compare_runs(
     return Agreement(diff, std, tolerance, n, equal, near_tie, finite, logits_ok and tokens_ok, detail)
 
 
-def verdict(checks: Sequence[Check]) -> tuple[str, int]:
-    """("fail", 12) if any check failed, ("gpu-skipped", 11) if any was skipped, else ("pass", 0)."""
+def verdict(checks: Sequence[Check]) -> Result:
+    """FAIL (exit 12) if any check failed, GPU_SKIPPED (exit 11) if any was skipped, else PASS (exit 0)."""
     statuses = {c.status for c in checks}
-    if FAIL in statuses:
-        return "fail", EXIT_FAILED
-    if SKIP in statuses:
-        return "gpu-skipped", EXIT_GPU_SKIPPED
-    return "pass", EXIT_PASS
+    if Status.FAIL in statuses:
+        return Result.FAIL
+    if Status.SKIP in statuses:
+        return Result.GPU_SKIPPED
+    return Result.PASS
 
 
 def render_checks(checks: Sequence[Check], indent: str = "  ") -> list[str]:
@@ -392,7 +444,7 @@ def _error_text(run: dict[str, Any]) -> str:
 
 
 def _judge(
-    runs: list[dict[str, Any]], gpu: dict[str, Any], relative_tolerance: float
+    runs: list[dict[str, Any]], gpu: GpuPlan, relative_tolerance: float
 ) -> tuple[list[Check], dict[str, Any]]:
     import numpy as np
 
@@ -400,64 +452,65 @@ def _judge(
     agreements: dict[str, Any] = {}
     first = runs[0] if runs else {}
     if first.get("error", {}).get("stage") == "import":
-        checks.append(Check("llama_cpp loads", FAIL, first["error"]["text"]))
+        checks.append(Check("llama_cpp loads", Status.FAIL, first["error"]["text"]))
         return checks, agreements
     libs = [lib.split(".so")[0] for lib in first.get("libraries", [])]
-    checks.append(Check("llama_cpp loads", PASS, f"{first.get('llama_cpp_version', '?')}; {', '.join(libs)}"))
+    checks.append(Check("llama_cpp loads", Status.PASS, f"{first.get('llama_cpp_version', '?')}; {', '.join(libs)}"))
     by_key = {(r["model"], r["side"], r["cublas_log"]): r for r in runs}
     models = list(dict.fromkeys(r["model"] for r in runs))
     for model in models:
         cpu = by_key.get((model, "cpu", False), {})
         kind = cpu.get("weight_type") or Path(model).stem
         if "error" in cpu:
-            checks.append(Check(f"CPU run {kind}", FAIL, cpu["error"]["text"]))
+            checks.append(Check(f"CPU run {kind}", Status.FAIL, cpu["error"]["text"]))
             continue
         checks.append(Check(
-            f"CPU run {kind}", PASS if cpu.get("finite") and cpu.get("logit_std", 0) > 0 else FAIL,
+            f"CPU run {kind}", Status.PASS if cpu.get("finite") and cpu.get("logit_std", 0) > 0 else Status.FAIL,
             f"{cpu['prompt_tokens']}-token prompt as one batch, {cpu['gen_tokens']} tokens decoded greedily, "
             + ("logits finite" if cpu.get("finite") else "logits NOT finite") + f" (std {cpu['logit_std']:.3g})",
         ))
-    if not gpu["ran"]:
-        status = SKIP if gpu["status"] == SKIP else NA
+    if not gpu.ran:
+        status = Status.SKIP if gpu.status is Status.SKIP else Status.NA
         for name in ("GPU offload", "cuBLAS used", "CPU and GPU agree"):
-            checks.append(Check(name, status, gpu["reason"]))
+            checks.append(Check(name, status, gpu.reason))
         return checks, agreements
     for model in models:
         cpu = by_key.get((model, "cpu", False), {})
         dev = by_key.get((model, "gpu", False), {})
         kind = dev.get("weight_type") or cpu.get("weight_type") or Path(model).stem
         if "error" in dev:
-            checks.append(Check(f"GPU run {kind}", FAIL, dev["error"]["text"]))
+            checks.append(Check(f"GPU run {kind}", Status.FAIL, dev["error"]["text"]))
             continue
         offload = dev.get("offload")
         if offload is None:
-            checks.append(Check(f"GPU offload {kind}", FAIL,
+            checks.append(Check(f"GPU offload {kind}", Status.FAIL,
                                 "llama.cpp printed no 'offloaded N/M layers to GPU': this llama_cpp cannot offload"))
         else:
             n, m = offload
-            checks.append(Check(f"GPU offload {kind}", PASS if n == m and m > 0 else FAIL,
+            checks.append(Check(f"GPU offload {kind}", Status.PASS if n == m and m > 0 else Status.FAIL,
                                 f"offloaded {n}/{m} layers to GPU" + ("" if n == m else " (not all)")))
         if "error" in cpu:
-            checks.append(Check(f"CPU and GPU agree {kind}", SKIP, "no CPU reference (its run failed)"))
+            checks.append(Check(f"CPU and GPU agree {kind}", Status.SKIP, "no CPU reference (its run failed)"))
             continue
         agreement = compare_runs(
             np.load(cpu["logits"]), np.load(dev["logits"]), cpu["tokens"], dev["tokens"], cpu["margins"],
             relative_tolerance,
         )
         agreements[kind] = asdict(agreement)
-        checks.append(Check(f"CPU and GPU agree {kind}", PASS if agreement.ok else FAIL, agreement.detail))
+        agree = Status.PASS if agreement.ok else Status.FAIL
+        checks.append(Check(f"CPU and GPU agree {kind}", agree, agreement.detail))
     logged = [r for r in runs if r["cublas_log"]]
     if not logged:
-        checks.append(Check("cuBLAS used", SKIP, "no f16 model was given: cuBLAS serves f16 weights in batches"))
+        checks.append(Check("cuBLAS used", Status.SKIP, "no f16 model was given: cuBLAS serves f16 weights in batches"))
     for run in logged:
         if "error" in run:
-            checks.append(Check("cuBLAS used", FAIL, run["error"]["text"]))
+            checks.append(Check("cuBLAS used", Status.FAIL, run["error"]["text"]))
             continue
         calls = run.get("cublas_calls") or {}
         n = gemm_calls(calls)
         names = ", ".join(f"{k} x{v}" for k, v in calls.items() if "emm" in k)
         checks.append(Check(
-            "cuBLAS used", PASS if n else FAIL,
+            "cuBLAS used", Status.PASS if n else Status.FAIL,
             f"{n} GEMM calls logged by cuBLAS {run.get('cublas_version') or ''} for a {run.get('prompt_tokens')}-token "
             f"f16 batch ({names})" if n else
             "cuBLAS logged no GEMM call for an f16 batch (CUBLAS_LOGINFO_DBG=1): the matrix products ran elsewhere",
@@ -513,33 +566,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     libraries = backend_libraries()
     cuda_build = any(lib.startswith("libggml-cuda") for lib in libraries)
     visible = bool(device["devices"]) or device["driver"] is not None
-    gpu: dict[str, Any]
     if args.gpu == "no":
-        gpu = {"ran": False, "status": NA, "reason": "not asked for (--gpu no)"}
+        gpu = GpuPlan(False, Status.NA, "not asked for (--gpu no)")
     elif not libraries:
-        gpu = {"ran": False, "status": FAIL, "reason": f"llama_cpp is not installed in {sys.executable}"}
+        gpu = GpuPlan(False, Status.FAIL, f"llama_cpp is not installed in {sys.executable}")
     elif not cuda_build and args.gpu == "auto":
-        gpu = {"ran": False, "status": NA, "reason": "this llama_cpp is a CPU build (no libggml-cuda)"}
+        gpu = GpuPlan(False, Status.NA, "this llama_cpp is a CPU build (no libggml-cuda)")
     elif not visible:
-        gpu = {"ran": False, "status": SKIP if args.gpu == "auto" else FAIL,
-               "reason": "did not run: no NVIDIA GPU on this machine"}
+        gpu = GpuPlan(False, Status.SKIP if args.gpu == "auto" else Status.FAIL,
+                      "did not run: no NVIDIA GPU on this machine")
     elif not cuda_build:
-        gpu = {"ran": False, "status": FAIL, "reason": "this llama_cpp is a CPU build (no libggml-cuda): it cannot "
-                                                        "use the GPU"}
+        gpu = GpuPlan(False, Status.FAIL, "this llama_cpp is a CPU build (no libggml-cuda): it cannot use the GPU")
     else:
-        gpu = {"ran": True, "status": PASS, "reason": ""}
+        gpu = GpuPlan(True, Status.PASS, "")
     args.model = [str(Path(m)) for m in args.model]  # one spelling: the runs are matched by it
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="llamawheel-verify-"))
     work.mkdir(parents=True, exist_ok=True)
     runs: list[dict[str, Any]] = []
     specs = [RunSpec(Path(m), "cpu") for m in args.model]
-    if gpu["ran"]:
+    if gpu.ran:
         specs += [RunSpec(Path(m), "gpu") for m in args.model]
     for i, spec in enumerate(specs):
         runs.append(_spawn(spec, work, args, i))
         if runs[-1].get("error", {}).get("stage") == "import":
             break  # the same import fails for every run
-    if gpu["ran"]:
+    if gpu.ran:
         for i, model in enumerate(args.model, start=len(specs)):
             plain = next((r for r in runs if r["model"] == model and r["side"] == "gpu"), {})
             if plain.get("weight_type") == "f16":
@@ -549,9 +600,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             device["devices"] = r["cuda_devices"]
             device["source"] = "llama.cpp log"
     checks, agreements = _judge(runs, gpu, args.tolerance)
-    if gpu["status"] == FAIL and not gpu["ran"]:
-        checks.append(Check("GPU checks", FAIL, gpu["reason"]))
-    result, code = verdict(checks)
+    if gpu.status is Status.FAIL and not gpu.ran:
+        checks.append(Check("GPU checks", Status.FAIL, gpu.reason))
+    result = verdict(checks)
     return {
         "schema": SCHEMA,
         "runner": "llamawheel verify_runner",
@@ -564,7 +615,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "cuda_build": cuda_build,
             "import_error": next((_error_text(r) for r in runs if r.get("error", {}).get("stage") == "import"), None),
         },
-        "gpu": gpu,
+        "gpu": asdict(gpu),
         "settings": {"prompt_tokens": args.prompt_tokens, "gen_tokens": args.gen_tokens,
                      "relative_tolerance": args.tolerance, "models": [str(m) for m in args.model]},
         "runs": runs,
@@ -573,7 +624,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "checks": [asdict(c) for c in checks],
         "performance": _performance(runs),
         "result": result,
-        "exit_code": code,
+        "exit_code": result.exit_code,
         "work": str(work),
     }
 
