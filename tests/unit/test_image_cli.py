@@ -13,7 +13,7 @@ from llamawheel import cli, image, pipeline
 from llamawheel.core.errors import UsageError
 from llamawheel.image import engine as image_engine
 from llamawheel.mirror import profiles
-from llamawheel.publish import index
+from llamawheel.publish import closure, index
 
 from ..index_wheels import make_wheel
 
@@ -38,6 +38,15 @@ def wheels(tmp_path: Path) -> Path:
         index.publish([make_wheel(built, version=version), *companions], index_root=tmp_path / "wheels",
                       with_closure=False)
     return tmp_path / "wheels"
+
+
+def _lock_for_the_image(wheels: Path, variant: str = "cu130") -> None:
+    """What a publish with ``--python-version 3.11`` writes beside the pages (without its network): the lock of the
+    closure for the image's Python, naming each llama-cpp-python wheel of the variant as a root."""
+    pages = wheels / variant / "simple"
+    roots = [f.name + "[server]" for f in index.load_state(wheels / variant).files if f.project == "llama-cpp-python"]
+    lock = closure.Lock(image.PYTHON, "x86_64", (), tuple(roots))
+    (pages.resolve() / lock.name).write_text(lock.render())
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -90,6 +99,7 @@ def test_context_only_writes_everything_the_containerfile_copies(
     (converter / "gguf").mkdir(parents=True)
     (converter / image.CONVERTER_SCRIPT).write_text("# llama.cpp's converter\n")
     monkeypatch.setattr(image, "converter_files", lambda mirror: converter)  # from the sdist in real builds
+    _lock_for_the_image(wheels)
     dest = tmp_path / "context"
     code, out, _ = run(capsys, "image", "--variant", "cu130", "--index", str(wheels), "--context-only", str(dest))
     assert code == 0
@@ -117,6 +127,31 @@ def test_the_server_wheel_is_published_beside_the_wheels_of_its_release(wheels: 
     server = next((wheels / "cu130" / "files").rglob("llamawheel_server-*.whl"))
     with pytest.raises(UsageError, match="publish it together with them"):
         index.publish([server], index_root=wheels, with_closure=False)
+
+
+def test_an_index_without_the_images_python_is_refused_before_anything_is_built(
+    wheels: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Published without the dependencies for Python 3.11 (here: none at all), the index cannot make the image: said
+    up front with the publish command that adds them, not by pip deep inside the build."""
+    def tripwire(*args: object, **kwargs: object) -> None:
+        raise AssertionError("work started before the index was checked")
+
+    monkeypatch.setattr(image, "ensure_server", tripwire)
+    monkeypatch.setattr(image_engine, "find", lambda name: image_engine.Engine("podman", "podman"))
+    monkeypatch.setattr(image, "make_base", tripwire)
+    for argv in (["--context-only", str(tmp_path / "context")], []):
+        code, _, err = run(capsys, "image", "--variant", "cu130", "--index", str(wheels), *argv)
+        assert code == 13, err
+        assert "holds llama_cpp_python-0.3.36+cu130.sm90-py3-none-manylinux_2_17_x86_64.whl but not its " \
+               "dependencies for the image's Python (3.11 on x86_64); it has them for no Python" in err
+        assert f"TIP add them: llamawheel publish --index {wheels} --python-version 3.11 {wheels}/cu130/files/" in err
+        assert not (tmp_path / "context").exists()
+    _lock_for_the_image(wheels)
+    (lock,) = (wheels / "cu130" / "simple").glob("pylock.*.toml")
+    lock.write_text(lock.read_text().replace("sm90", "sm89"))  # resolved for another wheel than the newest
+    code, _, err = run(capsys, "image", "--variant", "cu130", "--index", str(wheels))
+    assert code == 13 and "it has them for Python 3.11 on x86_64" in err
 
 
 def test_context_only_for_a_variant_the_index_lacks(wheels: Path, capsys: pytest.CaptureFixture[str]) -> None:

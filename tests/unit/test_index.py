@@ -407,6 +407,22 @@ def test_bundle_holds_the_current_pages_and_linked_files_only(root: Path, built:
     assert not any("stray" in n or ".generation-" in n or n.endswith(".lock") for n in names)
 
 
+def test_the_bundle_says_what_to_run_inside_it(
+    root: Path, built: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The commands printed and carried as OFFLINE.txt unpack, enter the folder, and install from it there."""
+    publish(root, make_wheel(built))
+    out = tmp_path / "site.tar.gz"
+    assert cli.main(["index", "bundle", "--index", str(root), "--out", str(out)]) == 0
+    printed = [line.strip() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert printed[:3] == ["sha256sum -c site.tar.gz.sha256", "tar -xzf site.tar.gz", "cd llamawheel-index"]
+    assert printed[3:] == ['pip install --index-url "file://$PWD/cpu/simple" "llama-cpp-python[server]"']
+    with tarfile.open(out) as tar:
+        carried = tar.extractfile("llamawheel-index/OFFLINE.txt")
+        assert carried is not None
+        assert [line.strip() for line in carried.read().decode().splitlines()[1:]] == printed
+
+
 def test_bundle_refuses_a_damaged_index(root: Path, built: Path, tmp_path: Path) -> None:
     wheel = make_wheel(built)
     publish(root, wheel)

@@ -59,6 +59,10 @@ class BuildOptions:
     """An sccache-dist scheduler to send compiles to (``LLAMAWHEEL_FARM``); its token in ``LLAMAWHEEL_FARM_TOKEN``."""
 
 
+NAMES = tuple(f.name for f in fields(BuildOptions))
+"""Every build option; the command line's ``build`` options carry the same names."""
+
+
 def _env_overrides() -> dict[str, object]:
     out: dict[str, object] = {}
     for f in fields(BuildOptions):

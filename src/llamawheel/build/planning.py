@@ -20,7 +20,7 @@ from llamawheel.core.errors import UsageError
 from llamawheel.mirror.profiles import MirrorProfile, load_profile
 from llamawheel.recipe import archs, catalog, platforms
 from llamawheel.recipe.model import CudaMinor, Recipe, Sdist
-from llamawheel.recipe.variant import Variant, flags_label
+from llamawheel.recipe.variant import Variant, cuda_version_of, flags_label
 from llamawheel.toolchain import CudaRoot, buildroot, hostcc
 
 JETSON_ORIN = "87"
@@ -237,6 +237,15 @@ def plan_cpu(recipe: Recipe, opts: BuildOptions) -> Plan:
     check_output_dir(output_folder(opts))
     return Plan(recipe, None, (), load_profile(opts.mirror), _source(recipe, opts), opts,
                 build_env=build_env_for(recipe, opts)).check_platform().check_glibc()
+
+
+def plan_target(target: str, opts: BuildOptions) -> Plan:
+    """The plan for ``cpu``, a CUDA line (``13``, ``cuda-13``), a CUDA minor (``13.0``) or an index variant's CUDA tag
+    (``cu130``), with the recipe that builds it."""
+    if target == "cpu":
+        return plan_cpu(catalog.cpu_recipe(), opts)
+    recipe, minor = catalog.find_cuda(cuda_version_of(target) or target.removeprefix("cuda-"))
+    return plan_cuda(recipe, minor, opts)
 
 
 def build_env_for(recipe: Recipe, opts: BuildOptions) -> str:

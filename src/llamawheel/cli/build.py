@@ -90,21 +90,11 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    opts = options.resolve({
-        "mirror": args.mirror, "arch": args.arch, "jobs": args.jobs, "llama_cpp_python": args.llama_cpp_python,
-        "sdist_sha256": args.sdist_sha256, "out": args.out, "source": args.source, "toolchain": args.toolchain,
-        "runtime": args.runtime, "verify": args.verify, "server": args.server, "build_env": args.build_env,
-        "glibc": args.glibc, "platform": args.platform,
-        "compile_cache": args.compile_cache, "compile_cache_url": args.compile_cache_url, "farm": args.farm,
-    })
+    opts = options.resolve({name: getattr(args, name) for name in options.NAMES})
     if args.target == "server":  # the companion alone: the CPU recipe's build environment, glibc and platform
-        print(server.build(planning.plan_cpu(catalog.cpu_recipe(), opts)))
+        print(server.build(planning.plan_target("cpu", opts)))
         return 0
-    if args.target == "cpu":
-        plan = planning.plan_cpu(catalog.cpu_recipe(), opts)
-    else:
-        recipe, minor = catalog.find_cuda(args.target.removeprefix("cuda-"))
-        plan = planning.plan_cuda(recipe, minor, opts)
+    plan = planning.plan_target(args.target, opts)
     wheel = pipeline.run(plan)
     if opts.server and opts.source is None:  # a local tree (--source) may be anything: the server needs the sdist
         server.build(plan)

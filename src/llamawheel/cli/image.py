@@ -7,7 +7,6 @@ import shlex
 from pathlib import Path
 
 from llamawheel.core import log, paths
-from llamawheel.core.errors import UsageError
 from llamawheel.image.engine import SAVE_FORMATS
 from llamawheel.recipe import platforms
 
@@ -70,29 +69,14 @@ def _cmd_image(args: argparse.Namespace) -> int:
     index_root = (args.index or paths.wheels_dir()).resolve()
     target = platforms.get(args.platform or platforms.X86_64.name)
     if args.context_only:
-        wheel = image.chosen_wheel(index_root, args.variant, args.wheel_version, target)
-        if wheel is None:
-            known = ", ".join(image.variants_in(index_root)) or "none"
-            raise UsageError(f"the {args.variant} index in {index_root} has no llama-cpp-python wheel for "
-                             f"{target.name} (variants there: {known})",
-                             "publish one first: llamawheel publish wheels/*.whl")
-        dest = args.context_only.resolve()
-        if dest.exists():
-            raise UsageError(f"{dest} already exists", "pass a folder that does not exist yet")
-        image.ensure_server(wheel, mirror)
-        image.write_context(wheel, dest, image.pip_wheel(mirror), image.converter_files(mirror))
-        base = args.base if args.base and args.base != "registry" else image.registry_base(mirror)
-        if not target.native:  # an unpacked base of the target's (no shell: the Containerfile runs nothing)
-            base = image.foreign.base_ref(image.SUITE, target)
-            print(f"(the base {base} is made by llamawheel image --platform {target.name}: mmdebstrap's extract "
-                  "variant, imported with its architecture)")
-        build = ["docker", "build", "-t", image.tags_for(wheel)[0]]
+        context = image.context_only(index_root, args.variant, args.wheel_version, target, mirror,
+                                     args.context_only.resolve(), args.base)
         if not target.native:
-            build += ["--platform", f"linux/{target.debian_arch}"]
-        for key, value in image.build_args(base, mirror, wheel).items():
-            build += ["--build-arg", f"{key}={value}"]
-        print(f"wrote the build context for llama-cpp-python {wheel.version} to {dest}; build it with:")
-        print(f"    {shlex.join([*build, str(dest)])}")
+            print(f"(the base {context.base} is made by llamawheel image --platform {target.name}: mmdebstrap's "
+                  "extract variant, imported with its architecture)")
+        print(f"wrote the build context for llama-cpp-python {context.wheel.version} to {context.folder}; build it "
+              "with:")
+        print(f"    {shlex.join(context.command)}")
         print("(podman build and buildah bud take the same arguments; add --format docker to keep the health check)")
         return 0
     engine = image_engine.find(args.engine)

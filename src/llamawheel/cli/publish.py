@@ -56,53 +56,15 @@ def _python_versions(values: list[str] | None) -> list[str]:
 
 
 def _bundle(args: argparse.Namespace) -> None:
-    """The index, and with it the API image archives, the UI image archive and the compose files with an .env
-    that names the carried images; the offline commands printed and carried as OFFLINE.txt."""
-    from llamawheel.image import compose
-    from llamawheel.image.engine import archive_ref
-    from llamawheel.publish import index_carry
+    from llamawheel.image import bundle
 
     root = args.index or paths.wheels_dir()
-    out = args.out or root / "llamawheel-index.tar.gz"
-    extras: list[tuple[Path, str]] = []
-    refs: list[str] = []
-    for archive in [*args.image_archive, *([args.ui_archive] if args.ui_archive else [])]:
-        if not archive.is_file():
-            raise UsageError(f"{archive}: no such image archive",
-                             "write one with llamawheel image --save FILE (or docker save -o FILE IMAGE)")
-        ref = archive_ref(archive)
-        if not ref:
-            raise UsageError(f"{archive} names no image (an OCI or Docker archive with a tag is needed)",
-                             "save it with its name: llamawheel image --save FILE, or docker save -o FILE NAME:TAG")
-        extras.append((archive, f"images/{archive.name}"))
-        refs.append(ref)
-    docker = paths.data_dir("docker")
-    extras += [(docker / name, f"compose/{name}") for name in ("compose.yaml", "compose.cpu.yaml")]
-    env = {}
-    if args.image_archive:
-        env["API_IMAGE"] = refs[0]
-    if args.ui_archive:
-        env["UI_IMAGE"] = refs[-1]
-    commands = [f"sha256sum -c {out.name}.sha256", f"tar -xzf {out.name}", f"cd {index_carry.BUNDLE_TOP}"]
-    commands += [f"podman load -i images/{a.name}   # or: docker load -i images/{a.name}" for a, _ in extras
-                 if a.suffix != ".yaml"]
-    commands += [c.replace("$PWD/" + index_carry.BUNDLE_TOP, "$PWD") for c in index_carry.bundle_commands(root)]
-    if env:
-        cpu = " -f compose/compose.cpu.yaml" if refs and refs[0].endswith(":cpu") else ""
-        # The key is made on the site, not carried: a bundle is copied to many sites, and a key in it is no secret.
-        commands.append(compose.SITE_KEY_COMMAND.format(env="compose/.env"))
-        commands.append(f"docker compose -f compose/compose.yaml{cpu} --env-file compose/.env up   # models in "
-                        "./models, then http://localhost:3000")
-    texts = [("OFFLINE.txt", ("On the machine with no network, in the folder you copied both files to:\n"
-                              + "".join(f"    {c}\n" for c in commands)).encode())]
-    if env:
-        texts.append(("compose/.env", "".join(f"{k}={v}\n" for k, v in env.items()).encode()))
-    if args.image_archive and not args.ui_archive:
-        log.warn(f"no --ui-archive: the site pulls llama-gpt's UI ({compose.UI_IMAGE}) from a registry")
-    out, digest = index_carry.bundle(root, out, extras, texts)
-    print(f"wrote {out} ({log.human_size(out.stat().st_size)}) and {out.name}.sha256 (sha256 {digest})")
+    done = bundle.write_bundle(root, args.out or root / "llamawheel-index.tar.gz", args.image_archive,
+                               args.ui_archive)
+    print(f"wrote {done.archive} ({log.human_size(done.archive.stat().st_size)}) and {done.archive.name}.sha256 "
+          f"(sha256 {done.sha256})")
     print("on the offline machine, in the folder you copied both files to (also in OFFLINE.txt inside):")
-    for command in commands:
+    for command in done.commands:
         print(f"    {command}")
 
 

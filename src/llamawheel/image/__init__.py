@@ -46,7 +46,9 @@ from llamawheel.wheel.distmeta import WheelName
 IMAGE_REPOSITORY = compose.API_REPOSITORY
 BASE_REPOSITORY = "localhost/llamawheel-base"
 SUITE = "bookworm"
-BASE_PACKAGES = ("python3-minimal", "libpython3.11-stdlib", "libstdc++6")
+PYTHON = foreign.PYTHON
+"""The image's Python: Debian bookworm's python3, on every platform."""
+BASE_PACKAGES = ("python3-minimal", f"libpython{PYTHON}-stdlib", "libstdc++6")
 """What the runtime needs beyond Debian's essential set: Python and the C++ runtime llama.cpp links."""
 BASE_EXCLUDES = ("/usr/share/man/*", "/usr/share/doc/*", "/usr/share/locale/*", "/usr/share/info/*")
 MERGED_USR_HOOKS = Path("/usr/share/mmdebstrap/hooks/merged-usr")
@@ -182,6 +184,27 @@ def chosen_wheel(index_root: Path, variant: str, version: str | None = None,
         return None
     best = max(wheels, key=lambda f: Version(f.version))
     return IndexedWheel(variant, best.version, best.name, best.sha256, vdir, target)
+
+
+def check_index(wheel: IndexedWheel) -> None:
+    """Before anything is built: the variant's index holds the dependencies of ``wheel`` for the image's Python on
+    its machine (the lock its publish wrote for them), and every file that lock names. Otherwise pip would say so
+    only deep inside the image build ("no matching distribution found")."""
+    pages = wheel.index / "simple"
+    lock = closure.read_locks(pages).get(closure.lock_name(PYTHON, wheel.platform.name))
+    stored = wheel.index / "files" / wheel.sha256 / wheel.name
+    publish = (f"llamawheel publish --index {wheel.index.parent} --python-version {PYTHON} {stored}   (through "
+               "--mirror, where the default index is not reachable)")
+    if lock is None or not any(root.split("[")[0] == wheel.name for root in lock.roots):
+        has = sorted(f"Python {lk.python} on {lk.arch}" for lk in closure.read_locks(pages).values())
+        raise ImageError(f"the {wheel.variant} index in {wheel.index.parent} holds {wheel.name} but not its "
+                         f"dependencies for the image's Python ({PYTHON} on {wheel.platform.name}); it has them for "
+                         f"{', '.join(has) or 'no Python'}", f"add them: {publish}")
+    missing = [f.file for f in lock.files if not (wheel.index / f.store_path).is_file()]
+    if missing:
+        raise ImageError(f"the {wheel.variant} index in {wheel.index.parent} lacks {len(missing)} file(s) its lock for "
+                         f"Python {PYTHON} names: {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}",
+                         f"check it (llamawheel index check {wheel.index.parent}) and publish again: {publish}")
 
 
 def pip_wheel(mirror: MirrorProfile) -> Path:
@@ -328,6 +351,7 @@ def build(
     """Build the image for ``wheel``; with ``save``, also write it as an OCI (or Docker) archive with its
     sha256."""
     started = time.monotonic()
+    check_index(wheel)
     server_wheel = ensure_server(wheel, mirror)
     if not wheel.platform.native:
         if base is not None:
@@ -388,6 +412,42 @@ def save_archive(engine: Engine, ref: str, out: Path, fmt: str = "oci") -> str:
     return digest
 
 
+@dataclass(frozen=True)
+class Context:
+    """A build context written for another machine's engine, and the command that builds it there."""
+
+    wheel: IndexedWheel
+    folder: Path
+    base: str
+    command: list[str]
+
+
+def context_only(index_root: Path, variant: str, version: str | None, target: Platform, mirror: MirrorProfile,
+                 dest: Path, base: str | None) -> Context:
+    """``--context-only``: the build context in ``dest`` (a new folder) and the ``docker build`` line for it. Nothing
+    is built but llama.cpp's server, when the index lacks it; the wheel must be published already."""
+    wheel = chosen_wheel(index_root, variant, version, target)
+    if wheel is None:
+        known = ", ".join(variants_in(index_root)) or "none"
+        raise UsageError(f"the {variant} index in {index_root} has no llama-cpp-python wheel for {target.name} "
+                         f"(variants there: {known})", "publish one first: llamawheel publish wheels/*.whl")
+    if dest.exists():
+        raise UsageError(f"{dest} already exists", "pass a folder that does not exist yet")
+    check_index(wheel)
+    ensure_server(wheel, mirror)
+    write_context(wheel, dest, pip_wheel(mirror), converter_files(mirror))
+    if not target.native:  # an unpacked base of the target's (no shell: the Containerfile runs nothing)
+        base = foreign.base_ref(SUITE, target)
+    elif not base or base == "registry":
+        base = registry_base(mirror)
+    command = ["docker", "build", "-t", tags_for(wheel)[0]]
+    if not target.native:
+        command += ["--platform", f"linux/{target.debian_arch}"]
+    for key, value in build_args(base, mirror, wheel).items():
+        command += ["--build-arg", f"{key}={value}"]
+    return Context(wheel, dest, base, [*command, str(dest)])
+
+
 def ensure_wheel(index_root: Path, variant: str, mirror: MirrorProfile, version: str | None,
                  target: Platform = X86_64) -> IndexedWheel:
     """The variant's wheel for ``target`` from the index; when there is none yet, build it and publish it first."""
@@ -397,16 +457,9 @@ def ensure_wheel(index_root: Path, variant: str, mirror: MirrorProfile, version:
     if version:
         raise UsageError(f"the {variant} index has no llama-cpp-python {version}")
     log.info(f"the {variant} index in {index_root} has no llama-cpp-python wheel: building and publishing one first")
-    opts = _build_options(mirror, index_root, target)
-    if variant == "cpu":
-        plan = planning.plan_cpu(catalog.cpu_recipe(), opts)
-    else:
-        version = cuda_version_of(variant)
-        if version is None:
-            raise UsageError(f"--variant {variant}: not cpu or cuXY (cu130, cu124, cu118)")
-        recipe, minor = catalog.find_cuda(version)
-        plan = planning.plan_cuda(recipe, minor, opts)
-    wheel = pipeline.run(plan)
+    if variant != "cpu" and cuda_version_of(variant) is None:
+        raise UsageError(f"--variant {variant}: not cpu or cuXY (cu130, cu124, cu118)")
+    wheel = pipeline.run(planning.plan_target(variant, _build_options(mirror, index_root, target)))
     index.publish([wheel], index_root=index_root, mirror=mirror)
     found = chosen_wheel(index_root, variant, target=target)
     if found is None:

@@ -37,7 +37,7 @@ from llamawheel.wheel.requirements import platforms_for
 BOOKWORM = SUITES["bookworm"]
 """The base's Debian release: its Python and glibc are what pip installs for."""
 PYTHON = BOOKWORM.python
-PACKAGES = ("python3-minimal", "libpython3.11-stdlib", "libstdc++6", "base-files", "tzdata")
+PACKAGES = ("python3-minimal", f"libpython{PYTHON}-stdlib", "libstdc++6", "base-files", "tzdata")
 """Unpacked with what they depend on: Python, the C++ runtime, os-release, time zones."""
 EXCLUDES = ("/usr/share/man/*", "/usr/share/doc/*", "/usr/share/locale/*", "/usr/share/info/*")
 PASSWD = "root:x:0:0:root:/root:/usr/sbin/nologin\nllama:x:1000:1000:llama:/home/llama:/usr/sbin/nologin\n"

@@ -78,8 +78,8 @@ def _commands(root: Path, base_url: str) -> list[str]:
 
 
 def bundle_commands(root: Path) -> list[str]:
-    """The pip commands for an unpacked bundle, run in the folder it was unpacked in."""
-    return _commands(root, f"file://$PWD/{BUNDLE_TOP}")
+    """The pip commands for an unpacked bundle, run inside the folder it unpacks into (``cd llamawheel-index``)."""
+    return _commands(root, "file://$PWD")
 
 
 def serve_commands(root: Path, url: str) -> list[str]:
