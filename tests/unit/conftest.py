@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from llamawheel.core import paths
 from llamawheel.recipe import archs
 from llamawheel.wheel.wheelfile import Entry, write_wheel
 
@@ -26,10 +27,12 @@ from .helpers import METADATA, RAW_WHEEL_NAME, WHEEL, find_system_libz
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No LLAMAWHEEL_* or CMAKE_ARGS from the developer's shell, and no nvidia-smi."""
+    """No LLAMAWHEEL_* or CMAKE_ARGS from the developer's shell, no --root left by an earlier test, and no
+    nvidia-smi."""
     for key in list(os.environ):
         if key.startswith("LLAMAWHEEL_"):
             monkeypatch.delenv(key)
+    monkeypatch.setattr(paths, "_given_root", None)
     monkeypatch.delenv("CMAKE_ARGS", raising=False)
     monkeypatch.setattr(archs, "detect_native", lambda: [])
 
