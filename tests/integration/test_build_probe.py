@@ -10,16 +10,12 @@ import sys
 import zipfile
 from pathlib import Path
 
-import pytest
-
 from llamawheel.build import cache
 from llamawheel.core import paths
 from llamawheel.recipe.variant import flags_label
 from llamawheel.wheel.elf import read_elf
 
 from .conftest import FIXTURE, llamawheel
-
-pytestmark = pytest.mark.integration
 
 
 def _names(wheel: Path) -> list[str]:

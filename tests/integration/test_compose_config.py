@@ -18,8 +18,6 @@ from llamawheel.toolchain.deb import AptSession, extract, repo_url
 
 from .conftest import llamawheel
 
-pytestmark = pytest.mark.integration
-
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 TRIXIE = AptSource("debian", "trixie", "/usr/share/keyrings/debian-archive-keyring.gpg", ("main",))

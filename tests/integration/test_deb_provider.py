@@ -24,8 +24,6 @@ from llamawheel.toolchain.deb import AptSession, fetch_pinned_key
 from .conftest import FIXTURE, llamawheel
 from .test_mirrors_loopback import Mirror, _profile
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.mark.parametrize("version", ["12.4", "11.8"])
 def test_debian_toolchain_builds_the_cublas_probe(version: str, tmp_path: Path) -> None:

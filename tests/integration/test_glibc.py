@@ -18,8 +18,6 @@ from llamawheel.wheel.elf import read_elf
 
 from .conftest import ROOT, llamawheel
 
-pytestmark = pytest.mark.integration
-
 PROBE = ROOT / "tests" / "fixtures" / "glibc_probe"
 LIBRARY = "glibc_probe/lib/libglibcprobe.so"
 POINTS = 4096

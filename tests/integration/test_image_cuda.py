@@ -19,14 +19,14 @@ from typing import Any
 
 import pytest
 
+from ..gpu import host_gpu
 from .conftest import llamawheel
 from .test_image import ALIAS, ENV, IMAGE_PYTHON, _config, _free_port, _read_like_the_ui, _stop, buildah
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("buildah") is None or shutil.which("mmdebstrap") is None,
-                       reason="needs buildah and mmdebstrap (apt-get install buildah mmdebstrap; .ci/run does)"),
-]
+pytestmark = pytest.mark.skipif(
+    shutil.which("buildah") is None or shutil.which("mmdebstrap") is None,
+    reason="needs buildah and mmdebstrap (apt-get install buildah mmdebstrap; .ci/run does)",
+)
 
 SITE = f"/opt/llama/lib/python{IMAGE_PYTHON}/site-packages"
 
@@ -94,18 +94,12 @@ def test_every_library_of_the_wheel_resolves_inside_the_image(cuda_image: dict[s
     assert resolved["libggml-base.so"] == f"{SITE}/llama_cpp/lib/libggml-base.so"
 
 
-def _host_gpu() -> list[str]:
-    """The host's NVIDIA device nodes when a GPU and its driver libraries are here, else []."""
-    devices = sorted(str(p) for p in Path("/dev").glob("nvidia*") if p.is_char_device())
-    libs = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True).stdout
-    return devices if devices and "libcuda.so.1" in libs and "libnvidia-ml.so.1" in libs else []
-
-
-@pytest.mark.skipif(not _host_gpu(), reason="no NVIDIA GPU and driver on this machine: the served-on-GPU chat"
-                                            " runs only where one is (CI has none)")
+@pytest.mark.gpu
 def test_on_a_gpu_the_ui_chat_is_served_with_every_layer_offloaded(
     cuda_image: dict[str, Any], tmp_path: Path
 ) -> None:
+    """The served-on-GPU chat. The image, given the host's GPU devices and driver libraries, answers the chat the
+    UI sends with every layer offloaded."""
     models = tmp_path / "models"
     models.mkdir()
     assert llamawheel("tiny-model", str(models / "llama-2-7b-chat.bin"), "--ctx", "4096").returncode == 0
@@ -113,7 +107,7 @@ def test_on_a_gpu_the_ui_chat_is_served_with_every_layer_offloaded(
                                                                 text=True).stdout)
               if Path(m).name in ("libcuda.so.1", "libnvidia-ml.so.1")]
     mounts = [f"-v={lib}:/usr/lib/x86_64-linux-gnu/{Path(lib).name}:ro" for lib in dict.fromkeys(driver)]
-    devices = [f"--device={d}" for d in _host_gpu()]
+    devices = [f"--device={d}" for d in host_gpu()]
     port = _free_port()
     container = buildah("from", "--pull-never", cuda_image["image"]).stdout.strip()
     log = tmp_path / "server.log"

@@ -30,8 +30,6 @@ from llamawheel.publish.index_pages import parse_links
 from ..index_wheels import index_server, make_wheel
 from .conftest import ROOT, llamawheel
 
-pytestmark = pytest.mark.integration
-
 PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 DEAD_PROXY = "http://127.0.0.1:9"  # the discard port: nothing answers, so any network access fails
 

@@ -74,7 +74,7 @@ def test_the_image_context_takes_the_packaged_containerfile(installed: Path, tmp
 
 
 def test_outside_a_checkout_wheels_go_to_the_working_directory(installed: Path, tmp_path: Path) -> None:
-    code = ("from llamawheel.core import paths; print(paths.checkout()); print(paths.wheels_dir()); "
+    code = ("from llamawheel.core import paths; print(paths.root()); print(paths.wheels_dir()); "
             "print(paths.containerfile().is_file())")
     out = subprocess.run([str(installed / "python"), "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert out.stdout.split() == ["None", str(tmp_path / "wheels"), "True"], out.stderr

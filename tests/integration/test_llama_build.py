@@ -9,7 +9,7 @@ import pytest
 
 from .conftest import llamawheel
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 def test_llama_cpp_python_cuda13_sm90_wheel(tmp_path: Path) -> None:

@@ -25,8 +25,6 @@ from llamawheel.recipe import catalog
 
 from .conftest import ROOT, llamawheel
 
-pytestmark = pytest.mark.integration
-
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
     requests: list[str]

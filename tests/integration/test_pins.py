@@ -19,8 +19,6 @@ from llamawheel.pipeline import wheelhouse
 
 from .conftest import ROOT
 
-pytestmark = pytest.mark.integration
-
 PINS = ROOT / "recipes" / "pins" / "tools.toml"
 
 

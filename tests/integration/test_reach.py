@@ -32,8 +32,6 @@ from . import logproxy
 from .conftest import FIXTURE, ROOT, llamawheel
 from .test_mirrors_loopback import Mirror
 
-pytestmark = pytest.mark.integration
-
 
 def machine_profile(path: Path) -> Path:
     """A profile made from this machine's own pip and apt configuration: its index, its Debian archive and

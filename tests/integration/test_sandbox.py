@@ -23,8 +23,6 @@ from llamawheel.toolchain.root import MARKER, cached_root
 
 from .conftest import FIXTURE, llamawheel
 
-pytestmark = pytest.mark.integration
-
 TAMPER = """\
 # A build step that tries to add a program beside what every later build runs: the CUDA toolchain's, the
 # compile-cache tool's (the launcher CMake was given) and the root's own. Every write must be refused.

@@ -16,8 +16,6 @@ from llamawheel.toolchain import hostcc
 
 from .conftest import llamawheel
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture(scope="module")
 def cuda124_root() -> Path:

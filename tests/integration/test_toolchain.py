@@ -11,13 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from llamawheel.wheel.elf import read_elf_file
 
 from .conftest import llamawheel
-
-pytestmark = pytest.mark.integration
 
 
 def test_root_has_the_layout_cmake_and_nvcc_expect(cuda_root: Path) -> None:

@@ -27,8 +27,6 @@ from llamawheel.wheel.wheelfile import Entry, dist_info_dir, read_entries, write
 
 from .conftest import cached_wheels, llamawheel
 
-pytestmark = pytest.mark.integration
-
 Verified = tuple[subprocess.CompletedProcess[str], dict[str, Any], Path]
 CUDA_PATTERN = "llama_cpp_python-0.3.36+cu*.whl"
 

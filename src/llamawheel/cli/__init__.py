@@ -12,10 +12,11 @@ import argparse
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from llamawheel import __version__
 from llamawheel.cli import build, data, image, publish, verify
-from llamawheel.core import log
+from llamawheel.core import log, paths
 from llamawheel.core.errors import LlamawheelError
 from llamawheel.core.redact import redact
 
@@ -29,6 +30,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llamawheel", description="Build verified CUDA wheels of llama-cpp-python.")
     parser.add_argument("--version", action="version", version=f"llamawheel {__version__}")
     parser.add_argument("--traceback", action="store_true", help="show a traceback on errors")
+    parser.add_argument("--root", type=Path, metavar="PATH",
+                        help="use the recipes/, mirrors/ and docker/ of this llamawheel checkout, and its wheels/ "
+                             "as the default output (default: $LLAMAWHEEL_ROOT, else the ones shipped with "
+                             "llamawheel and ./wheels)")
     sub = parser.add_subparsers(dest="command", required=True)
     for module in _MODULES:
         module.add_parsers(sub)
@@ -39,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
+        paths.set_root(args.root)
+        paths.root()  # a root that is no llamawheel checkout is refused before the command starts
         return COMMANDS[args.command](args)
     except LlamawheelError as exc:
         if args.traceback:

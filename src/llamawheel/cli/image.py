@@ -43,8 +43,8 @@ def _cmd_compose_env(args: argparse.Namespace) -> int:
     from llamawheel.mirror import profiles
 
     mirror = profiles.load_profile(args.mirror)
-    checkout = paths.checkout()
-    target = args.env_file or (checkout / "docker" / ".env" if checkout else Path(".env"))
+    root = paths.root()
+    target = args.env_file or (root / "docker" / ".env" if root else Path(".env"))
     values = compose.compose_env(mirror, args.variant, compose.read_env(target))
     compose.write_env(target, values)
     print(f"wrote {target} ({mirror.name} mirror profile; readable by you only):")

@@ -1,47 +1,90 @@
 """The one module that names every data path llamawheel reads or writes.
 
 Data (``recipes/``, ``mirrors/``, ``docker/``) ships inside the package (``llamawheel._data``, read with
-importlib.resources), so an installed llamawheel works anywhere. Run from a checkout, the checkout's
-own copies are used instead, so that an edited recipe takes effect without reinstalling. The checkout
-is, in this order: ``$LLAMAWHEEL_ROOT``; the source tree this package was imported from; the nearest
-folder at or above the working directory that holds llamawheel's ``pyproject.toml``.
+importlib.resources), so an installed llamawheel works anywhere and the working directory never changes
+which recipes it uses. Another tree's data is used only where one is named. The root, resolved on each call
+(`root`), never at import, is the first of:
+
+1. ``llamawheel --root PATH`` (the command line calls `set_root`);
+2. ``$LLAMAWHEEL_ROOT``;
+3. the source tree this package is imported from (an editable install, or ``src/`` on ``sys.path``): there the
+   data is not copied into the package but lies beside ``src/``, where pyproject.toml maps it from, so an
+   edited recipe takes effect without reinstalling.
+
+With none (an installed llamawheel), the package's own copy is read. A named root must hold ``recipes/``,
+``mirrors/`` and ``docker/``. Outputs (``wheels/``) go under the root, else under the working directory.
 """
 
 from __future__ import annotations
 
 import importlib.resources
 import os
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
+
+from llamawheel.core.errors import UsageError
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 """The installed ``llamawheel`` package folder."""
 DATA_KINDS = ("recipes", "mirrors", "docker")
+ROOT_ENV = "LLAMAWHEEL_ROOT"
+
+_given_root: Path | None = None
+"""The command line's ``--root`` (`set_root`)."""
 
 
-def _is_checkout(folder: Path) -> bool:
-    pyproject = folder / "pyproject.toml"
-    try:
-        text = pyproject.read_text()
-    except OSError:
-        return False
-    return 'name = "llamawheel"' in text and all((folder / kind).is_dir() for kind in DATA_KINDS)
+def set_root(folder: Path | None) -> None:
+    """Use ``folder`` (a llamawheel checkout) as the root from now on, before ``$LLAMAWHEEL_ROOT``; None: no
+    ``--root``. Checked when the root is next resolved."""
+    global _given_root
+    _given_root = folder
 
 
-def checkout() -> Path | None:
-    """The llamawheel checkout in use, or None for an installed llamawheel run elsewhere."""
-    env = os.environ.get("LLAMAWHEEL_ROOT")
+def _named_root(folder: Path, named_by: str, instead: str) -> Path:
+    """``folder`` resolved, if it is a llamawheel checkout (``named_by`` says where it was named: ``--root ``,
+    ``LLAMAWHEEL_ROOT=``; ``instead`` how to name none)."""
+    folder = folder.expanduser().resolve()
+    tip = (f"name a llamawheel checkout (the folder that holds {_listed(DATA_KINDS, 'and')}), or {instead} to use "
+           "the recipes, mirror profiles and Containerfile shipped with llamawheel")
+    if not folder.is_dir():
+        raise UsageError(f"{named_by}{folder}: no such folder", tip)
+    missing = [kind for kind in DATA_KINDS if not (folder / kind).is_dir()]
+    if missing:
+        raise UsageError(f"{named_by}{folder} is not a llamawheel checkout: it has no {_listed(missing, 'or')}", tip)
+    return folder
+
+
+def _listed(kinds: Sequence[str], conjunction: str) -> str:
+    """``recipes/, mirrors/ and docker/``."""
+    folders = [f"{kind}/" for kind in kinds]
+    return folders[0] if len(folders) == 1 else f"{', '.join(folders[:-1])} {conjunction} {folders[-1]}"
+
+
+def _source_tree() -> Path | None:
+    """The source tree this package is imported from (``<tree>/src/llamawheel``, with the data folders beside
+    ``src/``), or None for an installed package."""
+    tree = PACKAGE_DIR.parents[1]
+    if PACKAGE_DIR.parent.name != "src" or not (tree / "pyproject.toml").is_file():
+        return None
+    return tree if all((tree / kind).is_dir() for kind in DATA_KINDS) else None
+
+
+def root() -> Path | None:
+    """The llamawheel tree whose data is used: ``--root``, else ``$LLAMAWHEEL_ROOT``, else the source tree this
+    package runs from; None for an installed llamawheel (its packaged data). A named root that is no llamawheel
+    checkout is a `UsageError` that names it and what it lacks."""
+    if _given_root is not None:
+        return _named_root(_given_root, "--root ", "leave out --root")
+    env = os.environ.get(ROOT_ENV)
     if env:
-        return Path(env).resolve()
-    for candidate in (PACKAGE_DIR.parents[1], Path.cwd(), *Path.cwd().parents):
-        if _is_checkout(candidate):
-            return candidate
-    return None
+        return _named_root(Path(env), f"{ROOT_ENV}=", f"unset {ROOT_ENV}")
+    return _source_tree()
 
 
 def project_root() -> Path:
-    """The checkout, else the working directory (where ``wheels/`` goes for an installed llamawheel)."""
-    return checkout() or Path.cwd()
+    """The root (`root`), else the working directory (where ``wheels/`` goes for an installed llamawheel)."""
+    return root() or Path.cwd()
 
 
 @cache
@@ -50,10 +93,10 @@ def _packaged(kind: str) -> Path:
 
 
 def data_dir(kind: str) -> Path:
-    """``recipes``, ``mirrors`` or ``docker``: the checkout's folder, else the copy inside the package."""
+    """``recipes``, ``mirrors`` or ``docker``: the root's folder, else the copy inside the package."""
     assert kind in DATA_KINDS, kind
-    root = checkout()
-    return root / kind if root is not None else _packaged(kind)
+    found = root()
+    return found / kind if found is not None else _packaged(kind)
 
 
 def recipes_dir() -> Path:
@@ -74,8 +117,7 @@ def runtime_dir() -> Path:
 
 
 def wheels_dir() -> Path:
-    """Default output folder for built wheels and their manifests: the checkout's ``wheels/``, else
-    ``./wheels``."""
+    """Default output folder for built wheels and their manifests: the root's ``wheels/``, else ``./wheels``."""
     return project_root() / "wheels"
 
 

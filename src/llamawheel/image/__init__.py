@@ -56,8 +56,8 @@ MERGED_USR_HOOKS = Path("/usr/share/mmdebstrap/hooks/merged-usr")
 RUNTIME_FILES = ("__init__.py", "serve.py", "upstream.py", "health.py", "gpu_layers.py", "convert.py")
 CONVERTER_SCRIPT = "convert_llama_ggml_to_gguf.py"
 """llama.cpp's GGML v3 -> GGUF converter, shipped in the pinned sdist (with its ``gguf`` package)."""
-CONVERTER_PATCH = paths.recipes_dir() / "patches" / "convert-ggml-byte-shape.patch"
-"""Makes that converter work with the ``gguf`` package beside it (see the patch's header)."""
+CONVERTER_PATCH = "convert-ggml-byte-shape.patch"
+"""Makes that converter work with the ``gguf`` package beside it (see the patch's header); in recipes/patches/."""
 REGISTRY_BASE = "library/debian:bookworm-slim"
 SIZE_TARGETS_MB = {"cpu": 300, "cuda": 1200}
 """Uncompressed size targets (measured by scripts/image-size.py, not by a test)."""
@@ -215,10 +215,15 @@ def pip_wheel(mirror: MirrorProfile) -> Path:
     return wheelhouse.pinned_pip(mirror, paths.images_dir() / "pip")
 
 
+def converter_patch() -> Path:
+    return paths.recipes_dir() / "patches" / CONVERTER_PATCH
+
+
 def converter_files(mirror: MirrorProfile) -> Path:
     """llama.cpp's GGML v3 converter and its ``gguf`` package, from the pinned sdist (cached unpacked)."""
     source = catalog.cpu_recipe().llama_cpp_python
-    final = paths.images_dir() / f"converter-{source.version}-{fileio.sha256_of(CONVERTER_PATCH)[:12]}"
+    patch = converter_patch()
+    final = paths.images_dir() / f"converter-{source.version}-{fileio.sha256_of(patch)[:12]}"
     with fileio.locked(final):
         if (final / CONVERTER_SCRIPT).is_file():
             return final
@@ -238,7 +243,7 @@ def converter_files(mirror: MirrorProfile) -> Path:
                     target.write_bytes(data.read())
             if not (tmp / CONVERTER_SCRIPT).is_file():
                 raise ImageError(f"{archive.name} holds no vendor/llama.cpp/{CONVERTER_SCRIPT}")
-            patches.apply(CONVERTER_PATCH, tmp)
+            patches.apply(patch, tmp)
             tmp.chmod(0o755)  # a temporary folder is 0700: the image's user (uid 1000) must read it
     return final
 
@@ -382,8 +387,8 @@ def build(
                                                              "build": round(build_seconds, 1),
                                                              "total": round(time.monotonic() - started, 1)},
         "ggml_converter": {"from": f"llama-cpp-python {catalog.cpu_recipe().llama_cpp_python.version} sdist",
-                           "script": CONVERTER_SCRIPT, "patches": [{"file": CONVERTER_PATCH.name,
-                                                                    "sha256": fileio.sha256_of(CONVERTER_PATCH)}]},
+                           "script": CONVERTER_SCRIPT, "patches": [{"file": CONVERTER_PATCH,
+                                                                    "sha256": fileio.sha256_of(converter_patch())}]},
         "user": "1000:1000", "port": 8000, "llamawheel": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

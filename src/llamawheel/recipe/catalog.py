@@ -83,9 +83,13 @@ def recipe_files(folder: Path) -> list[Path]:
     return [p for p in sorted(folder.glob("*.toml")) if p.name != DEFAULTS]
 
 
-@cache
 def all_recipes(directory: Path | None = None) -> dict[str, Recipe]:
-    folder = directory or paths.recipes_dir()
+    """The recipes of ``directory``, else of `paths.recipes_dir` (resolved on each call); each folder read once."""
+    return _recipes_in(directory or paths.recipes_dir())
+
+
+@cache
+def _recipes_in(folder: Path) -> dict[str, Recipe]:
     return {p.stem: load_recipe(p) for p in recipe_files(folder)}
 
 
