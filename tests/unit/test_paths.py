@@ -180,3 +180,12 @@ def test_the_wheel_carries_every_data_file() -> None:
         files = {p.relative_to(folder).as_posix() for p in folder.rglob("*")
                  if p.is_file() and "__pycache__" not in p.parts and not p.name.startswith(".")}
         assert files - taken == {f[len(kind) + 1:] for f in NOT_DATA if f.startswith(f"{kind}/")}
+
+
+def test_every_package_under_src_is_listed() -> None:
+    """pyproject.toml lists the packages one by one: a new stage folder left off the list would be missing from a
+    non-editable install (what the build sessions use), and only there."""
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    src = ROOT / "src"
+    found = {".".join(p.parent.relative_to(src).parts) for p in src.rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)
