@@ -16,7 +16,10 @@ import pytest
 
 from llamawheel import cli
 from llamawheel.core import proc
-from llamawheel.core.errors import BuildError, DownloadError, ImageError, ToolchainError
+from llamawheel.core.errors import BuildError, DownloadError, ImageError, RuntimeCheckError, ToolchainError
+from llamawheel.mirror import profiles
+from llamawheel.toolchain import deb
+from llamawheel.verify import prove
 
 SECRET = "hunter2-token"
 MISSING = "llamawheel-test-no-such-program"
@@ -179,3 +182,27 @@ def test_the_command_line_prints_a_failed_command_as_an_error_with_its_exit_code
     assert cli.main(["build", "cpu"]) == 6
     assert capsys.readouterr().err == (f"ERROR cannot check the toolchain: {MISSING} is not installed (it is not on "
                                        f"PATH)\nTIP install {MISSING}\n")
+
+
+# ----------------------------------------------------------------------------- callers that let a traceback out before
+
+
+def test_a_deb_that_does_not_unpack_is_a_toolchain_error(tmp_path: Path) -> None:
+    bad = tmp_path / "cuda-nvcc_12.4.131-1_amd64.deb"
+    bad.write_bytes(b"not an ar archive")
+    with pytest.raises(ToolchainError) as failed:
+        deb.extract([bad], tmp_path / "tree")
+    assert failed.value.exit_code == 6
+    assert failed.value.message.startswith(f"dpkg-deb could not unpack {bad.name}\ncommand: dpkg-deb -x {bad} ")
+    assert "\nreturn code: 2\noutput (last lines):\n    dpkg-deb" in failed.value.message
+
+
+def test_a_venv_that_cannot_be_made_is_a_runtime_check_error_with_what_to_install(tmp_path: Path) -> None:
+    taken = tmp_path / "venv"
+    taken.write_text("a file where the venv should go")
+    with pytest.raises(RuntimeCheckError) as failed:
+        prove.fresh_venv(taken, tmp_path / "x.whl", profiles.load_profile("default"))
+    assert failed.value.exit_code == 12
+    assert failed.value.message.startswith(f"this Python ({sys.executable}) could not make a virtual environment in "
+                                           f"{taken}\ncommand: {sys.executable} -m venv {taken}\nreturn code: 1\n")
+    assert failed.value.tip is not None and "apt-get install python3-venv" in failed.value.tip
