@@ -206,3 +206,18 @@ def test_a_venv_that_cannot_be_made_is_a_runtime_check_error_with_what_to_instal
     assert failed.value.message.startswith(f"this Python ({sys.executable}) could not make a virtual environment in "
                                            f"{taken}\ncommand: {sys.executable} -m venv {taken}\nreturn code: 1\n")
     assert failed.value.tip is not None and "apt-get install python3-venv" in failed.value.tip
+
+
+def test_every_subprocess_starts_in_core_proc() -> None:
+    """The check of ``grep -rn "subprocess\\." src/llamawheel | grep -v core/proc.py``: only code copied to other
+    machines (which may import no llamawheel) starts its own."""
+    offenders = []
+    for path in sorted(SRC.rglob("*.py")):
+        rel = path.relative_to(SRC).as_posix()
+        if rel == "core/proc.py" or rel.startswith(COPIED_ELSEWHERE):
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"\bsubprocess\.|\bimport subprocess\b|\bfrom subprocess\b|\bos\.(system|popen|spawn|exec)",
+                         line):
+                offenders.append(f"{rel}:{number}: {line.strip()}")
+    assert offenders == [], "start commands with llamawheel.core.proc:\n" + "\n".join(offenders)

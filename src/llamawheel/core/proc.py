@@ -307,32 +307,3 @@ def stream(
         raise error(f"{what}\n{result.describe()}", tip)
     return result
 
-
-class CommandFailed(Exception):
-    """Until every caller raises its own error: `stream` with ``check=False`` replaces it."""
-
-    def __init__(self, cmd: Sequence[str], returncode: int, tail: list[str]) -> None:
-        self.cmd = list(cmd)
-        self.returncode = returncode
-        self.tail = tail
-        super().__init__(f"{echo(self.cmd)} exited with {returncode}")
-
-    def describe(self) -> str:
-        return _describe(self.cmd, f"return code: {self.returncode}", self.tail)
-
-
-def run_streamed(
-    cmd: Sequence[str],
-    *,
-    env: Mapping[str, str] | None = None,
-    cwd: Path | None = None,
-    log_file: Path | None = None,
-    on_line: Callable[[str], None] | None = None,
-    keep: int = 80,
-) -> list[str]:
-    """Until every caller raises its own error: `stream` replaces it."""
-    result = stream(cmd, error=LlamawheelError, what=f"cannot run {cmd[0]}", check=False, env=env, cwd=cwd,
-                    log_file=log_file, on_line=on_line, keep=keep)
-    if not result.ok:
-        raise CommandFailed(cmd, result.returncode, result.lines())
-    return result.lines()
