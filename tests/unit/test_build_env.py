@@ -70,7 +70,7 @@ def test_a_root_is_entered_read_only_with_no_network_no_host_environment_and_onl
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLAMAWHEEL_CACHE", str(tmp_path / "cache"))
     made: list[list[str]] = []
-    monkeypatch.setattr(rootbuild, "run_streamed", lambda cmd, **_: made.append(list(cmd)) or [])
+    monkeypatch.setattr(rootbuild.proc, "stream", lambda cmd, **_: made.append(list(cmd)))
     root = buildroot.Root(tmp_path / "buildroot-bullseye", "bullseye", (), "test", 0, 0.0, "2.31", "10.2.1", "3.9")
     work = tmp_path / "cache" / "build" / "llama-cpu"
     runner = rootbuild.runner_for(root, tmp_path / "house", tmp_path / "cuda", work)

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from llamawheel.build import cache, farm, options
+from llamawheel.core import proc
 from llamawheel.core.compat import tomllib
-from llamawheel.core.errors import UsageError
+from llamawheel.core.errors import BuildError, ToolchainError, UsageError
 
 
 def test_a_redis_url_names_host_port_and_database() -> None:
@@ -137,6 +138,20 @@ def test_ccache_counts_are_the_difference_over_the_build() -> None:
     assert stats.describe().endswith("the remote store failed 2 time(s) (those compiles used the local store)")
 
 
+def test_counts_a_tool_cannot_report_stop_the_build_instead_of_reading_as_zero(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """(An empty answer read as no hits, and the build's counts as negative.)"""
+    monkeypatch.setenv("CCACHE_DIR", "/from/the/user")
+    print_stats = 'echo "cache_miss\t${CCACHE_DIR-unset}"; echo "$CCACHE_CONFIGPATH"'
+    assert cache.run_quiet(["sh", "-c", print_stats], {"CCACHE_DIR": proc.UNSET, "CCACHE_CONFIGPATH": "/build/c"}) \
+        == "cache_miss\tunset\n/build/c\n"  # the environment given is laid over this process's
+    with pytest.raises(BuildError) as failed:
+        cache.run_quiet(["sh", "-c", "echo 'ccache: error: no such option' >&2; exit 1"], None)
+    assert failed.value.exit_code == 7
+    assert failed.value.message.startswith("the compile cache could not report its counts\ncommand: sh -c ")
+    assert failed.value.message.endswith("return code: 1\noutput (last lines):\n    ccache: error: no such option")
+
+
 def test_farm_addresses_and_the_clients_configuration() -> None:
     assert str(farm.parse_address("10.0.0.2", farm.SERVER_PORT, "--server")) == "10.0.0.2:10501"
     assert farm.parse_address("build-1.lan:9000", farm.SERVER_PORT, "--server").slug == "build-1.lan-9000"
@@ -145,3 +160,21 @@ def test_farm_addresses_and_the_clients_configuration() -> None:
     conf = tomllib.loads(cache.farm_config(cache.Farm("http://10.0.0.1:10600", "t0k"), Path("/c/dist-client")))
     assert conf == {"dist": {"scheduler_url": "http://10.0.0.1:10600", "toolchains": [],
                              "cache_dir": "/c/dist-client", "auth": {"type": "token", "token": "t0k"}}}
+
+
+def test_the_farm_status_asks_sccache_with_only_its_own_settings(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """None of the user's ``SCCACHE_*`` reaches the client that asks; a scheduler that does not answer is a
+    ToolchainError with what sccache said."""
+    monkeypatch.setenv("SCCACHE_USER_SETTING", "7")
+    sccache = tmp_path / "sccache"
+    sccache.write_text('#!/bin/sh\n[ "$1" = --stop-server ] && exit 0\n'
+                       '[ -f "$SCCACHE_CONF" ] || { echo "no configuration" >&2; exit 2; }\n'
+                       'echo \'{"SchedulerStatus": ["x", {"num_servers": 2, "num_cpus": 16, "in_progress": \''
+                       '"${SCCACHE_USER_SETTING-0}}]}"\n')
+    sccache.chmod(0o755)
+    assert farm.status(cache.Farm("http://10.0.0.1:10600", "t0k"), tmp_path) == {"servers": 2, "cores": 16,
+                                                                                 "in_progress": 0}
+    sccache.write_text("#!/bin/sh\necho 'error: connection refused' >&2\nexit 2\n")
+    with pytest.raises(ToolchainError, match=r"did not answer: error: connection refused$"):
+        farm.status(cache.Farm("http://10.0.0.1:10600", "t0k"), tmp_path)

@@ -443,6 +443,25 @@ def test_upload_without_twine_says_how_to_get_it(
     assert "TIP pip install 'llamawheel[upload]'" in err
 
 
+def test_a_refused_upload_leaves_twines_output_on_the_terminal_and_names_the_command(
+    built: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    fake = tmp_path / "site" / "twine"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "__main__.py").write_text("import sys\nprint('HTTPError: 403 Forbidden', file=sys.stderr)\nsys.exit(1)\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "site"))
+    wheel = make_wheel(built)
+    code = cli.main(["index", "upload", str(wheel), "--repository-url", "http://127.0.0.1:9/legacy/"])
+    err = capfd.readouterr().err
+    assert code == 10
+    error = (f"ERROR twine upload to http://127.0.0.1:9/legacy/ failed\ncommand: {sys.executable} -m twine upload "
+             f"--repository-url http://127.0.0.1:9/legacy/ {wheel}\nreturn code: 1\noutput: shown above\n"
+             "TIP credentials come from ")
+    assert err.index("HTTPError: 403 Forbidden\n") < err.index(error)  # twine's own words first, on the terminal
+
+
 def test_upload_refuses_a_password_in_the_url(built: Path) -> None:
     with pytest.raises(UsageError, match="holds a password"):
         index_carry.upload([make_wheel(built)], "https://user:secret@127.0.0.1/legacy/")

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from llamawheel.core import proc
-from llamawheel.core.errors import MirrorError
-from llamawheel.mirror import profiles
+from llamawheel.core.errors import MirrorError, NotOnMirror
+from llamawheel.mirror import pipfetch, profiles
 
 from .helpers import MIRRORS_DIR
 
@@ -183,3 +183,19 @@ def test_profile_value_of_wrong_type(tmp_path: Path) -> None:
     path.write_text("pypi = 8080\n")
     with pytest.raises(MirrorError, match=r"key 'pypi': must be a string, not int"):
         profiles.load_profile(str(path))
+
+
+def test_a_pin_the_index_does_not_offer_is_explained_with_pips_command_and_last_lines(tmp_path: Path) -> None:
+    index = tmp_path / "simple"
+    index.mkdir()
+    own = tmp_path / "empty.toml"
+    own.write_text(f'description = "an empty index"\npypi = "{index.as_uri()}/"\n')
+    with pytest.raises(NotOnMirror) as failed:
+        pipfetch.download([f"diskcache==5.6.3 --hash=sha256:{'0' * 64}"], tmp_path / "dl",
+                          profiles.load_profile(str(own)), binary=True)
+    assert failed.value.exit_code == 5
+    message = failed.value.message
+    assert message.startswith(f"{index.as_uri()}/ does not offer a pinned package\ncommand: {sys.executable} -m pip "
+                              "download --no-deps --require-hashes ")
+    assert "\nreturn code: 1\noutput (last lines):\n" in message
+    assert "\n    ERROR: No matching distribution found for diskcache==5.6.3" in message

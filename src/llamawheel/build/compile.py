@@ -23,7 +23,6 @@ from llamawheel.build.glibc import Binding
 from llamawheel.build.rootbuild import BUILD_DIR, CUDA_DIR, Runner
 from llamawheel.core import log, paths, proc
 from llamawheel.core.errors import BuildError
-from llamawheel.core.proc import CommandFailed, child_env, run_streamed
 
 _STEP = re.compile(r"^\[(\d+)/(\d+)\] ")
 # nvcc on llama.cpp's largest template instances peaks near 3 GB; a C++ job needs far less.
@@ -217,7 +216,7 @@ class _CacheRun:
 
     def _ccache_counts(self) -> dict[str, int]:
         cmd, extra = self.runner.command([str(self.cc.binary), "--print-stats"], self.env)
-        return cache.ccache_stats(cache.run_quiet(cmd, child_env(extra) if extra is not None else None))
+        return cache.ccache_stats(cache.run_quiet(cmd, extra))
 
     def finish(self) -> cache.Stats | None:
         if self.cc.binary is None:
@@ -262,25 +261,28 @@ def _pip_wheel(req: BuildRequest, env: dict[str, str], tree: Path, raw: Path, pr
     """Run scikit-build-core through ``pip wheel``, showing ninja's progress; returns the seconds it took."""
     python = req.runner.python or sys.executable
     start = time.monotonic()
-    try:
-        if req.runner.root is not None:  # Debian 11's pip 20.3 knows no -C: the wheelhouse has a newer one
-            cmd, extra = req.runner.command([python, "-m", "pip", "install", "--upgrade", "--quiet", "pip"], env)
-            run_streamed(cmd, env=extra, log_file=req.log_file)
-            network = "sharing this machine's network" if req.runner.network else "network cut"
-            where = f"in the {req.runner.root.suite} root ({req.runner.root.path}), {network}"
-        else:
-            where = "on this machine"
-        cmd, extra = req.runner.command(run.wrap([
-            python, "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(raw),
-            "-C", f"build-dir={tree}", "-C", "cmake.build-type=Release", str(req.source),
-        ]), env)
-        log.info(f"building {where} with {req.jobs} parallel job(s); full log: {req.log_file}")
-        run_streamed(cmd, env=extra, log_file=req.log_file, on_line=progress, keep=60)
-    except CommandFailed as exc:
-        raise BuildError(
-            f"the build failed after {log.human_time(time.monotonic() - start)}\n{exc.describe()}",
-            f"the full log is {req.log_file}",
-        ) from None
+    tip = f"the full log is {req.log_file}"
+
+    def step(cmd: list[str], extra: dict[str, str] | None, on_line: Progress | None = None,
+             keep: int = proc.KEEP) -> None:
+        done = proc.stream(cmd, error=BuildError, what="the build could not start", tip=tip, check=False, env=extra,
+                           log_file=req.log_file, on_line=on_line, keep=keep)
+        if not done.ok:
+            raise BuildError(f"the build failed after {log.human_time(time.monotonic() - start)}\n{done.describe()}",
+                             tip)
+
+    if req.runner.root is not None:  # Debian 11's pip 20.3 knows no -C: the wheelhouse has a newer one
+        step(*req.runner.command([python, "-m", "pip", "install", "--upgrade", "--quiet", "pip"], env))
+        network = "sharing this machine's network" if req.runner.network else "network cut"
+        where = f"in the {req.runner.root.suite} root ({req.runner.root.path}), {network}"
+    else:
+        where = "on this machine"
+    cmd, extra = req.runner.command(run.wrap([
+        python, "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(raw),
+        "-C", f"build-dir={tree}", "-C", "cmake.build-type=Release", str(req.source),
+    ]), env)
+    log.info(f"building {where} with {req.jobs} parallel job(s); full log: {req.log_file}")
+    step(cmd, extra, on_line=progress, keep=60)
     return time.monotonic() - start
 
 

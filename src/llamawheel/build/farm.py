@@ -13,13 +13,12 @@ import os
 import secrets
 import shlex
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from llamawheel.build import cache
-from llamawheel.core import paths
+from llamawheel.core import paths, proc
 from llamawheel.core.errors import ToolchainError, UsageError
 
 SCHEDULER_PORT = 10600
@@ -48,10 +47,8 @@ def parse_address(text: str, default_port: int, what: str) -> Address:
 
 
 def _dist(bin_dir: Path, *args: str) -> str:
-    done = subprocess.run([str(bin_dir / "sccache-dist"), *args], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise ToolchainError(f"sccache-dist {args[0]} {args[1]} failed: {done.stderr.strip()[-500:]}")
-    return done.stdout.strip()
+    return proc.capture([str(bin_dir / "sccache-dist"), *args], error=ToolchainError,
+                        what=f"sccache-dist {args[0]} {args[1]} failed").strip()
 
 
 @dataclass(frozen=True)
@@ -132,14 +129,17 @@ def status(farm: cache.Farm, bin_dir: Path) -> dict[str, int]:
     with tempfile.TemporaryDirectory(prefix="llamawheel-farm-", dir="/tmp") as tmp:
         conf = Path(tmp) / "client.toml"
         cache.write_private(conf, cache.farm_config(farm, Path(tmp) / "toolchains"))
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith("SCCACHE_")},
+        env = {**proc.unset_all("SCCACHE_"),
                "SCCACHE_CONF": str(conf), "SCCACHE_SERVER_UDS": str(Path(tmp) / "s.sock"),
                "SCCACHE_DIR": str(Path(tmp) / "disk"), "SCCACHE_IDLE_TIMEOUT": "30"}
         sccache = str(bin_dir / "sccache")
-        try:
-            done = subprocess.run([sccache, "--dist-status"], capture_output=True, text=True, env=env, timeout=60)
-        finally:
-            subprocess.run([sccache, "--stop-server"], capture_output=True, env=env, timeout=60)
+        try:  # its answer is judged below, whatever the return code
+            done = proc.run([sccache, "--dist-status"], error=ToolchainError,
+                            what=f"the farm's scheduler at {farm.scheduler} did not answer", check=False, env=env,
+                            timeout=60, tip="check that it runs, that this machine reaches it, and "
+                                            "LLAMAWHEEL_FARM_TOKEN")
+        finally:  # the client's server, started for the question; one that does not stop ends idle (30 s)
+            proc.probe([sccache, "--stop-server"], env=env, timeout=60)
     try:
         answer = json.loads(done.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):

@@ -14,9 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from llamawheel.core import log, paths
+from llamawheel.core import log, paths, proc
 from llamawheel.core.errors import ToolchainError
-from llamawheel.core.proc import CommandFailed, run_streamed
 from llamawheel.toolchain.buildroot import VENV, Root, env_for_pip
 
 BUILD_DIR = "/build"
@@ -85,13 +84,9 @@ def runner_for(root: Root, house: Path, cuda_root: Path | None, work: Path) -> R
                     ((work, BUILD_DIR),), cuda, venv=BUILD_VENV)
     shutil.rmtree(work / Path(BUILD_VENV).name, ignore_errors=True)  # a fresh one (Python 3.9's --clear trips on links)
     cmd, _ = runner.command(["python3", "-m", "venv", BUILD_VENV], {})
-    try:
-        run_streamed(cmd)
-    except CommandFailed as exc:
-        raise ToolchainError(f"the {root.suite} root's Python could not make a virtual environment in the build's "
-                             f"folder\n{exc.describe()}",
-                             f"remove the root and let llamawheel make it again: llamawheel toolchains --clean "
-                             f"{root.name}") from None
+    proc.stream(cmd, error=ToolchainError,
+                what=f"the {root.suite} root's Python could not make a virtual environment in the build's folder",
+                tip=f"remove the root and let llamawheel make it again: llamawheel toolchains --clean {root.name}")
     log.info(f"entering the {root.suite} root read-only, with no capability and namespaces of its own; writable: "
              f"the build's folder ({work}) and the compile cache's stores ({stores})")
     return runner

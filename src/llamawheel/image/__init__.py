@@ -29,9 +29,8 @@ from packaging.version import Version
 
 from llamawheel import __version__, pipeline
 from llamawheel.build import options, patches, planning, sdist
-from llamawheel.core import fileio, log, paths
+from llamawheel.core import fileio, log, paths, proc
 from llamawheel.core.errors import ImageError, UsageError
-from llamawheel.core.proc import CommandFailed, run_streamed
 from llamawheel.image import compose, foreign
 from llamawheel.image.engine import Engine
 from llamawheel.mirror import profiles
@@ -127,12 +126,9 @@ def make_base(engine: Engine, mirror: MirrorProfile, refresh: bool = False) -> t
             cmd.append(f"--hook-dir={MERGED_USR_HOOKS}")
         cmd += [f"--dpkgopt=path-exclude={p}" for p in BASE_EXCLUDES]
         cmd += ["--customize-hook=rm -rf $1/var/cache/apt/* $1/var/lib/apt/lists/*", SUITE, str(tarball), *sources]
-        try:
-            run_streamed(cmd, log_file=work / "base.log", on_line=_show_mmdebstrap)
-        except CommandFailed as exc:
-            raise ImageError(f"mmdebstrap could not make the base\n{exc.describe()}",
-                             f"check the apt mirror (llamawheel mirrors check {mirror.name}); full log:"
-                             f" {work / 'base.log'}") from None
+        proc.stream(cmd, error=ImageError, what="mmdebstrap could not make the base",
+                    tip=f"check the apt mirror (llamawheel mirrors check {mirror.name}); full log: {work / 'base.log'}",
+                    log_file=work / "base.log", on_line=_show_mmdebstrap)
         engine.import_rootfs(tarball, ref, {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"})
     seconds = time.monotonic() - started
     log.info(f"base {ref}: {log.human_size(engine.size(ref))}, made in {log.human_time(seconds)}")

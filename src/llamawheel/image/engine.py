@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
-import subprocess
 import tarfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from llamawheel.core import log
+from llamawheel.core import log, proc
 from llamawheel.core.errors import ImageError, UsageError
-from llamawheel.core.proc import CommandFailed, run_streamed
 
 ENGINES = ("docker", "podman", "buildah")
 SAVE_FORMATS = ("oci", "docker")
@@ -37,15 +36,14 @@ class Engine:
 
     def _run(self, args: Sequence[str], what: str, on_line: Callable[[str], None] | None = None,
              log_file: Path | None = None) -> list[str]:
-        try:
-            return run_streamed([self.exe, *args], env=self.env(), on_line=on_line, log_file=log_file)
-        except CommandFailed as exc:
-            raise ImageError(f"{self.name} could not {what}\n{exc.describe()}",
-                             "the full output is above; the build log is kept in the cache (images/*.log)") from None
+        return proc.stream([self.exe, *args], error=ImageError, what=f"{self.name} could not {what}",
+                           tip="the full output is above; the build log is kept in the cache (images/*.log)",
+                           env=self.env(), on_line=on_line, log_file=log_file).lines()
 
-    def _query(self, args: Sequence[str]) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([self.exe, *args], capture_output=True, text=True, env={**os.environ, **self.env()},
-                              timeout=300)
+    def _query(self, args: Sequence[str]) -> proc.Result:
+        """A short question to the engine: its answer, whatever the return code (the callers judge it)."""
+        return proc.run([self.exe, *args], error=ImageError, what=f"{self.name} could not answer {shlex.join(args)}",
+                        check=False, env=self.env(), timeout=300)
 
     def _inspect(self) -> list[str]:
         """The command that inspects an image (buildah's ``inspect`` also reads containers)."""
@@ -153,10 +151,8 @@ def archive_ref(archive: Path) -> str:
 
 
 def _docker_answers(exe: str) -> bool:
-    try:
-        return subprocess.run([exe, "info"], capture_output=True, timeout=20).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
+    answer = proc.probe([exe, "info"], timeout=20)
+    return answer is not None and answer.ok
 
 
 def find(preferred: str | None = None) -> Engine:

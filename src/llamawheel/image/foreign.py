@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +26,6 @@ from pathlib import Path
 
 from llamawheel.core import log, paths, proc
 from llamawheel.core.errors import ImageError
-from llamawheel.core.proc import CommandFailed, run_streamed
 from llamawheel.image.engine import Engine
 from llamawheel.mirror.profiles import MirrorProfile
 from llamawheel.recipe.platforms import Platform
@@ -76,12 +74,10 @@ def make_base(engine: Engine, mirror: MirrorProfile, suite: str, target: Platfor
         tarball = Path(tmp) / "rootfs.tar"
         cmd = [exe, f"--architectures={target.debian_arch}", "--variant=extract", f"--include={','.join(PACKAGES)}",
                "--format=tar", *[f"--dpkgopt=path-exclude={p}" for p in EXCLUDES], suite, str(tarball), *sources]
-        try:
-            run_streamed(cmd, log_file=work / f"base-{target.name}.log")
-        except CommandFailed as exc:
-            raise ImageError(f"mmdebstrap could not make the {target.name} base\n{exc.describe()}",
-                             f"check the apt mirror (llamawheel mirrors check {mirror.name}); full log: "
-                             f"{work / f'base-{target.name}.log'}") from None
+        proc.stream(cmd, error=ImageError, what=f"mmdebstrap could not make the {target.name} base",
+                    tip=f"check the apt mirror (llamawheel mirrors check {mirror.name}); full log: "
+                        f"{work / f'base-{target.name}.log'}",
+                    log_file=work / f"base-{target.name}.log")
         engine.import_rootfs(tarball, ref, {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
                              arch=target.debian_arch)
     seconds = time.monotonic() - started
@@ -101,14 +97,11 @@ def install_site(index_simple: Path, requirement: str, constraints: Path, pip: P
            "--implementation", "cp", "--abi", f"cp{PYTHON.replace('.', '')}",
            *[x for t in tags for x in ("--platform", t)], "--index-url", index_simple.as_uri(),
            "--constraint", str(constraints), *requirement.split()]
-    env = proc.child_env({"PIP_CONFIG_FILE": "/dev/null", **proc.unset_all("PIP_")})
     log.info(f"installing {requirement} for {target.label} (Python {PYTHON}) from {index_simple} with pip here")
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        raise ImageError(f"pip could not install {requirement} for {target.name} from {index_simple}:\n"
-                         + (done.stderr or done.stdout)[-3000:],
-                         f"the index must hold the {target.name} wheel and its closure for Python {PYTHON}: "
-                         f"llamawheel publish WHEEL --python-version {PYTHON}")
+    proc.run(cmd, error=ImageError, what=f"pip could not install {requirement} for {target.name} from {index_simple}",
+             tip=f"the index must hold the {target.name} wheel and its closure for Python {PYTHON}: "
+                 f"llamawheel publish WHEEL --python-version {PYTHON}",
+             env={"PIP_CONFIG_FILE": "/dev/null", **proc.unset_all("PIP_")})
     for tests in dest.glob("numpy/**/tests"):
         shutil.rmtree(tests, ignore_errors=True)
     for folder in dest.glob("nvidia/*/include"):

@@ -9,9 +9,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from llamawheel.core import log
+from llamawheel.core import log, proc
 from llamawheel.core.errors import DownloadError, NotOnMirror
-from llamawheel.core.proc import CommandFailed, run_streamed
 from llamawheel.mirror import provenance
 from llamawheel.mirror.profiles import MirrorProfile
 from llamawheel.mirror.provenance import Fetched
@@ -26,12 +25,13 @@ def show_pip_line(line: str) -> None:
         log.info("pip: " + line.strip())
 
 
-class PipFailed(CommandFailed):
-    """A ``pip download`` that failed, with pip's own verbose log (``log``: where it says which file did not
-    match which hash)."""
+class PipFailed(DownloadError):
+    """A ``pip download`` that failed (``result``: the command, its return code and last lines), with pip's own
+    verbose log (``log``: where it says which file did not match which hash), for its caller to explain."""
 
-    def __init__(self, failed: CommandFailed, log_lines: list[str]) -> None:
-        super().__init__(failed.cmd, failed.returncode, failed.tail)
+    def __init__(self, result: proc.Result, log_lines: list[str]) -> None:
+        super().__init__(f"pip could not download\n{result.describe()}")
+        self.result = result
         self.log = log_lines
 
 
@@ -40,11 +40,11 @@ def _pip_logged(cmd: list[str], dest: Path, mirror: MirrorProfile) -> list[Fetch
     each with the URL it came from. A failure is `PipFailed`, with that log."""
     with tempfile.TemporaryDirectory() as tmp:
         pip_log = Path(tmp) / "pip.log"
-        try:
-            run_streamed([*cmd, "--log", str(pip_log)], env=mirror.pip_env(), on_line=show_pip_line)
-        except CommandFailed as exc:
+        done = proc.stream([*cmd, "--log", str(pip_log)], error=DownloadError, what="cannot run pip", check=False,
+                           env=mirror.pip_env(), on_line=show_pip_line)
+        if not done.ok:
             lines = pip_log.read_text(errors="replace").splitlines() if pip_log.is_file() else []
-            raise PipFailed(exc, lines) from None
+            raise PipFailed(done, lines)
         text = pip_log.read_text(errors="replace") if pip_log.is_file() else ""
     return provenance.from_pip_log(text, dest)
 
@@ -76,7 +76,7 @@ def download(
         return download_hashed(requirement_lines, dest, mirror, binary=binary, python_version=python_version,
                                platforms=platforms)
     except PipFailed as exc:
-        raise _explain(exc, mirror) from None
+        raise _explain(exc.result, mirror) from None
 
 
 def download_hashed(
@@ -120,30 +120,31 @@ def download_for(
         cmd += ["--constraint", str(constraint_file)]
     try:
         return _pip_logged([*cmd, *requirements], dest, mirror)
-    except CommandFailed as exc:
+    except PipFailed as exc:
         index = mirror.pypi_index() or "pip's configured index"
         raise DownloadError(
-            f"could not fetch {', '.join(requirements)} for Python {python_version} from {index}\n{exc.describe()}",
+            f"could not fetch {', '.join(requirements)} for Python {python_version} from {index}\n"
+            f"{exc.result.describe()}",
             f"check that the index answers (llamawheel mirrors check {mirror.name}) and offers wheels for Python"
             f" {python_version}" + (f"; {tip}" if tip else ""),
         ) from None
 
 
-def _explain(exc: CommandFailed, mirror: MirrorProfile) -> DownloadError:
-    text = "\n".join(exc.tail)
+def _explain(failed: proc.Result, mirror: MirrorProfile) -> DownloadError:
+    text = "\n".join(failed.tail())
     index = mirror.pypi_index() or "pip's default index"
     if "DO NOT MATCH THE HASHES" in text or ("hash" in text.lower() and "mismatch" in text.lower()):
         return DownloadError(
-            f"a file from {index} does not match its pinned sha256: refusing to use it\n{exc.describe()}",
+            f"a file from {index} does not match its pinned sha256: refusing to use it\n{failed.describe()}",
             "the mirror served a different file than the recipe pins; try another --mirror, "
             "or clear pip's cache (pip cache purge) if a download was cut short",
         )
     if re.search(r"No matching distribution|Could not find a version", text):
         return NotOnMirror(
-            f"{index} does not offer a pinned package\n{exc.describe()}",
+            f"{index} does not offer a pinned package\n{failed.describe()}",
             "the mirror may lag behind PyPI: try another --mirror or the default profile",
         )
     return DownloadError(
-        f"download from {index} failed\n{exc.describe()}",
+        f"download from {index} failed\n{failed.describe()}",
         f"check that {index} is reachable (llamawheel mirrors check {mirror.name}) or choose another --mirror",
     )

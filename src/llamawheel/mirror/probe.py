@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 import threading
 import time
@@ -21,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
+from llamawheel.core import proc
 from llamawheel.core.redact import redact
 from llamawheel.mirror.profiles import MirrorProfile, pip_configured_index
 
@@ -99,10 +99,8 @@ class Report:
 def pip_default_index() -> str:
     """pip's built-in default index (what pip uses when nothing configures one)."""
     code = "from pip._internal.models.index import PyPI; print(PyPI.simple_url)"
-    try:
-        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
+    done = proc.probe([sys.executable, "-c", code], timeout=30)
+    return done.stdout.strip() if done is not None else ""
 
 
 def base_url(profile: MirrorProfile, upstream: str) -> str:

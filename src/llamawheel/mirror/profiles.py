@@ -10,16 +10,14 @@ download is checked against a pinned hash.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from llamawheel.core import datafile, log, paths, records
+from llamawheel.core import datafile, log, paths, proc, records
 from llamawheel.core.errors import MirrorError, did_you_mean
-from llamawheel.core.proc import unset_all
 from llamawheel.core.records import DERIVED
 from llamawheel.core.redact import redact
 
@@ -167,14 +165,9 @@ it fetches from."""
 def pip_settings() -> dict[str, str]:
     """pip's configuration as ``pip config list`` reports it, environment included: ``{"global.find-links":
     "/opt/wheels", ":env:.cert": ...}``."""
-    try:
-        out = subprocess.run(
-            [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, timeout=30
-        ).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return {}
+    done = proc.probe([sys.executable, "-m", "pip", "config", "list"], timeout=30)
     settings: dict[str, str] = {}
-    for line in out.splitlines():
+    for line in done.stdout.splitlines() if done is not None else []:
         key, sep, value = line.partition("=")
         if sep:
             settings[key.strip()] = value.strip().strip("'\"")
@@ -190,7 +183,7 @@ def _set_aside_notice(index: str, dropped: tuple[str, ...]) -> None:
 def isolated_pip_env(index: str) -> dict[str, str]:
     """The environment that makes pip use ``index`` and nothing else (see `MirrorProfile.pip_env`); says once
     which of the user's settings it set aside."""
-    env = unset_all("PIP_")
+    env = proc.unset_all("PIP_")
     dropped: list[str] = []
     for key, value in pip_settings().items():
         name = key.rpartition(".")[2]

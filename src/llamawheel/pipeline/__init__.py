@@ -11,7 +11,6 @@ import os
 import platform
 import re
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -58,11 +57,9 @@ def tool_versions(root: CudaRoot | None, build_root: buildroot.Root | None = Non
         if build_root is not None:
             out = build_root.output(cmd)
             return out.splitlines()[0] if out else ""
-        try:
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout
-            return out.strip().splitlines()[0] if out.strip() else ""
-        except (OSError, subprocess.SubprocessError):
-            return ""
+        done = proc.probe(cmd, timeout=30)
+        out = done.stdout if done is not None else ""
+        return out.strip().splitlines()[0] if out.strip() else ""
 
     versions = {
         "llamawheel": __version__,

@@ -208,8 +208,8 @@ def download_pinned(
         fetched = pipfetch.download_hashed(lines, dest, mirror, binary=True, python_version=python_version,
                                            platforms=platforms)
     except pipfetch.PipFailed as exc:
-        refuse_mismatches(mismatches_in_pip_output([*exc.tail, *exc.log]), what, tip)
-        raise DownloadError(f"could not fetch the pinned files of {what} from {index}\n{exc.describe()}",
+        refuse_mismatches(mismatches_in_pip_output([*exc.result.tail(), *exc.log]), what, tip)
+        raise DownloadError(f"could not fetch the pinned files of {what} from {index}\n{exc.result.describe()}",
                             f"check that the index answers (llamawheel mirrors check {mirror.name}); the mirror"
                             f" may lack a pinned release: try another --mirror, or {REFRESH_TIP}") from None
     bad = [HashMismatch(f.path.name, expected.get(f.path.name, ()), f.sha256, f.url) for f in fetched

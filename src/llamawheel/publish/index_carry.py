@@ -10,7 +10,6 @@ import http.server
 import importlib.util
 import io
 import os
-import subprocess
 import sys
 import tarfile
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse, urlsplit
 
-from llamawheel.core import fileio, log
+from llamawheel.core import fileio, log, proc
 from llamawheel.core.errors import PublishError, UsageError
 from llamawheel.publish.index import load_state, publish_lock, variant_dirs
 from llamawheel.publish.index_check import check
@@ -176,10 +175,7 @@ def upload(wheels: Sequence[Path], repository_url: str, skip_existing: bool = Fa
         )
     cmd = [sys.executable, "-m", "twine", "upload", "--repository-url", repository_url]
     cmd += ["--skip-existing"] if skip_existing else []
-    code = subprocess.call([*cmd, *(str(w) for w in wheels)])
-    if code != 0:
-        raise PublishError(
-            f"twine upload to {repository_url} failed (exit {code}); its output is above",
-            "credentials come from TWINE_USERNAME/TWINE_PASSWORD, ~/.pypirc or your keyring;"
-            " a file that is already there needs --skip-existing",
-        )
+    proc.run([*cmd, *(str(w) for w in wheels)], error=PublishError, what=f"twine upload to {repository_url} failed",
+             tip="credentials come from TWINE_USERNAME/TWINE_PASSWORD, ~/.pypirc or your keyring;"
+                 " a file that is already there needs --skip-existing",
+             capture=False)  # twine talks to the user (its prompts, its progress) on the terminal

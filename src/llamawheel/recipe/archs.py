@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 from dataclasses import dataclass
 
+from llamawheel.core import proc
 from llamawheel.core.errors import UsageError, did_you_mean
 
 _TOKEN = re.compile(r"^(?P<sm>\d{2,3}[af]?)(?P<suffix>-real|-virtual|\+ptx)?$")
@@ -91,14 +91,10 @@ def detect_native() -> list[str]:
     smi = shutil.which("nvidia-smi")
     if not smi:
         return []
-    try:
-        out = subprocess.run(
-            [smi, "--query-gpu=compute_cap", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=20, check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
+    done = proc.probe([smi, "--query-gpu=compute_cap", "--format=csv,noheader"], timeout=20)
+    if done is None or not done.ok:  # a driver that does not answer: no GPU to build for
         return []
-    return sorted({line.strip().replace(".", "") for line in out.splitlines() if line.strip()})
+    return sorted({line.strip().replace(".", "") for line in done.stdout.splitlines() if line.strip()})
 
 
 def select(

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import shutil
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from llamawheel.build.glibc import Binding, dotted
-from llamawheel.core import log
+from llamawheel.core import log, proc
 from llamawheel.core.errors import RepairError
 from llamawheel.recipe.platforms import X86_64, Platform
 from llamawheel.wheel.distmeta import WheelName
@@ -110,9 +109,7 @@ def _patch(data: bytes, args: list[str]) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "lib.so"
         path.write_bytes(data)
-        proc = subprocess.run([_patchelf(), *args, str(path)], capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RepairError(f"patchelf {' '.join(args)} failed: {proc.stderr.strip()}")
+        proc.run([_patchelf(), *args, str(path)], error=RepairError, what=f"patchelf {' '.join(args)} failed")
         return path.read_bytes()
 
 

@@ -34,7 +34,7 @@ import secrets
 import signal
 import socket
 import struct
-import subprocess
+import subprocess  # not core.proc: this file is copied to other machines and imports no llamawheel
 import sys
 import threading
 import time

@@ -60,7 +60,7 @@ import re
 import secrets
 import signal
 import socket
-import subprocess
+import subprocess  # not core.proc: this file is copied to other machines and imports no llamawheel
 import sys
 import threading
 import time

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from llamawheel.core import log
+from llamawheel.core import log, proc
 from llamawheel.core.errors import ToolchainError
 from llamawheel.core.fileio import sha256_of
 
@@ -60,12 +59,8 @@ def check_complete(root: Path, version: str) -> str:
     for rel, what in REQUIRED.items():
         if not (root / rel).exists():
             raise ToolchainError(f"CUDA root {root} lacks {rel}: {what}")
-    try:
-        out = subprocess.run(
-            [str(root / "bin" / "nvcc"), "--version"], capture_output=True, text=True, timeout=60, check=True
-        ).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise ToolchainError(f"{root}/bin/nvcc does not run: {exc}") from None
+    out = proc.capture([str(root / "bin" / "nvcc"), "--version"], error=ToolchainError,
+                       what=f"{root}/bin/nvcc does not run", timeout=60)
     match = re.search(r"release (\d+\.\d+), (V[\d.]+)", out)
     if not match:
         raise ToolchainError(f"{root}/bin/nvcc --version printed no release line:\n{out}")

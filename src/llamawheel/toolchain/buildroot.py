@@ -25,7 +25,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -33,9 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llamawheel.core import fileio, log, paths
+from llamawheel.core import fileio, log, paths, proc
 from llamawheel.core.errors import ToolchainError, UsageError, did_you_mean
-from llamawheel.core.proc import CommandFailed, run_streamed
 from llamawheel.core.redact import redact
 from llamawheel.mirror.profiles import MirrorProfile
 from llamawheel.recipe import platforms
@@ -104,11 +102,9 @@ def check_can_build(suite: str) -> None:
     if bwrap is None:
         raise ToolchainError(f"bubblewrap is not installed: it enters the Debian {suite} build root",
                              f"apt-get install bubblewrap; {host_tip}")
-    probe = subprocess.run([bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", *SANDBOX, "--",
-                            "true"], capture_output=True, text=True)
-    if probe.returncode != 0:
-        raise ToolchainError(f"bubblewrap cannot make its namespaces here: {probe.stderr.strip()}",
-                             f"in a container, run it privileged (docker run --privileged); {host_tip}")
+    proc.run([bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", *SANDBOX, "--", "true"],
+             error=ToolchainError, what="bubblewrap cannot make its namespaces here",
+             tip=f"in a container, run it privileged (docker run --privileged); {host_tip}")
     made = (paths.toolchains_dir() / f"buildroot-{suite}" / ROOT_MARKER).is_file()
     if not made and shutil.which("mmdebstrap") is None:
         raise ToolchainError(f"mmdebstrap is not installed: it makes the Debian {suite} build root from the apt "
@@ -204,12 +200,8 @@ class Root:
 
     def output(self, argv: Sequence[str]) -> str:
         """The output of a short command inside (``gcc -dumpfullversion``); '' if it fails."""
-        try:
-            done = subprocess.run(self.command(argv, env={}, read_only=True), capture_output=True, text=True,
-                                  timeout=60)
-        except (OSError, subprocess.SubprocessError, ToolchainError):
-            return ""
-        return done.stdout.strip() if done.returncode == 0 else ""
+        done = proc.probe(self.command(argv, env={}, read_only=True), timeout=60)
+        return done.stdout.strip() if done is not None and done.ok else ""
 
 
 # ---------------------------------------------------------------------- making roots
@@ -269,14 +261,10 @@ def make_root(name: str, suite: str, packages: Sequence[str], mirror: MirrorProf
             cmd = [exe, *variant, f"--include={','.join(packages)}", keep,
                    "--customize-hook=rm -rf \"$1\"/var/cache/apt/archives/*.deb",
                    *[f"--customize-hook={h}" for h in hooks], suite, str(tmp), *sources]
-            try:
-                run_streamed(cmd, log_file=log_file, on_line=_show)
-            except CommandFailed as exc:
-                raise ToolchainError(
-                    f"mmdebstrap could not make the Debian {suite} root\n{exc.describe()}",
-                    f"check the apt mirror (llamawheel mirrors check {mirror.name}) and that it still serves "
-                    f"{suite}; full log: {log_file}",
-                ) from None
+            proc.stream(cmd, error=ToolchainError, what=f"mmdebstrap could not make the Debian {suite} root",
+                        tip=f"check the apt mirror (llamawheel mirrors check {mirror.name}) and that it still serves "
+                            f"{suite}; full log: {log_file}",
+                        log_file=log_file, on_line=_show)
             seconds = time.monotonic() - started
             facts = _facts(tmp)
             data = {"key": key, "suite": suite, "packages": list(packages), "origin": f"{mirror.name} apt mirror",
@@ -373,7 +361,9 @@ def remove_root(root: Path) -> None:
     it: a new one would let two runs in at once)."""
     shutil.rmtree(root, ignore_errors=True)
     if root.exists():
-        subprocess.run(["rm", "-rf", "--one-file-system", str(root)], check=False)
+        # what rm cannot remove it says on the terminal; what is left is no error here (a new root is made beside)
+        proc.run(["rm", "-rf", "--one-file-system", str(root)], error=ToolchainError, what=f"could not remove {root}",
+                 check=False, capture=False)
     root.with_name(root.name + ".log").unlink(missing_ok=True)
 
 

@@ -14,12 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
 import time
 import zipfile
 from pathlib import Path
 
-from llamawheel.core import fileio, log
+from llamawheel.core import fileio, log, proc
 from llamawheel.core.errors import ToolchainError
 from llamawheel.mirror import pipfetch
 from llamawheel.mirror.profiles import MirrorProfile
@@ -57,8 +56,8 @@ def _extract_libraries(wheel: Path, dest: Path) -> int:
 
 def _copy_tree(source: Path, dest: Path) -> None:
     """``source``'s files into ``dest``: hard links where the filesystem allows, else copies."""
-    linked = subprocess.run(["cp", "-al", f"{source}/.", str(dest)], capture_output=True, text=True)
-    if linked.returncode != 0:
+    linked = proc.probe(["cp", "-al", f"{source}/.", str(dest)])
+    if linked is None or not linked.ok:
         shutil.rmtree(dest, ignore_errors=True)
         shutil.copytree(source, dest, symlinks=True)
 

@@ -17,15 +17,13 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
-from llamawheel.core import fileio, log, paths
+from llamawheel.core import fileio, log, paths, proc
 from llamawheel.core.errors import DownloadError, ToolchainError
-from llamawheel.core.proc import CommandFailed, run_streamed
 from llamawheel.mirror import provenance
 from llamawheel.mirror.profiles import MirrorProfile
 from llamawheel.mirror.provenance import Fetched
@@ -104,13 +102,13 @@ class AptSession:
             if show and _GET.match(line):
                 log.info("apt: " + line.strip())
 
-        try:
-            run_streamed([tool, *self.options, *args], cwd=cwd, on_line=on_line, keep=200)
-        except CommandFailed as exc:
-            raise _explain(exc, self.url) from None
+        done = proc.stream([tool, *self.options, *args], error=ToolchainError, what=f"cannot run {tool}",
+                           check=False, cwd=cwd, on_line=on_line, keep=200)
+        if not done.ok:
+            raise _explain(done, self.url)
         text = "\n".join(lines)
         if tool == "apt-get" and re.search(r"^(W|E): (Failed to fetch|GPG error|The repository)", text, re.M):
-            raise _explain(CommandFailed([tool, *args], 100, lines[-40:]), self.url)
+            raise _explain(proc.Result((tool, *args), 100, "\n".join(lines[-40:]), keep=40), self.url)
         return lines
 
     def update(self) -> None:
@@ -161,8 +159,11 @@ def fetch_pinned_key(url: str, fingerprint: str, workdir: Path) -> Path:
         home.chmod(0o700)
         (home / "key").write_bytes(key)
         gpg = ["gpg", "--homedir", str(home), "--batch", "--quiet"]
-        subprocess.run([*gpg, "--import", str(home / "key")], capture_output=True, check=False)
-        listing = subprocess.run([*gpg, "--with-colons", "--fingerprint"], capture_output=True, text=True).stdout
+        # neither failing is an error here: a key that did not import lists no fingerprint, and is refused below
+        proc.run([*gpg, "--import", str(home / "key")], error=ToolchainError, what="gpg could not import the key",
+                 check=False)
+        listing = proc.run([*gpg, "--with-colons", "--fingerprint"], error=ToolchainError,
+                           what="gpg could not list the key", check=False).stdout
         found = [line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:")]
         if fingerprint not in found:
             raise DownloadError(
@@ -170,7 +171,8 @@ def fetch_pinned_key(url: str, fingerprint: str, workdir: Path) -> Path:
                 "the mirror served a different key: refusing to trust packages signed with it",
             )
         keyring = workdir / "repository-key.gpg"
-        keyring.write_bytes(subprocess.run([*gpg, "--export", fingerprint], capture_output=True, check=True).stdout)
+        keyring.write_bytes(proc.capture_bytes([*gpg, "--export", fingerprint], error=ToolchainError,
+                                               what=f"gpg could not export the key {fingerprint} it imported"))
     finally:
         _stop_gpg_agent(home)
         shutil.rmtree(home, ignore_errors=True)
@@ -180,25 +182,24 @@ def fetch_pinned_key(url: str, fingerprint: str, workdir: Path) -> Path:
 def _stop_gpg_agent(home: Path) -> None:
     """Stop the gpg-agent (and any other GnuPG daemon) that gpg started for the home ``home``: a daemon, it
     would outlive gpg and this process."""
-    try:
-        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], capture_output=True, check=False,
-                       timeout=30)
-    except (OSError, subprocess.SubprocessError):  # no gpgconf: gpg without its tools; the agent is left
+    # a return code is no answer here (nothing to stop is fine); no gpgconf is gpg without its tools: the agent is left
+    if proc.probe(["gpgconf", "--homedir", str(home), "--kill", "all"], timeout=30) is None:
         log.warn(f"could not stop the gpg-agent of {home} (gpgconf --kill all): it may still be running")
 
 
-def _explain(exc: CommandFailed, url: str) -> DownloadError:
-    text = "\n".join(exc.tail)
+def _explain(failed: proc.Result, url: str) -> DownloadError:
+    """A failed apt command as what went wrong with the mirror ``url``."""
+    text = "\n".join(failed.tail())
     if "NO_PUBKEY" in text or "is not signed" in text or "GPG error" in text or "BADSIG" in text:
         return DownloadError(
-            f"{url} is not signed by the recipe's key: refusing it\n{exc.describe()}",
+            f"{url} is not signed by the recipe's key: refusing it\n{failed.describe()}",
             "the mirror may be broken or tampered with; choose another --mirror",
         )
     if "Hash Sum mismatch" in text or "Hashes of expected file" in text:
-        return DownloadError(f"a package from {url} does not match the signed index\n{exc.describe()}",
+        return DownloadError(f"a package from {url} does not match the signed index\n{failed.describe()}",
                              "the mirror is serving inconsistent files; retry later or choose another --mirror")
     return DownloadError(
-        f"apt could not fetch from {url}\n{exc.describe()}",
+        f"apt could not fetch from {url}\n{failed.describe()}",
         "check that the mirror is reachable (llamawheel mirrors check) or choose another --mirror",
     )
 
@@ -207,7 +208,8 @@ def extract(debs: list[Path], tree: Path) -> None:
     if not shutil.which("dpkg-deb"):
         raise ToolchainError("dpkg-deb is not installed", "the deb provider needs dpkg (a Debian or Ubuntu host)")
     for deb in debs:
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(tree)], check=True)
+        proc.run(["dpkg-deb", "-x", str(deb), str(tree)], error=ToolchainError,
+                 what=f"dpkg-deb could not unpack {deb.name}")
 
 
 NVCC_PROFILE = """\

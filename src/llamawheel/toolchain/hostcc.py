@@ -8,19 +8,16 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 
-from llamawheel.core import log
+from llamawheel.core import log, proc
 from llamawheel.core.errors import ToolchainError
 from llamawheel.recipe.model import CudaMinor
 
 
 def gcc_major(compiler: str) -> int | None:
-    try:
-        out = subprocess.run([compiler, "-dumpversion"], capture_output=True, text=True, timeout=30).stdout
-    except OSError:
-        return None
-    match = re.match(r"(\d+)", out.strip())
+    """The major version ``compiler -dumpversion`` prints; None when it prints none or does not run."""
+    done = proc.probe([compiler, "-dumpversion"], timeout=30)
+    match = re.match(r"(\d+)", done.stdout.strip()) if done is not None else None
     return int(match.group(1)) if match else None
 
 

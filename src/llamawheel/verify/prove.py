@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -19,14 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from llamawheel.build import sdist
-from llamawheel.core import fileio, log, paths
+from llamawheel.core import fileio, log, paths, proc
 from llamawheel.core.errors import (
     DownloadError,
     GpuChecksSkipped,
     RuntimeCheckError,
     VerifyError,
 )
-from llamawheel.core.proc import CommandFailed, run_streamed
 from llamawheel.mirror.pipfetch import show_pip_line
 from llamawheel.mirror.profiles import MirrorProfile
 from llamawheel.recipe import catalog
@@ -156,16 +154,16 @@ def make_models(folder: Path, vocab: Path, size: str = "tiny", seed: int = 0) ->
 def fresh_venv(folder: Path, wheel: Path, mirror: MirrorProfile) -> Path:
     """A new virtual environment holding ``wheel`` and its runtime dependencies; returns its python."""
     log.info(f"installing {wheel.name} and its runtime dependencies into a fresh venv ({mirror.name} mirror)")
-    subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True, capture_output=True)
+    proc.run([sys.executable, "-m", "venv", str(folder)], error=RuntimeCheckError,
+             what=f"this Python ({sys.executable}) could not make a virtual environment in {folder}",
+             tip="on Debian and Ubuntu its venv module is a package of its own: apt-get install python3-venv")
     python = folder / "bin" / "python"
-    try:
-        run_streamed([str(python), "-m", "pip", "install", "--progress-bar", "off", "--disable-pip-version-check",
-                      str(wheel.resolve())], env=mirror.pip_env(), on_line=show_pip_line)
-    except CommandFailed as exc:
-        index = mirror.pypi_index() or "pip's default index"
-        raise DownloadError(f"pip could not install {wheel.name} with its dependencies from {index}\n"
-                            f"{exc.describe()}", "check the mirror (llamawheel mirrors check) or choose another "
-                            "with --mirror") from None
+    index = mirror.pypi_index() or "pip's default index"
+    proc.stream([str(python), "-m", "pip", "install", "--progress-bar", "off", "--disable-pip-version-check",
+                 str(wheel.resolve())], error=DownloadError,
+                what=f"pip could not install {wheel.name} with its dependencies from {index}",
+                tip="check the mirror (llamawheel mirrors check) or choose another with --mirror",
+                env=mirror.pip_env(), on_line=show_pip_line)
     return python
 
 
@@ -179,9 +177,11 @@ def run_runner(python: Path, models: list[Path], work: Path, gpu: str, settings:
            "--json", str(out), "--gpu", gpu, "--work", str(work / "runs"), "--quiet",
            "--prompt-tokens", str(settings.prompt_tokens), "--gen-tokens", str(settings.gen_tokens),
            "--tolerance", str(settings.tolerance)]
-    proc = subprocess.run(cmd, cwd=work)
+    # its output is the user's to see as it comes; its report file, not its return code, says what it found
+    done = proc.run(cmd, error=RuntimeCheckError, what="the verification runner could not start", check=False,
+                    capture=False, cwd=work)
     if not out.is_file():
-        raise RuntimeCheckError(f"the verification runner exited with {proc.returncode} and wrote no report",
+        raise RuntimeCheckError(f"the verification runner exited with {done.returncode} and wrote no report",
                                 f"its output is above; the runs' logs are in {work / 'runs'}")
     report: dict[str, Any] = json.loads(out.read_text())
     return report

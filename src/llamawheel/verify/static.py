@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
-import subprocess
 import sys
 import tempfile
 from dataclasses import asdict, dataclass, field, replace
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from llamawheel.build import glibc
+from llamawheel.core import proc
 from llamawheel.core.errors import UsageError, VerifyError
 from llamawheel.recipe import archs, platforms
 from llamawheel.recipe.catalog import all_recipes, find_cuda
@@ -420,8 +420,9 @@ def _load_modules(libraries: dict[str, bytes], modules: list[str]) -> list[str]:
             target = Path(tmp, name)
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
-        out = subprocess.run([sys.executable, "-I", "-c", script, *(str(Path(tmp, m)) for m in modules)],
-                             capture_output=True, text=True, timeout=300)
+        out = proc.probe([sys.executable, "-I", "-c", script, *(str(Path(tmp, m)) for m in modules)], timeout=300)
+        if out is None:
+            return ["the loading process could not start, or ran longer than 300 s and was stopped"]
         try:
             failed: list[str] = json.loads(out.stdout)
         except ValueError:

@@ -7,11 +7,11 @@ from __future__ import annotations
 import importlib.resources
 import json
 import re
-import subprocess
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from llamawheel.core import proc
 from llamawheel.recipe.platforms import X86_64, Platform
 from llamawheel.wheel.elf import ElfInfo
 
@@ -209,11 +209,10 @@ def system_library(name: str, sysroot: Path | None = None, target: Platform = X8
             if found.exists():
                 return found.resolve()
         return None
-    try:
-        out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, timeout=30).stdout
-    except OSError:
+    done = proc.probe(["ldconfig", "-p"], timeout=30)
+    if done is None:
         return None
-    for line in out.splitlines():
+    for line in done.stdout.splitlines():
         parts = line.strip().split(" => ")
         if len(parts) == 2 and parts[0].split(" ")[0] == name and "x86-64" in parts[0]:
             return Path(parts[1])

@@ -28,7 +28,7 @@ import os
 import platform
 import re
 import shutil
-import subprocess
+import subprocess  # not core.proc: this file is copied to other machines and imports no llamawheel
 import sys
 import tempfile
 import time
