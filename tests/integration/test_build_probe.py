@@ -10,7 +10,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from llamawheel.build import cache
+from llamawheel.build import cache, cache_tools
 from llamawheel.core import paths
 from llamawheel.recipe.variant import flags_label
 from llamawheel.wheel.elf import read_elf
@@ -119,7 +119,7 @@ def test_rebuild_after_deleting_the_tree_is_served_by_the_compile_cache(probe_wh
     manifest = json.loads(wheel.with_name(wheel.name + ".json").read_text())
     # the default compile cache (ccache) serves the probe's one nvcc compile from the local store
     cc = manifest["build"]["compile_cache"]
-    assert cc["tool"] == cache.PINS[cache.DEFAULT].label and cc["backend"] == "local", cc
+    assert cc["tool"] == cache_tools.PINS[cache.DEFAULT].label and cc["backend"] == "local", cc
     assert cc["hits"] >= 1 and cc["misses"] == 0, cc
 
 

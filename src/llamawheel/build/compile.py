@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llamawheel.build import cache
+from llamawheel.build import cache_stats, cache_stores, cache_tools
 from llamawheel.build.cache import CompileCache
 from llamawheel.build.glibc import Binding
 from llamawheel.build.rootbuild import BUILD_DIR, CUDA_DIR, Runner
-from llamawheel.core import log, paths, proc
+from llamawheel.core import fileio, log, paths, proc
 from llamawheel.core.errors import BuildError
 
 _STEP = re.compile(r"^\[(\d+)/(\d+)\] ")
@@ -73,7 +73,7 @@ class BuildResult:
     wheel: Path
     seconds: float
     steps: int
-    cache: cache.Stats | None
+    cache: cache_stats.Stats | None
     jobs: int
     log_file: Path | None
     cmake_args: list[str] = field(default_factory=list)
@@ -152,7 +152,7 @@ class _CacheRun:
             [f"-DCMAKE_{lang}_COMPILER_LAUNCHER={binary}" for lang in ("C", "CXX", "CUDA")] + ["-DGGML_CCACHE=OFF"])
         if runner.root is None:  # the user's own settings for either tool would change what is shared
             env.update({**proc.unset_all("SCCACHE_"), **proc.unset_all("CCACHE_"),
-                        **{name: proc.UNSET for name in cache.secret_names()}})
+                        **{name: proc.UNSET for name in cache_stores.secret_names()}})
         base = str(req.work)
         if cc.tool == "ccache":
             lines = {"cache_dir": str(store), "max_size": os.environ.get("CCACHE_MAXSIZE", "20G"),
@@ -163,14 +163,14 @@ class _CacheRun:
                 lines["base_dir"] = base  # and a rewrite to relative paths would change __FILE__ in the library
             if cc.remote is not None:
                 lines["remote_storage"] = cc.remote.ccache_url(os.environ)
-            cache.write_private(self.dir / "ccache.conf", "".join(f"{k} = {v}\n" for k, v in lines.items()))
+            fileio.write_private(self.dir / "ccache.conf", "".join(f"{k} = {v}\n" for k, v in lines.items()))
             env["CCACHE_CONFIGPATH"] = str(self.dir / "ccache.conf")
             self.before = self._ccache_counts()
         else:
             self._sccache_files(store, base)
         where = f" + {cc.remote.backend} store {cc.remote.url}" if cc.remote else ""
         farm = f", compiles sent to the farm at {cc.farm.scheduler}" if cc.farm else ""
-        log.info(f"compile cache: {cache.PINS[cc.tool].label}, local store {store}{where}{farm}")
+        log.info(f"compile cache: {cache_tools.PINS[cc.tool].label}, local store {store}{where}{farm}")
 
     def _sccache_files(self, store: Path, base: str) -> None:
         cc, runner = self.cc, self.runner
@@ -184,10 +184,10 @@ class _CacheRun:
             settings["SCCACHE_MULTILEVEL_CHAIN"] = f"disk,{cc.remote.backend}"
             settings.update(cc.remote.settings("sccache", os.environ))
         conf = self.dir / "sccache.toml"  # a first start (a new store, a slow remote) may take over 10 s
-        cache.write_private(conf, "server_startup_timeout_ms = 60000\n\n"
-                            + (cache.farm_config(cc.farm, store / "dist-client") if cc.farm else ""))
+        fileio.write_private(conf, "server_startup_timeout_ms = 60000\n\n"
+                            + (cache_stores.farm_config(cc.farm, store / "dist-client") if cc.farm else ""))
         settings["SCCACHE_CONF"] = inside(str(conf))
-        cache.write_private(self.dir / "settings.env", cache.settings_text(settings))
+        fileio.write_private(self.dir / "settings.env", cache_stores.settings_text(settings))
         tool = str(self.cc.binary)
         q = shlex.quote
         self.env["SCCACHE_SERVER_UDS"] = socket
@@ -201,12 +201,12 @@ class _CacheRun:
             "  echo 'llamawheel: sccache could not start its server:' >&2\n"
             f"  cat {q(settings['SCCACHE_ERROR_LOG'])} >&2\n"
             "  exit 90\nfi\n"
-            f"unset {' '.join(cache.secret_names())}\n"
+            f"unset {' '.join(cache_stores.secret_names())}\n"
             '"$@"; rc=$?\n'
             f"{q(tool)} --show-stats --stats-format=json > {q(stats)} 2>/dev/null\n"
             f"{q(tool)} --stop-server >/dev/null 2>&1\n"
             "exit $rc\n")
-        cache.write_private(self.dir / "run.sh", script)
+        fileio.write_private(self.dir / "run.sh", script)
 
     def wrap(self, argv: list[str]) -> list[str]:
         """The build's command, run through the wrapper when sccache is used."""
@@ -216,15 +216,15 @@ class _CacheRun:
 
     def _ccache_counts(self) -> dict[str, int]:
         cmd, extra = self.runner.command([str(self.cc.binary), "--print-stats"], self.env)
-        return cache.ccache_stats(cache.run_quiet(cmd, extra))
+        return cache_stats.ccache_stats(cache_stats.run_quiet(cmd, extra))
 
-    def finish(self) -> cache.Stats | None:
+    def finish(self) -> cache_stats.Stats | None:
         if self.cc.binary is None:
             return None
         if self.cc.tool == "ccache":
-            return cache.ccache_delta(self.before, self._ccache_counts())
+            return cache_stats.ccache_delta(self.before, self._ccache_counts())
         try:
-            return cache.sccache_stats(json.loads((self.dir / "stats.json").read_text()))
+            return cache_stats.sccache_stats(json.loads((self.dir / "stats.json").read_text()))
         except (OSError, ValueError):
             log.warn("sccache left no counts for this build")
             return None

@@ -17,8 +17,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from llamawheel.build import cache
-from llamawheel.core import paths, proc
+from llamawheel.build import cache_stores
+from llamawheel.core import datafile, fileio, paths, proc
 from llamawheel.core.errors import ToolchainError, UsageError
 
 SCHEDULER_PORT = 10600
@@ -99,7 +99,7 @@ def init(folder: Path, scheduler: Address, servers: list[Address], bin_dir: Path
         layout = Layout(staging, scheduler, tuple(servers), bin_dir, base)
         client_token = secrets.token_urlsafe(32)
         server_key = _dist(bin_dir, "auth", "generate-jwt-hs256-key")
-        cache.write_private(staging / "scheduler.toml", cache.toml_text({
+        fileio.write_private(staging / "scheduler.toml", datafile.toml_text({
             "public_addr": str(scheduler),
             "client_auth": {"type": "token", "token": client_token},
             "server_auth": {"type": "jwt_hs256", "secret_key": server_key},
@@ -107,7 +107,7 @@ def init(folder: Path, scheduler: Address, servers: list[Address], bin_dir: Path
         for server in servers:
             token = _dist(bin_dir, "auth", "generate-jwt-hs256-server-token",
                           "--config", str(staging / "scheduler.toml"), "--server", str(server))
-            cache.write_private(layout.server_config(server), cache.toml_text({
+            fileio.write_private(layout.server_config(server), datafile.toml_text({
                 "cache_dir": str(base / server.slug / "toolchains"),
                 "public_addr": str(server),
                 "scheduler_url": layout.scheduler_url,
@@ -115,8 +115,8 @@ def init(folder: Path, scheduler: Address, servers: list[Address], bin_dir: Path
                             "bwrap_path": shutil.which("bwrap") or "/usr/bin/bwrap"},
                 "scheduler_auth": {"type": "jwt_token", "token": token},
             }))
-        cache.write_private(staging / CLIENT_ENV, cache.settings_text(
-            {"LLAMAWHEEL_FARM": layout.scheduler_url, cache.FARM_TOKEN: client_token}))
+        fileio.write_private(staging / CLIENT_ENV, cache_stores.settings_text(
+            {"LLAMAWHEEL_FARM": layout.scheduler_url, cache_stores.FARM_TOKEN: client_token}))
         for item in staging.iterdir():
             os.replace(item, folder / item.name)
     finally:
@@ -124,11 +124,11 @@ def init(folder: Path, scheduler: Address, servers: list[Address], bin_dir: Path
     return Layout(folder, scheduler, tuple(servers), bin_dir, base)
 
 
-def status(farm: cache.Farm, bin_dir: Path) -> dict[str, int]:
+def status(farm: cache_stores.Farm, bin_dir: Path) -> dict[str, int]:
     """The scheduler's answer to ``sccache --dist-status``: servers, cores, compiles in progress."""
     with tempfile.TemporaryDirectory(prefix="llamawheel-farm-", dir="/tmp") as tmp:
         conf = Path(tmp) / "client.toml"
-        cache.write_private(conf, cache.farm_config(farm, Path(tmp) / "toolchains"))
+        fileio.write_private(conf, cache_stores.farm_config(farm, Path(tmp) / "toolchains"))
         env = {**proc.unset_all("SCCACHE_"),
                "SCCACHE_CONF": str(conf), "SCCACHE_SERVER_UDS": str(Path(tmp) / "s.sock"),
                "SCCACHE_DIR": str(Path(tmp) / "disk"), "SCCACHE_IDLE_TIMEOUT": "30"}

