@@ -1,0 +1,75 @@
+"""The docs cannot go stale unnoticed: docs/reference.md's generated tables match the code (scripts/docs-tables.py
+--check, also run by the lint session)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import shutil
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from .helpers import ROOT
+
+DOCS = ROOT / "docs"
+
+
+@pytest.fixture(scope="module")
+def tables() -> ModuleType:
+    """scripts/docs-tables.py, imported (its name is not a module name)."""
+    spec = importlib.util.spec_from_file_location("docs_tables", ROOT / "scripts" / "docs-tables.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_reference_tables_match_the_code(tables: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
+    assert tables.main(["--check"]) == 0, capsys.readouterr().err
+
+
+def test_a_stale_table_fails_the_check_and_is_rewritten(tables: ModuleType, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    copy = tmp_path / "reference.md"
+    shutil.copy(DOCS / "reference.md", copy)
+    text = copy.read_text()
+    stale = text.replace("| `1` | `LlamawheelError` |", "| `1` | `SomeOtherError` |")
+    assert stale != text
+    copy.write_text(stale)
+
+    assert tables.main(["--check", "--reference", str(copy)]) == 1
+    err = capsys.readouterr().err
+    assert "stale generated table(s): exit-codes;" in err
+    assert "python scripts/docs-tables.py" in err
+
+    assert tables.main(["--reference", str(copy)]) == 0
+    assert copy.read_text() == text
+    assert tables.main(["--check", "--reference", str(copy)]) == 0
+
+
+def test_a_changed_help_text_makes_the_commands_table_stale(tables: ModuleType, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    original = tables.cli.parser
+
+    def changed() -> argparse.ArgumentParser:
+        top: argparse.ArgumentParser = original()
+        sub = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
+        next(a for a in sub.choices["build"]._actions if a.dest == "arch").help = "some other words"
+        return top
+
+    monkeypatch.setattr(tables.cli, "parser", changed)
+    assert tables.main(["--check"]) == 1
+    assert "stale generated table(s): commands;" in capsys.readouterr().err
+
+
+def test_a_missing_or_unknown_block_fails_the_check(tables: ModuleType, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    copy = tmp_path / "reference.md"
+    copy.write_text((DOCS / "reference.md").read_text().replace("<!-- generated: recipes -->",
+                                                                 "<!-- generated: recipe -->"))
+    assert tables.main(["--check", "--reference", str(copy)]) == 1
+    err = capsys.readouterr().err
+    assert "no generator for recipe" in err
+    assert "no <!-- generated: NAME --> block for recipes" in err
