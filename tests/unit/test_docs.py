@@ -1,10 +1,12 @@
 """The docs cannot go stale unnoticed: docs/reference.md's generated tables match the code (scripts/docs-tables.py
---check, also run by the lint session)."""
+--check, also run by the lint session), and every message in src/ that names a docs page names a page and heading
+that exist."""
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import re
 import shutil
 from pathlib import Path
 from types import ModuleType
@@ -24,6 +26,10 @@ def tables() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _headings(page: Path) -> set[str]:
+    return {m[1] for m in re.finditer(r"^#+\s+(.+?)\s*$", page.read_text(), re.MULTILINE)}
 
 
 def test_the_reference_tables_match_the_code(tables: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
@@ -73,3 +79,14 @@ def test_a_missing_or_unknown_block_fails_the_check(tables: ModuleType, tmp_path
     err = capsys.readouterr().err
     assert "no generator for recipe" in err
     assert "no <!-- generated: NAME --> block for recipes" in err
+
+
+def test_messages_that_name_a_docs_page_name_one_that_exists() -> None:
+    named = 0
+    for source in sorted((ROOT / "src").rglob("*.py")):
+        for page, heading in re.findall(r"docs/([\w-]+\.md)(?:, '([^']+)')?", source.read_text()):
+            named += 1
+            assert (DOCS / page).is_file(), f"{source}: docs/{page}"
+            if heading:
+                assert heading in _headings(DOCS / page), f"{source}: docs/{page}, '{heading}'"
+    assert named >= 3
