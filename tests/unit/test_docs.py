@@ -1,6 +1,6 @@
 """The docs cannot go stale unnoticed: docs/reference.md's generated tables match the code (scripts/docs-tables.py
---check, also run by the lint session), and every message in src/ that names a docs page names a page and heading
-that exist."""
+--check, also run by the lint session), the README stays short and keeps the test command .ci/run runs, and every
+link from the README or a message in src/ to a docs page names a page and heading that exist."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 
 from .helpers import ROOT
 
+README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 
 
@@ -26,6 +27,15 @@ def tables() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _slug(heading: str) -> str:
+    """A heading's anchor as MkDocs' Markdown (toc) makes it."""
+    return re.sub(r"[\s-]+", "-", re.sub(r"[^\w\s-]", "", heading).strip().lower())
+
+
+def _anchors(page: Path) -> set[str]:
+    return {_slug(heading) for heading in _headings(page)}
 
 
 def _headings(page: Path) -> set[str]:
@@ -79,6 +89,22 @@ def test_a_missing_or_unknown_block_fails_the_check(tables: ModuleType, tmp_path
     err = capsys.readouterr().err
     assert "no generator for recipe" in err
     assert "no <!-- generated: NAME --> block for recipes" in err
+
+
+def test_the_readme_is_short_and_keeps_the_ci_test_command() -> None:
+    readme = README.read_text()
+    assert len(readme.splitlines()) <= 200
+    command = next(line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line.startswith("python3"))
+    assert command.replace(" --quiet", "") in readme  # .ci/run only adds --quiet
+
+
+def test_the_readmes_links_into_docs_exist() -> None:
+    links = re.findall(r"\]\((docs/[^)#\s]+)(?:#([^)\s]+))?\)", README.read_text())
+    assert links
+    for page, anchor in links:
+        assert (ROOT / page).is_file(), page
+        if anchor:
+            assert anchor in _anchors(ROOT / page), f"{page}#{anchor}"
 
 
 def test_messages_that_name_a_docs_page_name_one_that_exists() -> None:
