@@ -5,6 +5,7 @@
     nox -s build-cuda-13 -- --arch 86       # the line's default minor (13.0)
     nox -s build-cuda-13.2 -- --mirror tsinghua
     nox -s build-cpu
+    nox -s docs                             # the docs site, into site/
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ def _installed_pythons() -> list[str | None]:
 
 INSTALLED_PYTHONS = _installed_pythons()
 """The unit tests run on each of these (only those: a fresh machine may have one)."""
+
+MKDOCS_ENV = {"NO_MKDOCS_2_WARNING": "1"}
+"""Keeps the theme's end-of-life notice (May 2027, noted in mkdocs.yml) out of every docs build's output."""
 
 
 def _install_editable(session: nox.Session, extras: str) -> None:
@@ -164,8 +168,19 @@ def integration(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff, mypy --strict, and the import layers (stages import only earlier stages)."""
-    _install_editable(session, "lint")
+    """ruff, mypy --strict, the import layers, the reference's generated tables and the docs (mkdocs --strict)."""
+    _install_editable(session, "lint,docs")
     session.run("ruff", "check", "src", "tests", "scripts", "noxfile.py")
     session.run("mypy")
+    session.run("mypy", "scripts/docs-tables.py")
     session.run("lint-imports")
+    session.run("python", "scripts/docs-tables.py", "--check")
+    site = Path(session.create_tmp()) / "site"  # no --quiet: it drops the warnings --strict fails on
+    session.run("mkdocs", "build", "--strict", "--site-dir", str(site), env=MKDOCS_ENV)
+
+
+@nox.session(default=False)
+def docs(session: nox.Session) -> None:
+    """Build the docs site (mkdocs --strict) into site/."""
+    _install_editable(session, "docs")
+    session.run("mkdocs", "build", "--strict", "--site-dir", str(ROOT / "site"), env=MKDOCS_ENV)

@@ -32,8 +32,8 @@ def test_llama_cpp_python_cuda13_sm90_wheel(tmp_path: Path) -> None:
 
 
 def test_llama_cpp_python_cuda13_for_grace_hopper_and_dgx_spark_on_arm(tmp_path: Path) -> None:
-    """The README's Arm command: CUDA 13.0, sm_90 + sm_121, cross-compiled for aarch64 in the bullseye root (about
-    40 minutes cold on 2 cores, the CPU part from the compile cache of the aarch64 CPU wheel)."""
+    """The Arm command of docs/cuda.md: CUDA 13.0, sm_90 + sm_121, cross-compiled for aarch64 in the bullseye root
+    (about 40 minutes cold on 2 cores, the CPU part from the compile cache of the aarch64 CPU wheel)."""
     result = llamawheel("build", "13", "--arch", "grace-hopper,dgx-spark", "--platform", "aarch64", "--out",
                         str(tmp_path), timeout=7200)
     assert result.returncode == 0, result.stderr[-4000:]

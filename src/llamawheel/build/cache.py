@@ -23,7 +23,7 @@ CHOICES = ("sccache", "ccache", "none")
 
 DEFAULT = "ccache"
 """The default tool: level with sccache cold, and 4 times faster served for the CUDA wheel (from the local store and
-from a remote one: ``scripts/bench-compile-cache.py``; the README has the table). sccache is taken instead where
+from a remote one: ``scripts/bench-compile-cache.py``; docs/benchmarks.md has the table). sccache is taken instead where
 only it can work: an S3 or GitHub Actions' cache store, or a build farm (`default_for`)."""
 
 

@@ -63,11 +63,20 @@ NAMES = tuple(f.name for f in fields(BuildOptions))
 """Every build option; the command line's ``build`` options carry the same names."""
 
 
+def env_variable(name: str) -> str | None:
+    """The environment variable that sets option ``name`` (``arch``: ``LLAMAWHEEL_ARCH``); None for the options only
+    the command line turns off (``verify``, ``server``) and for names that are not options."""
+    if name in ("verify", "server") or name not in NAMES:
+        return None
+    return f"LLAMAWHEEL_{name.upper()}"
+
+
 def _env_overrides() -> dict[str, object]:
     out: dict[str, object] = {}
     for f in fields(BuildOptions):
-        value = os.environ.get(f"LLAMAWHEEL_{f.name.upper()}")
-        if value is None or f.name in ("verify", "server"):
+        variable = env_variable(f.name)
+        value = os.environ.get(variable) if variable else None
+        if value is None:
             continue
         if f.name == "jobs":
             try:

@@ -26,23 +26,23 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llamawheel", description="Build verified CUDA wheels of llama-cpp-python.")
-    parser.add_argument("--version", action="version", version=f"llamawheel {__version__}")
-    parser.add_argument("--traceback", action="store_true", help="show a traceback on errors")
-    parser.add_argument("--root", type=Path, metavar="PATH",
-                        help="use the recipes/, mirrors/ and docker/ of this llamawheel checkout, and its wheels/ "
-                             "as the default output (default: $LLAMAWHEEL_ROOT, else the ones shipped with "
-                             "llamawheel and ./wheels)")
-    sub = parser.add_subparsers(dest="command", required=True)
+def parser() -> argparse.ArgumentParser:
+    """The whole command line (``docs/reference.md`` lists its commands and options, generated from it)."""
+    top = argparse.ArgumentParser(prog="llamawheel", description="Build verified CUDA wheels of llama-cpp-python.")
+    top.add_argument("--version", action="version", version=f"llamawheel {__version__}")
+    top.add_argument("--traceback", action="store_true", help="show a traceback on errors")
+    top.add_argument("--root", type=Path, metavar="PATH",
+                     help="use the recipes/, mirrors/ and docker/ of this llamawheel checkout, and its wheels/ "
+                          "as the default output (default: $LLAMAWHEEL_ROOT, else the ones shipped with "
+                          "llamawheel and ./wheels)")
+    sub = top.add_subparsers(dest="command", required=True)
     for module in _MODULES:
         module.add_parsers(sub)
-    return parser
+    return top
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
     try:
         paths.set_root(args.root)
         paths.root()  # a root that is no llamawheel checkout is refused before the command starts

@@ -106,7 +106,7 @@ class VerifyReport:
                 f"GPU checks {reason}{f' ({note})' if note else ''}; passed: {', '.join(passed) or 'nothing'}. "
                 "This is not a pass",
                 "run the GPU half on a machine with the GPU: llamawheel verify WHEEL there, or carry "
-                "verify_runner.py and the models (README, 'Verifying on a GPU machine')",
+                "verify_runner.py and the models (docs/verifying.md, 'Verifying on a GPU machine')",
             )
         first = failed[0]
         if first.name == "static checks":

@@ -395,7 +395,8 @@ def _check_cpu_variants(report: Report, entries: list[Entry], elves: dict[str, E
                f"{len(modules)} modules ({names}), loaded by {LOADER}" if not problems else "; ".join(problems))
     if not expect.target.native:
         report.skip("CPU variants load", f"{expect.target.label} modules cannot be loaded on this "
-                    f"{platforms.host().label} machine (run the wheel under {expect.target.qemu}: see README)")
+                    f"{platforms.host().label} machine (run the wheel under {expect.target.qemu}: "
+                    "see docs/cuda.md, 'Arm (aarch64)')")
         return
     failed = _load_modules({e.name: e.data for e in entries if e.name in elves}, sorted(modules.values()))
     report.add("CPU variants load", not failed,
