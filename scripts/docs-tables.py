@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from llamawheel import cli  # noqa: E402
-from llamawheel.build import options  # noqa: E402
+from llamawheel.building import options  # noqa: E402
 from llamawheel.core import errors  # noqa: E402
 from llamawheel.mirror import profiles  # noqa: E402
 from llamawheel.recipe import catalog, matrix  # noqa: E402

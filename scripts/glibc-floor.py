@@ -16,7 +16,7 @@ import posixpath
 import sys
 from pathlib import Path
 
-from llamawheel.build import glibc
+from llamawheel.building import glibc
 from llamawheel.core import paths
 from llamawheel.core.errors import UsageError
 from llamawheel.toolchain import buildroot

@@ -10,7 +10,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from llamawheel.build import cache, cache_tools
+from llamawheel.building import cache, cache_tools
 from llamawheel.core import paths
 from llamawheel.recipe.variant import flags_label
 from llamawheel.wheel.elf import read_elf

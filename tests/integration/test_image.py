@@ -800,7 +800,7 @@ GGML_ID = "/models/llama-2-13b-chat.bin"
 def ggml_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A models folder as llama-gpt's 13B compose file leaves it: a GGML v3 (ggjt, q8_0) llama-2-13b-chat.bin."""
     from llamawheel.mirror.profiles import load_profile
-    from llamawheel.verify.prove import sdist_vocabulary
+    from llamawheel.verify.installed import sdist_vocabulary
 
     from ..ggml_v3 import write_ggml_v3
 

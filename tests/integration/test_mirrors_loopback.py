@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from llamawheel.build import cache as cache_mod
-from llamawheel.build import sdist
+from llamawheel.building import cache as cache_mod
+from llamawheel.building import sdist
 from llamawheel.mirror import profiles
 from llamawheel.recipe import catalog
 
@@ -127,7 +127,7 @@ def test_sdist_is_fetched_through_the_profile_mirror(mirror: Mirror, tmp_path: P
     profile = _profile(tmp_path, pypi=f"{mirror.url}/simple/")
     cache = tmp_path / "cache"
     code = (
-        "from llamawheel.build import sdist\n"
+        "from llamawheel.building import sdist\n"
         "from llamawheel.mirror import profiles\n"
         "from llamawheel.recipe import catalog\n"
         f"print(sdist.fetch(catalog.cpu_recipe().llama_cpp_python, profiles.load_profile({str(profile)!r})))\n"

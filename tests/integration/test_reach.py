@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from llamawheel.core import paths
-from llamawheel.image import reach
+from llamawheel.image import mirror_needs
 from llamawheel.mirror import probe, profiles
 
 from ..index_wheels import make_wheel
@@ -50,7 +50,7 @@ def allowed_hosts(profile_path: Path) -> set[str]:
     """The profile's hosts, and the host its PyPI index sends pip to for files (an index may link elsewhere)."""
     profile = profiles.load_profile(str(profile_path))
     hosts = {urlsplit(u).hostname or "" for u in profile.urls().values() if "://" in u} - {""}
-    cpu = reach.features()[0]
+    cpu = mirror_needs.features()[0]
     return hosts | probe.check(profile, [cpu]).file_hosts
 
 
@@ -211,7 +211,7 @@ def partial_mirror(tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
     """A loopback mirror with every PyPI page the recipes need, Debian bookworm without non-free, trixie and
     bullseye complete, and no NVIDIA repository."""
     root = tmp_path / "mirror"
-    for feature in reach.features():
+    for feature in mirror_needs.features():
         for need in feature.needs:
             if need.upstream == "pypi":
                 page = root / "simple" / need.path / "index.html"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from llamawheel.build import cache_tools, farm, rootbuild
+from llamawheel.building import cache_tools, farm, root_runner
 from llamawheel.core import paths
 from llamawheel.mirror import profiles
 from llamawheel.toolchain import assemble, buildroot
@@ -75,7 +75,7 @@ def test_the_sandboxed_build_gives_the_same_wheel_cold(probe_wheel: tuple[Path, 
     assert _sha256(cold) == _sha256(probe_wheel[0])
 
 
-def _inside(runner: rootbuild.Runner, script: str) -> subprocess.CompletedProcess[str]:
+def _inside(runner: root_runner.Runner, script: str) -> subprocess.CompletedProcess[str]:
     cmd, _ = runner.command(["/bin/sh", "-c", script], {})
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
@@ -85,7 +85,7 @@ def test_inside_the_root_no_host_process_no_capability_no_network(root: buildroo
     house, work = tmp_path / "house", tmp_path / "work"
     house.mkdir()
     work.mkdir()
-    runner = rootbuild.runner_for(root, house, cuda_root, work)
+    runner = root_runner.runner_for(root, house, cuda_root, work)
     pids = _inside(runner, "ls /proc | grep -c '^[0-9]'")
     assert pids.returncode == 0, pids.stderr
     assert int(pids.stdout) <= 4  # bubblewrap's init, sh, ls, grep: not the host's processes
@@ -139,7 +139,7 @@ def test_a_modified_file_in_a_toolchain_is_found_before_use(cuda_root: Path, tmp
 
 
 def test_two_first_installs_of_the_compile_cache_tool_at_once_both_succeed(tmp_path: Path) -> None:
-    code = ("from llamawheel.build import cache; from llamawheel.mirror import profiles; "
+    code = ("from llamawheel.building import cache; from llamawheel.mirror import profiles; "
             "print(cache_tools.install('ccache', profiles.load_profile(None)))")
     env = {**os.environ, "LLAMAWHEEL_CACHE": str(tmp_path / "cache")}
     runs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -175,7 +175,7 @@ def test_a_ggml_v3_model_converts_once_with_llama_2_settings_and_answers(
     from llamawheel.image import converter_files
     from llamawheel.mirror.profiles import load_profile
     from llamawheel.runtime import convert
-    from llamawheel.verify.prove import sdist_vocabulary
+    from llamawheel.verify.installed import sdist_vocabulary
 
     from ..ggml_v3 import write_ggml_v3
 

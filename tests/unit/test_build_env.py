@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from llamawheel import pipeline
-from llamawheel.build import options, planning, rootbuild
+from llamawheel.building import options, planning, root_runner
 from llamawheel.core.errors import ToolchainError, UsageError
 from llamawheel.recipe import catalog
 from llamawheel.recipe.model import CudaMinor
@@ -70,10 +70,10 @@ def test_a_root_is_entered_read_only_with_no_network_no_host_environment_and_onl
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLAMAWHEEL_CACHE", str(tmp_path / "cache"))
     made: list[list[str]] = []
-    monkeypatch.setattr(rootbuild.proc, "stream", lambda cmd, **_: made.append(list(cmd)))
+    monkeypatch.setattr(root_runner.proc, "stream", lambda cmd, **_: made.append(list(cmd)))
     root = buildroot.Root(tmp_path / "buildroot-bullseye", "bullseye", (), "test", 0, 0.0, "2.31", "10.2.1", "3.9")
     work = tmp_path / "cache" / "build" / "llama-cpu"
-    runner = rootbuild.runner_for(root, tmp_path / "house", tmp_path / "cuda", work)
+    runner = root_runner.runner_for(root, tmp_path / "house", tmp_path / "cuda", work)
     cmd, extra = runner.command(["python", "-V"], {"CMAKE_ARGS": "-DX=1"})
     assert extra is None  # everything is inside the command
     assert cmd[cmd.index("--bind") + 1:cmd.index("--bind") + 3] == [str(root.path), "/"]
@@ -82,7 +82,7 @@ def test_a_root_is_entered_read_only_with_no_network_no_host_environment_and_onl
     env = {cmd[i + 1]: cmd[i + 2] for i, a in enumerate(cmd) if a == "--setenv"}
     assert env["PIP_NO_INDEX"] == "1" and env["PIP_FIND_LINKS"] == str(tmp_path / "house")
     assert env["PIP_CONFIG_FILE"] == "/dev/null"  # neither this machine's pip settings nor the root's
-    assert env["PATH"].startswith(f"/opt/cuda/bin:{rootbuild.BUILD_VENV}/bin:")
+    assert env["PATH"].startswith(f"/opt/cuda/bin:{root_runner.BUILD_VENV}/bin:")
     assert env["CMAKE_ARGS"] == "-DX=1"
     assert cmd[-3:] == ["--", "python", "-V"]
     # pip runs in a venv of the build's own folder, made by the root's Python (the root cannot take a newer pip)
@@ -101,7 +101,7 @@ def test_a_root_is_entered_read_only_with_no_network_no_host_environment_and_onl
                      ("--ro-bind", str(tmp_path / "cache" / "tools")), ("--ro-bind", str(tmp_path / "cuda"))]
     moved, _ = runner.command(["pip", "wheel", f"{work}/src", f"-DCUDAToolkit_ROOT={tmp_path / 'cuda'}"], {})
     assert moved[-5:] == ["--", "pip", "wheel", "/build/src", "-DCUDAToolkit_ROOT=/opt/cuda"]
-    assert rootbuild.Runner().command(["python", "-V"], {"A": "1"}) == (["python", "-V"], {"A": "1"})
+    assert root_runner.Runner().command(["python", "-V"], {"A": "1"}) == (["python", "-V"], {"A": "1"})
 
 
 def test_the_build_requirements_are_walked_with_the_roots_python(tmp_path: Path) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from llamawheel.build.options import resolve
-from llamawheel.build.planning import _source
+from llamawheel.building.options import resolve
+from llamawheel.building.planning import _source
 from llamawheel.core.errors import UsageError
 from llamawheel.recipe import archs
 from llamawheel.recipe.catalog import cpu_recipe

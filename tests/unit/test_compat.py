@@ -152,7 +152,7 @@ def test_extract_all_uses_the_data_filter_where_tarfile_has_it(tmp_path: Path,
 
 
 def test_unpacking_an_sdist_goes_through_it(tmp_path: Path) -> None:
-    from llamawheel.build import sdist
+    from llamawheel.building import sdist
 
     good = _tar(tmp_path / "pkg-1.0.tar.gz", _file("pkg-1.0/pyproject.toml", b"[project]\n"))
     assert (sdist.unpack(good, tmp_path / "src") / "pyproject.toml").read_bytes() == b"[project]\n"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from llamawheel.build import cache, cache_stats, cache_stores, farm, options
+from llamawheel.building import cache, cache_stats, cache_stores, farm, options
 from llamawheel.core import fileio, proc
 from llamawheel.core.compat import tomllib
 from llamawheel.core.errors import BuildError, ToolchainError, UsageError

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from llamawheel import repair
-from llamawheel.build import glibc, options
+from llamawheel.building import glibc, options
 from llamawheel.core.errors import RecipeError, RepairError, UsageError
 from llamawheel.recipe import catalog
 from llamawheel.verify import static as verify_static

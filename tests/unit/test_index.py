@@ -18,7 +18,7 @@ import pytest
 
 from llamawheel import cli
 from llamawheel.core.errors import IndexCheckError, PublishError, UsageError
-from llamawheel.publish import closure, index, index_carry, index_check
+from llamawheel.publish import closure, index, index_check, share
 from llamawheel.publish.index_pages import IndexedFile, parse_links, project_page, root_page
 from llamawheel.recipe import catalog
 from llamawheel.recipe.variant import index_name
@@ -396,7 +396,7 @@ def test_bundle_holds_the_current_pages_and_linked_files_only(root: Path, built:
     orphan = root / "cpu" / "files" / ("e" * 64) / "stray-1.0-py3-none-any.whl"
     orphan.parent.mkdir()
     orphan.write_bytes(b"x")
-    out, digest = index_carry.bundle(root, tmp_path / "out" / "site.tar.gz")
+    out, digest = share.bundle(root, tmp_path / "out" / "site.tar.gz")
     assert (tmp_path / "out" / "site.tar.gz.sha256").read_text() == f"{digest}  site.tar.gz\n"
     assert digest == sha256(out)
     with tarfile.open(out) as tar:
@@ -428,7 +428,7 @@ def test_bundle_refuses_a_damaged_index(root: Path, built: Path, tmp_path: Path)
     publish(root, wheel)
     (root / "cpu" / "files" / sha256(wheel) / wheel.name).write_bytes(b"damaged")
     with pytest.raises(IndexCheckError):
-        index_carry.bundle(root, tmp_path / "site.tar.gz")
+        share.bundle(root, tmp_path / "site.tar.gz")
     assert not (tmp_path / "site.tar.gz").exists()
 
 
@@ -464,7 +464,7 @@ def test_a_refused_upload_leaves_twines_output_on_the_terminal_and_names_the_com
 
 def test_upload_refuses_a_password_in_the_url(built: Path) -> None:
     with pytest.raises(UsageError, match="holds a password"):
-        index_carry.upload([make_wheel(built)], "https://user:secret@127.0.0.1/legacy/")
+        share.upload([make_wheel(built)], "https://user:secret@127.0.0.1/legacy/")
 
 
 # ----------------------------------------------------------------------------- closure helpers

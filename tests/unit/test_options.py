@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from llamawheel.build import options
+from llamawheel.building import options
 from llamawheel.core.errors import UsageError
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from llamawheel.build import patches
+from llamawheel.building import patches
 from llamawheel.core import paths
 from llamawheel.core.errors import BuildError
 from llamawheel.recipe import catalog

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from llamawheel.build import options, planning, timings
-from llamawheel.build.cache_stats import Stats
+from llamawheel.building import options, planning, timings
+from llamawheel.building.cache_stats import Stats
 from llamawheel.core.errors import UsageError
 from llamawheel.recipe import archs, catalog
 from llamawheel.toolchain import CudaRoot

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from llamawheel import pipeline
-from llamawheel.build import options, planning
+from llamawheel.building import options, planning
 from llamawheel.core.errors import RecipeError, UsageError
 from llamawheel.recipe import catalog, platforms
 from llamawheel.recipe.platforms import AARCH64, X86_64

@@ -19,7 +19,7 @@ from llamawheel.core import proc
 from llamawheel.core.errors import BuildError, DownloadError, ImageError, RuntimeCheckError, ToolchainError
 from llamawheel.mirror import profiles
 from llamawheel.toolchain import deb
-from llamawheel.verify import prove
+from llamawheel.verify import installed
 
 SECRET = "hunter2-token"
 MISSING = "llamawheel-test-no-such-program"
@@ -201,7 +201,7 @@ def test_a_venv_that_cannot_be_made_is_a_runtime_check_error_with_what_to_instal
     taken = tmp_path / "venv"
     taken.write_text("a file where the venv should go")
     with pytest.raises(RuntimeCheckError) as failed:
-        prove.fresh_venv(taken, tmp_path / "x.whl", profiles.load_profile("default"))
+        installed.fresh_venv(taken, tmp_path / "x.whl", profiles.load_profile("default"))
     assert failed.value.exit_code == 12
     assert failed.value.message.startswith(f"this Python ({sys.executable}) could not make a virtual environment in "
                                            f"{taken}\ncommand: {sys.executable} -m venv {taken}\nreturn code: 1\n")

@@ -17,7 +17,7 @@ import pytest
 from llamawheel import cli
 from llamawheel.core.errors import GpuChecksSkipped, RuntimeCheckError, VerifyError
 from llamawheel.verify.diagnose import WheelFacts
-from llamawheel.verify.prove import judge
+from llamawheel.verify.installed import judge
 from llamawheel.verify.static import Report
 from llamawheel.wheel.wheelfile import Entry, write_wheel
 

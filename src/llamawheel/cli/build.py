@@ -1,6 +1,6 @@
 """The ``build``, ``toolchain``, ``toolchains`` and ``farm`` commands: argument parsing and output only; the work
-is done in `llamawheel.build.planning` (every option checked before anything is downloaded), `llamawheel.pipeline`,
-`llamawheel.toolchain` and `llamawheel.build.farm`."""
+is done in `llamawheel.building.planning` (every option checked before anything is downloaded), `llamawheel.pipeline`,
+`llamawheel.toolchain` and `llamawheel.building.farm`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from llamawheel import pipeline
-from llamawheel.build import cache_stores, cache_tools, farm, options, planning
+from llamawheel.building import cache_stores, cache_tools, farm, options, planning
 from llamawheel.core import fileio, log, paths
 from llamawheel.core.errors import UsageError, did_you_mean
 from llamawheel.mirror import profiles

@@ -7,7 +7,7 @@ import argparse
 import json
 from collections.abc import Callable
 
-from llamawheel.build import options
+from llamawheel.building import options
 from llamawheel.core.errors import MirrorError
 from llamawheel.core.redact import redact
 from llamawheel.mirror import probe, profiles
@@ -52,10 +52,10 @@ def _cmd_mirrors(args: argparse.Namespace) -> int:
             if not urls:
                 print("    (changes nothing: pip and apt keep this machine's configuration)")
         return 0
-    from llamawheel.image import reach
+    from llamawheel.image import mirror_needs
 
     names = [args.name] if args.name else list(profiles.available())
-    features = reach.features()
+    features = mirror_needs.features()
     failed: list[str] = []
     for name in names:
         profile = profiles.load_profile(name)

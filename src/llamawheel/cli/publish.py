@@ -1,5 +1,5 @@
 """The ``publish`` and ``index {check,bundle,serve,upload}`` commands: argument parsing and output only;
-the work is done in `index`, `index_check`, `index_carry` and `closure`."""
+the work is done in `index`, `index_check`, `share` and `closure`."""
 
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ def _cmd_publish(args: argparse.Namespace) -> int:
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
-    from llamawheel.publish import index_carry, index_check
+    from llamawheel.publish import index_check, share
 
     if args.index_command == "check":
         report = index_check.check(args.dir or paths.wheels_dir())
@@ -105,12 +105,12 @@ def _cmd_index(args: argparse.Namespace) -> int:
 
         def ready(url: str) -> None:
             print(f"serving {root} at {url}/ (Ctrl-C stops)", flush=True)
-            for command in index_carry.serve_commands(root, url):
+            for command in share.serve_commands(root, url):
                 print(f"    {command}", flush=True)
 
-        index_carry.serve(root, args.host, args.port, on_ready=ready)
+        share.serve(root, args.host, args.port, on_ready=ready)
     else:
-        index_carry.upload(args.wheels, args.repository_url, args.skip_existing)
+        share.upload(args.wheels, args.repository_url, args.skip_existing)
     return 0
 
 

@@ -1,5 +1,5 @@
 """The ``verify-static``, ``verify`` and ``tiny-model`` commands: argument parsing and output only; the work
-is done in `llamawheel.verify` (`static`, `prove`, `diagnose`) and its portable runner and model writer."""
+is done in `llamawheel.verify` (`static`, `installed`, `diagnose`) and its portable runner and model writer."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from llamawheel.build.options import RUNTIME_MODES
+from llamawheel.building.options import RUNTIME_MODES
 from llamawheel.core import fileio, log
 from llamawheel.core.errors import UsageError
 from llamawheel.verify import static
@@ -58,7 +58,7 @@ def _cmd_verify_static(args: argparse.Namespace) -> int:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     from llamawheel.mirror import profiles
-    from llamawheel.verify import prove as verify
+    from llamawheel.verify import installed as verify
 
     if args.results is not None and not args.results.is_file():
         raise UsageError(f"{args.results}: no such runner report")
@@ -80,7 +80,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 def _cmd_tiny_model(args: argparse.Namespace) -> int:
     from llamawheel.mirror import profiles
-    from llamawheel.verify import prove as verify
+    from llamawheel.verify import installed as verify
     from llamawheel.verify.portable import tiny_model
 
     shape = tiny_model.shape_from(args.size, layers=args.layers, dim=args.dim, ff=args.ff, heads=args.heads,

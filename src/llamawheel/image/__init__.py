@@ -28,7 +28,7 @@ from typing import Any
 from packaging.version import Version
 
 from llamawheel import __version__, pipeline
-from llamawheel.build import options, patches, planning, sdist
+from llamawheel.building import options, patches, planning, sdist
 from llamawheel.core import fileio, log, paths, proc
 from llamawheel.core.errors import ImageError, UsageError
 from llamawheel.image import compose, foreign

@@ -1,7 +1,7 @@
 """What ``llamawheel index bundle`` carries to an offline site: the private index, the API and UI image archives,
 the compose files with an ``.env`` that names the carried images, and the commands to run there (``OFFLINE.txt``).
 
-The index part is `publish.index_carry.bundle`; this module decides what goes in beside it."""
+The index part is `publish.share.bundle`; this module decides what goes in beside it."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from llamawheel.core import log, paths
 from llamawheel.core.errors import UsageError
 from llamawheel.image import compose
 from llamawheel.image.engine import archive_ref
-from llamawheel.publish import index_carry
+from llamawheel.publish import share
 
 
 @dataclass(frozen=True)
@@ -37,9 +37,9 @@ def write_bundle(root: Path, out: Path, image_archives: Sequence[Path] = (), ui_
         env["API_IMAGE"] = refs[0]
     if ui_archive:
         env["UI_IMAGE"] = refs[-1]
-    commands = [f"sha256sum -c {out.name}.sha256", f"tar -xzf {out.name}", f"cd {index_carry.BUNDLE_TOP}"]
+    commands = [f"sha256sum -c {out.name}.sha256", f"tar -xzf {out.name}", f"cd {share.BUNDLE_TOP}"]
     commands += [f"podman load -i images/{a.name}   # or: docker load -i images/{a.name}" for a in archives]
-    commands += index_carry.bundle_commands(root)
+    commands += share.bundle_commands(root)
     if env:
         cpu = " -f compose/compose.cpu.yaml" if refs and refs[0].endswith(":cpu") else ""
         # The key is made on the site, not carried: a bundle is copied to many sites, and a key in it is no secret.
@@ -52,7 +52,7 @@ def write_bundle(root: Path, out: Path, image_archives: Sequence[Path] = (), ui_
         texts.append(("compose/.env", "".join(f"{k}={v}\n" for k, v in env.items()).encode()))
     if image_archives and not ui_archive:
         log.warn(f"no --ui-archive: the site pulls llama-gpt's UI ({compose.UI_IMAGE}) from a registry")
-    written, digest = index_carry.bundle(root, out, extras, texts)
+    written, digest = share.bundle(root, out, extras, texts)
     return SiteBundle(written, digest, commands)
 
 

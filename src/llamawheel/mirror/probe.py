@@ -4,7 +4,8 @@ A `Feature` (CPU wheels, CUDA 12.6+, the runtime image's base, llama-gpt's UI ..
 `Need` names one below an upstream of the profile and what its answer must hold: a pinned file on a PyPI
 project page, a component in a Debian suite's ``Release``, NVIDIA's repository index and signing key, a
 registry manifest. Every need is fetched once (in parallel, timed); a feature is served when all of its needs
-are. Which features exist, and what each needs, is read from the recipes by the caller (`llamawheel.image.reach`).
+are. Which features exist, and what each needs, is read from the recipes by the caller
+(`llamawheel.image.mirror_needs`).
 """
 
 from __future__ import annotations

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from llamawheel import __version__, repair
-from llamawheel.build import cache, glibc, patches, rootbuild, sdist
-from llamawheel.build import timings as build_timings
-from llamawheel.build.compile import BuildRequest, BuildResult, build_wheel, default_jobs
-from llamawheel.build.planning import Plan, cmake_args_for, user_cmake_args
+from llamawheel.building import cache, glibc, patches, root_runner, sdist
+from llamawheel.building import timings as build_timings
+from llamawheel.building.compile import BuildRequest, BuildResult, build_wheel, default_jobs
+from llamawheel.building.planning import Plan, cmake_args_for, user_cmake_args
 from llamawheel.core import fileio, log, paths, proc
 from llamawheel.core.errors import UsageError
 from llamawheel.mirror import provenance
@@ -130,11 +130,11 @@ def compile_source(plan: Plan, root: CudaRoot | None, source_dir: Path, work: Pa
     env: dict[str, str] = {}
     if root is not None:
         env.update(root.env())
-    runner = rootbuild.Runner()
+    runner = root_runner.Runner()
     described: dict[str, Any] = {"build_env": {"name": buildroot.HOST}}
     if build_root is not None and plan.suite is not None:
         house, files = wheelhouse.fetch(source_dir, plan.suite, plan.mirror)
-        runner = rootbuild.runner_for(build_root, house, root.path if root else None, work)
+        runner = root_runner.runner_for(build_root, house, root.path if root else None, work)
         described = build_root.manifest_fields()
     else:
         house, files = wheelhouse.fetch(source_dir, wheelhouse.host_target(), plan.mirror)
@@ -158,7 +158,7 @@ def compile_source(plan: Plan, root: CudaRoot | None, source_dir: Path, work: Pa
 
 
 def bind_glibc(plan: Plan, build_root: buildroot.Root | None, work: Path,
-               runner: rootbuild.Runner) -> tuple[glibc.Binding | None, dict[str, str]]:
+               runner: root_runner.Runner) -> tuple[glibc.Binding | None, dict[str, str]]:
     """The glibc binding of this build (None: no target, the build environment's own glibc), its header written
     into the build's folder, and the flags that give it to the compilers and the linker (none: nothing bound)."""
     target = plan.glibc

@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 from llamawheel import repair
-from llamawheel.build import cache, patches, planning
-from llamawheel.build.planning import Plan
+from llamawheel.building import cache, patches, planning
+from llamawheel.building.planning import Plan
 from llamawheel.core import fileio, log, paths
 from llamawheel.core.errors import UsageError
 from llamawheel.pipeline import compile_source, prepare_source

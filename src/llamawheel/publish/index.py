@@ -25,7 +25,7 @@ listed by ``index check`` as an orphan and removed by the next publish. Generati
 ``simple`` so that ``../../files`` means the same folder whether a path is resolved as a URL or on disk.
 
 This module publishes; `index_pages` renders the pages, `index_check` verifies an index and
-`index_carry` bundles, serves and uploads it; `closure` fetches the dependencies.
+`share` bundles, serves and uploads it; `closure` fetches the dependencies.
 """
 
 from __future__ import annotations

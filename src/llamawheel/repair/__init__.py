@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llamawheel.build.glibc import Binding, dotted
+from llamawheel.building.glibc import Binding, dotted
 from llamawheel.core import log, proc
 from llamawheel.core.errors import RepairError
 from llamawheel.recipe.platforms import X86_64, Platform

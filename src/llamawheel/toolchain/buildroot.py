@@ -1,6 +1,6 @@
 """The build environment: the host as it is, or an older Debian root the wheel is compiled in, so that the
 wheel needs only what that older system has (bullseye: glibc 2.31 and GCC 10's libstdc++; bound to glibc 2.28's
-symbol versions with libstdc++ linked in, `llamawheel.build.glibc`, ``manylinux_2_28``) and installs where users'
+symbol versions with libstdc++ linked in, `llamawheel.building.glibc`, ``manylinux_2_28``) and installs where users'
 systems are, not only where it was built.
 
 A root is made with mmdebstrap from the mirror profile's Debian archive (else this machine's apt), cached

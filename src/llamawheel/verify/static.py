@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from llamawheel.build import glibc
+from llamawheel.building import glibc
 from llamawheel.core import proc
 from llamawheel.core.errors import UsageError, VerifyError
 from llamawheel.recipe import archs, platforms

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from llamawheel.build.sdist import sdist_file_name
+from llamawheel.building.sdist import sdist_file_name
 from llamawheel.image import REGISTRY_BASE, SUITE, compose
 from llamawheel.mirror.probe import Feature, Need
 from llamawheel.pipeline.wheelhouse import BUILD_TOOLS

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llamawheel.build.cache_stats import Stats
-from llamawheel.build.cache_stores import Farm, Remote, farm_from, parse_remote, preflight
-from llamawheel.build.cache_tools import PINS, install
+from llamawheel.building.cache_stats import Stats
+from llamawheel.building.cache_stores import Farm, Remote, farm_from, parse_remote, preflight
+from llamawheel.building.cache_tools import PINS, install
 from llamawheel.core import log, paths
 from llamawheel.core.errors import NotOnMirror, UsageError, did_you_mean
 from llamawheel.mirror.profiles import MirrorProfile

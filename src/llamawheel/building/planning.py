@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llamawheel.build import glibc, timings
-from llamawheel.build.compile import default_jobs
-from llamawheel.build.options import BuildOptions
+from llamawheel.building import glibc, timings
+from llamawheel.building.compile import default_jobs
+from llamawheel.building.options import BuildOptions
 from llamawheel.core import log, paths
 from llamawheel.core.compat import tomllib
 from llamawheel.core.errors import UsageError

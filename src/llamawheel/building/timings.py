@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llamawheel.build.cache_stats import Stats
+from llamawheel.building.cache_stats import Stats
 from llamawheel.core import paths
 from llamawheel.recipe import archs
 

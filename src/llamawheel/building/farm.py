@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from llamawheel.build import cache_stores
+from llamawheel.building import cache_stores
 from llamawheel.core import datafile, fileio, paths, proc
 from llamawheel.core.errors import ToolchainError, UsageError
 

@@ -1,5 +1,5 @@
 """Compiling a wheel: scikit-build-core through ``pip wheel``, with CMake/ninja, a
-compile cache (`llamawheel.build.cache`: sccache or ccache) for C, C++ and CUDA, parallelism
+compile cache (`llamawheel.building.cache`: sccache or ccache) for C, C++ and CUDA, parallelism
 bounded by memory as well as cores, and the ninja step count shown as it goes."""
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llamawheel.build import cache_stats, cache_stores, cache_tools
-from llamawheel.build.cache import CompileCache
-from llamawheel.build.glibc import Binding
-from llamawheel.build.rootbuild import BUILD_DIR, CUDA_DIR, Runner
+from llamawheel.building import cache_stats, cache_stores, cache_tools
+from llamawheel.building.cache import CompileCache
+from llamawheel.building.glibc import Binding
+from llamawheel.building.root_runner import BUILD_DIR, CUDA_DIR, Runner
 from llamawheel.core import fileio, log, paths, proc
 from llamawheel.core.errors import BuildError
 
@@ -65,7 +65,7 @@ class BuildRequest:
     compile_cache: CompileCache = field(default_factory=lambda: CompileCache("none"))
     flags: dict[str, str] = field(default_factory=dict)
     """Compiler and linker flags added to ``CFLAGS``, ``CXXFLAGS``, ``CUDAFLAGS`` and ``LDFLAGS`` (the glibc
-    binding, `llamawheel.build.glibc`), after the user's own on this machine."""
+    binding, `llamawheel.building.glibc`), after the user's own on this machine."""
 
 
 @dataclass

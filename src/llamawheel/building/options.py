@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-from llamawheel.build import cache, glibc
+from llamawheel.building import cache, glibc
 from llamawheel.core.errors import UsageError
 from llamawheel.recipe import platforms
 

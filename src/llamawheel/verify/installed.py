@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llamawheel.build import sdist
+from llamawheel.building import sdist
 from llamawheel.core import fileio, log, paths, proc
 from llamawheel.core.errors import (
     DownloadError,
