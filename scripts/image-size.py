@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from llamawheel import image  # noqa: E402
+from llamawheel.image import context as image_context  # noqa: E402
 
 
 def main() -> int:
@@ -32,7 +32,7 @@ def main() -> int:
     parser.add_argument("--save-dir", type=Path, help="also save each image as an OCI archive here")
     parser.add_argument("--refresh-base", action="store_true", help="make the base again (times it too)")
     args = parser.parse_args()
-    variants = args.variant or list(image.variants_in(args.index))
+    variants = args.variant or list(image_context.variants_in(args.index))
     if not variants:
         print(f"no variants in {args.index}: publish a wheel first (llamawheel publish wheels/*.whl)")
         return 2

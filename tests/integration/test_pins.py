@@ -81,11 +81,11 @@ def test_wheelhouse_holds_only_pinned_files_and_refuses_other_bytes(
 def test_image_pip_is_the_pinned_wheel_and_other_bytes_are_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from llamawheel import image
+    from llamawheel.image import context as image_context
 
     mirror = profiles.load_profile(None)
     monkeypatch.setenv("LLAMAWHEEL_CACHE", str(tmp_path / "cache"))
-    pip = image.pip_wheel(mirror)
+    pip = image_context.pip_wheel(mirror)
     assert pinned_sha256().get(pip.name) == sha256(pip), f"{pip.name} is not the pinned pip"
 
     bad, bad_sha = tampered_copy(tmp_path / "mirror", [pip], "pip-")
@@ -93,6 +93,6 @@ def test_image_pip_is_the_pinned_wheel_and_other_bytes_are_refused(
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(bad.parent))
     with pytest.raises(DownloadError) as refused:
-        image.pip_wheel(mirror)
+        image_context.pip_wheel(mirror)
     assert f"{bad.name} (from {bad.as_uri()}): expected sha256 {pinned_sha256()[bad.name]}, got {bad_sha}" in (
         refused.value.message)

@@ -128,9 +128,9 @@ def test_a_build_a_publish_and_an_image_base_contact_only_the_profiles_hosts(
     publish = netns.run([*lw, "publish", str(wheel), "--index", str(tmp_path / "index"), "--mirror", str(profile),
                          "--python-version", "3.11"], env)
     assert publish.returncode == 0, publish.stderr[-4000:]
-    base = netns.run([sys.executable, "-c", "import sys; from llamawheel import image; "
+    base = netns.run([sys.executable, "-c", "import sys; from llamawheel.image import base; "
                       "from llamawheel.image import engine; from llamawheel.mirror import profiles; "
-                      "print(image.make_base(engine.find('buildah'), profiles.load_profile(sys.argv[1]), True))",
+                      "print(base.make_base(engine.find('buildah'), profiles.load_profile(sys.argv[1]), True))",
                       str(profile)], {**env, "BUILDAH_ISOLATION": "chroot"})
     assert base.returncode == 0, base.stderr[-4000:]
     seen = set(netns.proxy.hosts)

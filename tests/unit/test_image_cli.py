@@ -11,6 +11,9 @@ import pytest
 
 from llamawheel import cli, image, pipeline
 from llamawheel.core.errors import UsageError
+from llamawheel.image import api_image
+from llamawheel.image import base as image_base
+from llamawheel.image import context as image_context
 from llamawheel.image import engine as image_engine
 from llamawheel.mirror import profiles
 from llamawheel.publish import closure, index
@@ -94,11 +97,11 @@ def test_context_only_writes_everything_the_containerfile_copies(
 ) -> None:
     pip = tmp_path / "pip-26.0-py3-none-any.whl"
     pip.write_bytes(b"a wheel")
-    monkeypatch.setattr(image, "pip_wheel", lambda mirror: pip)  # no download in a unit test
+    monkeypatch.setattr(image_context, "pip_wheel", lambda mirror: pip)  # no download in a unit test
     converter = tmp_path / "converter"
     (converter / "gguf").mkdir(parents=True)
     (converter / image.CONVERTER_SCRIPT).write_text("# llama.cpp's converter\n")
-    monkeypatch.setattr(image, "converter_files", lambda mirror: converter)  # from the sdist in real builds
+    monkeypatch.setattr(image_context, "converter_files", lambda mirror: converter)  # from the sdist in real builds
     _lock_for_the_image(wheels)
     dest = tmp_path / "context"
     code, out, _ = run(capsys, "image", "--variant", "cu130", "--index", str(wheels), "--context-only", str(dest))
@@ -123,7 +126,7 @@ def test_the_server_wheel_is_published_beside_the_wheels_of_its_release(wheels: 
                 and "sm90" in f.name]
     chosen = image.chosen_wheel(wheels, "cu130")
     assert chosen is not None and chosen.name == wheel.name
-    assert image.server_in(chosen) == "llamawheel_server-0.3.36-py3-none-manylinux_2_28_x86_64.whl"
+    assert api_image.server_in(chosen) == "llamawheel_server-0.3.36-py3-none-manylinux_2_28_x86_64.whl"
     server = next((wheels / "cu130" / "files").rglob("llamawheel_server-*.whl"))
     with pytest.raises(UsageError, match="publish it together with them"):
         index.publish([server], index_root=wheels, with_closure=False)
@@ -137,9 +140,9 @@ def test_an_index_without_the_images_python_is_refused_before_anything_is_built(
     def tripwire(*args: object, **kwargs: object) -> None:
         raise AssertionError("work started before the index was checked")
 
-    monkeypatch.setattr(image, "ensure_server", tripwire)
+    monkeypatch.setattr(api_image, "ensure_server", tripwire)
     monkeypatch.setattr(image_engine, "find", lambda name: image_engine.Engine("podman", "podman"))
-    monkeypatch.setattr(image, "make_base", tripwire)
+    monkeypatch.setattr(image_base, "make_base", tripwire)
     for argv in (["--context-only", str(tmp_path / "context")], []):
         code, _, err = run(capsys, "image", "--variant", "cu130", "--index", str(wheels), *argv)
         assert code == 13, err

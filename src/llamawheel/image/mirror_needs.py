@@ -8,7 +8,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from llamawheel.building.sdist import sdist_file_name
-from llamawheel.image import REGISTRY_BASE, SUITE, compose
+from llamawheel.image import compose
+from llamawheel.image.base import REGISTRY_BASE, SUITE
 from llamawheel.mirror.probe import Feature, Need
 from llamawheel.pipeline.wheelhouse import BUILD_TOOLS
 from llamawheel.recipe import catalog
