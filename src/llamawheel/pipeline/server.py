@@ -25,7 +25,7 @@ from llamawheel.building import cache, patches, planning
 from llamawheel.building.planning import Plan
 from llamawheel.core import fileio, log, paths
 from llamawheel.core.errors import UsageError
-from llamawheel.pipeline import compile_source, prepare_source
+from llamawheel.pipeline.steps import compile_source, prepare_source
 from llamawheel.toolchain import buildroot
 from llamawheel.wheel.distmeta import WheelName
 
