@@ -35,7 +35,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     c.add_argument("--variant", default="cu130", help="the API image's variant: cu130, cpu ... (default cu130)")
     c.add_argument("--mirror", help="mirror profile: its ghcr mirror serves the UI image")
     c.add_argument("--env-file", type=Path,
-                   help="the file to write (default: docker/.env of the checkout, else .env here)")
+                   help="the file to write (default: docker/.env of the root, --root or a source tree, else .env "
+                        "here)")
 
 
 def _cmd_compose_env(args: argparse.Namespace) -> int:
