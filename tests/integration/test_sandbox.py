@@ -139,7 +139,7 @@ def test_a_modified_file_in_a_toolchain_is_found_before_use(cuda_root: Path, tmp
 
 
 def test_two_first_installs_of_the_compile_cache_tool_at_once_both_succeed(tmp_path: Path) -> None:
-    code = ("from llamawheel.building import cache; from llamawheel.mirror import profiles; "
+    code = ("from llamawheel.building import cache_tools; from llamawheel.mirror import profiles; "
             "print(cache_tools.install('ccache', profiles.load_profile(None)))")
     env = {**os.environ, "LLAMAWHEEL_CACHE": str(tmp_path / "cache")}
     runs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -172,7 +172,7 @@ def test_a_ggml_v3_model_converts_once_with_llama_2_settings_and_answers(
 ) -> None:
     """llama.cpp's own converter from the sdist (as the image ships it, patched) on a GGML v3 file written
     from the format's specification, then the CPU wheel loads and runs the result."""
-    from llamawheel.image import converter_files
+    from llamawheel.image.context import converter_files
     from llamawheel.mirror.profiles import load_profile
     from llamawheel.runtime import convert
     from llamawheel.verify.installed import sdist_vocabulary
