@@ -34,7 +34,7 @@ def test_shipped_profiles_include_default_and_mirrors() -> None:
 def test_every_shipped_profile_loads(path: Path) -> None:
     profile = profiles.load_profile(path.stem)
     assert profile.name == path.stem
-    assert profile.path.resolve() == path.resolve()
+    assert profile.path.name == path.name and profile.path.read_bytes() == path.read_bytes()  # this file, or its copy
     assert profile.description, f"{path.name} has no description for 'llamawheel mirrors list'"
     for key, url in profile.urls().items():
         if url and key not in ("dockerhub", "ghcr"):

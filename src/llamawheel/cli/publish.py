@@ -14,7 +14,8 @@ from llamawheel.core.errors import UsageError
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``publish`` and ``index`` to the top-level subcommands."""
     p = sub.add_parser("publish", help="add wheels and everything they need to the private index (wheels/<variant>/)")
-    p.add_argument("wheels", nargs="+", type=Path, metavar="WHEEL")
+    p.add_argument("wheels", nargs="+", type=Path, metavar="WHEEL", help="a wheel to publish (llama-cpp-python, and "
+                   "llama.cpp's server beside it)")
     p.add_argument("--index", type=Path, help="index folder (default: wheels/)")
     p.add_argument("--mirror", help="mirror profile the dependencies come through (default: pip's own configuration)")
     p.add_argument("--force", action="store_true", help="replace a published file of the same name but other bytes")
@@ -42,7 +43,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
     u = isub.add_parser("upload", help="upload wheels to an existing index server with twine")
-    u.add_argument("wheels", nargs="+", type=Path, metavar="WHEEL")
+    u.add_argument("wheels", nargs="+", type=Path, metavar="WHEEL", help="a wheel to upload")
     u.add_argument("--repository-url", required=True, help="the server's upload URL (no credentials in it)")
     u.add_argument("--skip-existing", action="store_true", help="skip files the server already has")
 

@@ -16,7 +16,7 @@ from llamawheel.verify import static
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``verify-static``, ``verify`` and ``tiny-model`` to the top-level subcommands."""
     s = sub.add_parser("verify-static", help="check what a wheel really holds, without a GPU")
-    s.add_argument("wheel", type=Path)
+    s.add_argument("wheel", type=Path, help="the wheel file to check")
     s.add_argument("--cuda", help="expected CUDA version (default: read from the wheel's +cuXY label)")
     s.add_argument("--arch", help="expected architectures (default: read from the label)")
     s.add_argument("--runtime", choices=RUNTIME_MODES, help="expected runtime mode")
@@ -25,7 +25,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     from llamawheel.verify.portable import tiny_model, verify_runner
 
     v = sub.add_parser("verify", help="install a wheel in a fresh venv and prove it runs on the GPU (and the CPU)")
-    v.add_argument("wheel", type=Path)
+    v.add_argument("wheel", type=Path, help="the wheel file to install and run")
     v.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON to FILE")
     v.add_argument("--cuda", help="expected CUDA version (default: read from the wheel's +cuXY label)")
     v.add_argument("--arch", help="expected architectures (default: read from the label)")
