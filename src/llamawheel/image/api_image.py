@@ -242,7 +242,7 @@ def ensure_server(wheel: image_context.IndexedWheel, mirror: MirrorProfile) -> s
     out.mkdir(parents=True, exist_ok=True)
     opts = _build_options(mirror, out, wheel.platform)
     built = server.build(planning.plan_cpu(catalog.cpu_recipe(), opts))
-    index.publish([wheel.index / "files" / wheel.sha256 / wheel.name, built], index_root=wheel.index.parent,
+    index.publish([wheel.path, built], index_root=wheel.index.parent,
                   mirror=mirror)
     found = server_in(wheel)
     if found is None:

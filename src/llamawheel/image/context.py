@@ -22,7 +22,7 @@ from llamawheel.image import compose, foreign
 from llamawheel.image.base import PYTHON
 from llamawheel.mirror.profiles import MirrorProfile
 from llamawheel.pipeline import server, wheelhouse
-from llamawheel.publish import closure, index
+from llamawheel.publish import closure, index, index_pages
 from llamawheel.recipe import catalog, platforms
 from llamawheel.recipe.platforms import X86_64, Platform
 from llamawheel.wheel.distmeta import WheelName
@@ -58,6 +58,11 @@ class IndexedWheel:
         """The llama-cpp-python release, without the variant (``0.3.36``): the server wheel's version."""
         return self.version.split("+")[0]
 
+    @property
+    def path(self) -> Path:
+        """The wheel file in the variant's content store."""
+        return self.index / index_pages.store_path(self.sha256, self.name)
+
 
 def chosen_wheel(index_root: Path, variant: str, version: str | None = None,
                  target: Platform = X86_64) -> IndexedWheel | None:
@@ -84,13 +89,12 @@ def check_index(wheel: IndexedWheel) -> None:
     """Before anything is built: the variant's index holds the dependencies of ``wheel`` for the image's Python on
     its machine (the lock its publish wrote for them), and every file that lock names. Otherwise pip would say so
     only deep inside the image build ("no matching distribution found")."""
-    pages = wheel.index / "simple"
-    lock = closure.read_locks(pages).get(closure.lock_name(PYTHON, wheel.platform.name))
-    stored = wheel.index / "files" / wheel.sha256 / wheel.name
-    publish = (f"llamawheel publish --index {wheel.index.parent} --python-version {PYTHON} {stored}   (through "
+    locks = closure.read_locks(wheel.index / "simple")
+    lock = locks.get(closure.lock_name(PYTHON, wheel.platform.name))
+    publish = (f"llamawheel publish --index {wheel.index.parent} --python-version {PYTHON} {wheel.path}   (through "
                "--mirror, where the default index is not reachable)")
     if lock is None or not any(root.split("[")[0] == wheel.name for root in lock.roots):
-        has = sorted(f"Python {lk.python} on {lk.arch}" for lk in closure.read_locks(pages).values())
+        has = sorted(f"Python {lk.python} on {lk.arch}" for lk in locks.values())
         raise ImageError(f"the {wheel.variant} index in {wheel.index.parent} holds {wheel.name} but not its "
                          f"dependencies for the image's Python ({PYTHON} on {wheel.platform.name}); it has them for "
                          f"{', '.join(has) or 'no Python'}", f"add them: {publish}")
@@ -161,7 +165,7 @@ def write_context(wheel: IndexedWheel, dest: Path, pip: Path, converter: Path) -
     against. For another machine's platform, `foreign`'s: the wheel and its closure installed here instead of the
     index and pip."""
     dest.mkdir(parents=True)
-    pins = closure.runtime_pins(wheel.index / "files" / wheel.sha256 / wheel.name)
+    pins = closure.runtime_pins(wheel.path)
     (dest / "constraints.txt").write_text("".join(f"{p}\n" for p in pins))
     if not wheel.platform.native:
         foreign.write_context(dest, wheel.index / "simple", requirement(wheel), dest / "constraints.txt", pip,
