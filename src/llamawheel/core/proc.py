@@ -112,6 +112,13 @@ class Result:
         """The command, its return code and its last lines, indented (credentials in them shown as ``***``)."""
         return _describe(self.cmd, f"return code: {self.returncode}", self.tail() if self.captured else None)
 
+    def check(self, error: ErrorClass, what: str, tip: str | None) -> Result:
+        """This result, if the command succeeded; else ``error`` with ``what``, the command, its return code and its
+        last lines, and ``tip``."""
+        if not self.ok:
+            raise error(f"{what}\n{self.describe()}", tip)
+        return self
+
 
 def _log_start(cmd: Sequence[str], env: Mapping[str, str] | None, cwd: Path | None) -> None:
     """The command to the debug log, with where it runs and the names (only: values may be credentials) of the
@@ -190,9 +197,7 @@ def run(
     done = _complete(args, error=error, what=what, tip=tip, install=install, env=env, cwd=cwd, timeout=timeout,
                      capture=capture, text=True, keep=keep)
     result = Result(tuple(args), done.returncode, _decoded(done.stdout), _decoded(done.stderr), keep, capture)
-    if check and not result.ok:
-        raise error(f"{what}\n{result.describe()}", tip)
-    return result
+    return result.check(error, what, tip) if check else result
 
 
 def capture(
@@ -228,9 +233,8 @@ def capture_bytes(
     args = [str(a) for a in cmd]
     done = _complete(args, error=error, what=what, tip=tip, install=install, env=env, cwd=cwd, timeout=timeout,
                      capture=True, text=False, keep=keep)
-    if done.returncode != 0:
-        failed = Result(tuple(args), done.returncode, _decoded(done.stdout), _decoded(done.stderr), keep)
-        raise error(f"{what}\n{failed.describe()}", tip)
+    if done.returncode != 0:  # decoded only to say why
+        Result(tuple(args), done.returncode, _decoded(done.stdout), _decoded(done.stderr), keep).check(error, what, tip)
     data: bytes = done.stdout
     return data
 
@@ -303,7 +307,5 @@ def stream(
         if log:
             log.close()
     result = Result(tuple(args), code, "\n".join(tail), "", keep)
-    if check and not result.ok:
-        raise error(f"{what}\n{result.describe()}", tip)
-    return result
+    return result.check(error, what, tip) if check else result
 
