@@ -154,7 +154,17 @@ def probe_devices() -> dict[str, Any]:
 # ---------------------------------------------------------------- judging
 
 
-class Status(str, Enum):
+class _Word(str, Enum):
+    """An enum whose members read as their values wherever they are shown: ``str()``, f-strings, JSON."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+
+class Status(_Word):
     """What became of one check; the value is what the table and the JSON report show."""
 
     PASS = "PASS"
@@ -164,22 +174,13 @@ class Status(str, Enum):
     NA = "N/A"
     """Does not apply to this wheel (the GPU checks of a CPU build)."""
 
-    def __str__(self) -> str:
-        return str(self.value)
 
-    def __format__(self, spec: str) -> str:
-        return format(str(self.value), spec)
-
-
-class Result(str, Enum):
+class Result(_Word):
     """The verdict over every check, with its exit code."""
 
     PASS = "pass"
     FAIL = "fail"
     GPU_SKIPPED = "gpu-skipped"
-
-    def __str__(self) -> str:
-        return str(self.value)
 
     @property
     def exit_code(self) -> int:
